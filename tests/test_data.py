@@ -1,0 +1,99 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tvtheory import data
+
+
+@given(st.floats(-1, 1), st.integers(3, 64))
+def test_pair_patterns_unit_norm_with_inner_product_alpha(alpha, d):
+    mus = np.asarray(data.pair_patterns(alpha, d))
+    assert np.linalg.norm(mus, axis=1) == pytest.approx([1, 1], abs=1e-6)
+    assert mus[0] @ mus[1] == pytest.approx(alpha, abs=1e-6)
+
+
+@pytest.mark.parametrize("key", [None, jax.random.key(3)])
+def test_irrelevant_patterns_orthonormal_and_orthogonal_to_tasks(key):
+    mus = data.pair_patterns(0.3, 16)
+    irr = np.asarray(data.irrelevant_patterns(mus, key=key))
+    assert irr.shape == (14, 16)
+    assert irr @ irr.T == pytest.approx(np.eye(14), abs=1e-5)
+    assert np.abs(irr @ np.asarray(mus).T).max() < 1e-5
+
+
+def test_ood_patterns_k_sources():
+    src, tgt = data.ood_patterns([0.6, -0.5, 0.3], None, 10)
+    src, tgt = np.asarray(src), np.asarray(tgt)
+    assert src @ src.T == pytest.approx(np.eye(3), abs=1e-6)
+    assert src @ tgt == pytest.approx([0.6, -0.5, 0.3], abs=1e-6)
+    assert np.linalg.norm(tgt) == pytest.approx(1.0, abs=1e-6)
+    irr = np.asarray(data.irrelevant_patterns(np.vstack([src, tgt])))
+    assert irr.shape == (6, 10) and np.abs(irr @ tgt).max() < 1e-6
+
+
+@given(st.integers(0, 1000), st.sampled_from([(20, 4, 2), (10, 3, 0), (6, 3, 2)]))
+def test_sample_counts_match_label(seed, shape):
+    P, n_rel, n_conf = shape
+    spec = data.TaskSpec(P, n_rel, n_conf)
+    mus = data.pair_patterns(0.0, 8)
+    irr = data.irrelevant_patterns(mus)
+    X, y = data.sample(jax.random.key(seed), mus[0], irr, 64, spec)
+    assert X.shape == (64, P, 8) and y.shape == (64,)
+    proj = np.asarray(X @ mus[0])
+    n_plus, n_minus = (np.isclose(proj, 1)).sum(1), (np.isclose(proj, -1)).sum(1)
+    yv = np.asarray(y)
+    assert np.all(np.where(yv > 0, n_plus, n_minus) == n_rel)
+    assert np.all(np.where(yv > 0, n_minus, n_plus) == n_conf)
+    # the rest are irrelevant patterns: unit norm, no task component
+    irr_tok = np.isclose(proj, 0)
+    assert np.allclose(np.linalg.norm(np.asarray(X)[irr_tok], axis=-1), 1)
+    assert set(np.unique(yv)) <= {-1.0, 1.0}
+
+
+def test_sample_positions_are_shuffled_and_labels_balanced():
+    mus = data.pair_patterns(0.0, 8)
+    X, y = data.sample(jax.random.key(0), mus[0], data.irrelevant_patterns(mus), 4000)
+    first = np.abs(np.asarray(X[:, 0] @ mus[0]))
+    assert 0.2 < first.mean() < 0.4            # 6 of 20 tokens carry mu: position 0 does so ~30% of the time
+    assert abs(float(jnp.mean(y))) < 0.06
+
+
+def test_same_key_same_sample_and_vmap_over_keys():
+    mus = data.pair_patterns(0.5, 8)
+    irr = data.irrelevant_patterns(mus)
+    a = data.sample(jax.random.key(7), mus[1], irr, 16)
+    b = jax.jit(data.sample, static_argnums=(3, 4))(jax.random.key(7), mus[1], irr, 16, data.TaskSpec())
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    keys = jax.random.split(jax.random.key(0), 3)
+    Xs, ys = jax.vmap(lambda k: data.sample(k, mus[0], irr, 5))(keys)
+    assert Xs.shape == (3, 5, 20, 8)
+    assert np.array_equal(Xs[1], data.sample(keys[1], mus[0], irr, 5)[0])
+
+
+def test_noise_is_added_when_sigma_positive():
+    mus = data.pair_patterns(0.0, 8)
+    irr = data.irrelevant_patterns(mus)
+    X0, _ = data.sample(jax.random.key(1), mus[0], irr, 8)
+    X1, _ = data.sample(jax.random.key(1), mus[0], irr, 8, data.TaskSpec(sigma=0.1))
+    diff = np.asarray(X1 - X0)
+    assert 0.05 < diff.std() < 0.15
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda: data.pair_patterns(1.5, 8), "alpha=1.5"),
+    (lambda: data.pair_patterns(float("nan"), 8), "alpha=nan"),
+    (lambda: data.TaskSpec(20, 2, 2).validate(), "n_rel=2"),
+    (lambda: data.TaskSpec(5, 4, 2).validate(), "n_rel=4"),
+    (lambda: data.TaskSpec(20, 4, 2, -1.0).validate(), "sigma=-1.0"),
+    (lambda: data.ood_patterns([0.9, 0.9], None, 8), "gammas="),
+    (lambda: data.ood_patterns([0.0, 0.0], None, 8), "gammas="),
+    (lambda: data.ood_patterns([0.6], 0.1, 8), "kappa=0.1"),
+    (lambda: data.ood_patterns([0.6, 0.5], None, 2), "d=2"),
+    (lambda: data.irrelevant_patterns(data.pair_patterns(0.0, 4), M=5), "d=4"),
+])
+def test_bad_input_names_the_argument(call, field):
+    with pytest.raises(ValueError, match=field.replace("[", r"\[")):
+        call()

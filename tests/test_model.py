@@ -1,0 +1,76 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tvtheory import data, model
+
+
+def inputs(d=8, n=6, seed=0):
+    mus = data.pair_patterns(0.0, d)
+    return data.sample(jax.random.key(seed), mus[0], data.irrelevant_patterns(mus), n, data.TaskSpec(10, 3, 1))[0]
+
+
+def test_output_shape_and_batch_axes():
+    p = model.init_params(jax.random.key(0), 8, 16)
+    X = inputs()
+    assert model.apply(p, X).shape == (6,)
+    assert model.apply(p, X[0]).shape == ()
+    assert model.apply(p, jnp.stack([X, X])).shape == (2, 6)
+
+
+def test_readout_is_fixed_and_not_trainable():
+    m = model.OneLayerTransformer(8, 16, rngs=nnx.Rngs(0))
+    params = model.params_of(m)
+    assert set(params) == {"W", "V"}
+    a = np.asarray(m.a[...])
+    assert sorted(set(np.round(a * 4, 6))) == [-1.0, 1.0] and a.sum() == 0
+    assert not isinstance(m.a, nnx.Param)
+    grads = nnx.grad(lambda mod: mod(inputs()).sum())(m)
+    assert "a" not in nnx.to_pure_dict(grads)
+
+
+def test_psi0_default_init():
+    p = model.init_params(jax.random.key(1), 16, 512, sigma_0=0.01)
+    assert np.all(np.asarray(p["W"]) == 0)
+    assert np.asarray(p["V"]).std() == pytest.approx(0.01, rel=0.05)
+
+
+def test_module_call_matches_pure_apply():
+    m = model.OneLayerTransformer(8, 16, sigma_w=0.3, rngs=nnx.Rngs(2))
+    X = inputs()
+    assert np.allclose(m(X), model.apply(model.params_of(m), X))
+
+
+def test_merged_form_equals_four_matrix_form():
+    four = model.init_params(jax.random.key(3), 8, 16, form="four", sigma_0=0.5, sigma_w=0.5)
+    assert set(four) == {"W_Q", "W_K", "W_V", "W_O"}
+    W, V = four["W_K"].T @ four["W_Q"], four["W_O"] @ four["W_V"]
+    X = inputs()
+    assert np.allclose(model.apply(four, X), model.apply({"W": W, "V": V}, X), atol=1e-5)
+
+
+def test_jit_and_no_jit_agree():
+    p = model.init_params(jax.random.key(4), 8, 16, sigma_w=0.5)
+    X = inputs()
+    assert np.allclose(jax.jit(model.apply)(p, X), model.apply(p, X), atol=1e-6)
+
+
+def test_attention_normalises_over_keys():
+    # With V mapping every token to the same vector, attention weights summing to 1 give a constant output.
+    d, m = 8, 16
+    v = jax.random.normal(jax.random.key(5), (m, 1))
+    X = inputs(d)
+    p = {"W": jax.random.normal(jax.random.key(6), (d, d)), "V": v @ jnp.ones((1, d))}
+    Xn = X / jnp.sum(X, axis=-1, keepdims=True)                    # every token sums to 1 -> V x = v
+    expected = jax.nn.relu(v[:, 0]) @ model.readout(m)
+    assert np.allclose(model.apply(p, Xn), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, field", [({"m": 0}, "m=0"), ({"form": "x"}, "form='x'"),
+                                       ({"form": "four", "sigma_w": 0.0}, "sigma_w=0.0")])
+def test_bad_model_arguments(kw, field):
+    args = {"d": 8, "m": 16, **kw}
+    with pytest.raises(ValueError, match=field):
+        model.init_params(jax.random.key(0), args.pop("d"), args.pop("m"), **args)

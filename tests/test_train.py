@@ -1,0 +1,73 @@
+import jax
+import numpy as np
+import pytest
+
+from tvtheory import data, metrics, model, taskvec, train
+
+D, M = 32, 256
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two fine-tunes at alpha = 0 with the defaults of theory.md section 7."""
+    mus = data.pair_patterns(0.0, D)
+    irr = data.irrelevant_patterns(mus)
+    psi0 = model.init_params(jax.random.key(0), D, M)
+    ft = jax.jit(train.finetune, static_argnames=("task", "spec"))
+    runs = [train.check_finite(ft(psi0, jax.random.key(10 + i), mus[i], irr)) for i in range(2)]
+    tests = [data.sample(jax.random.key(20 + i), mus[i], irr, 1000) for i in range(2)]
+    return psi0, runs, tests
+
+
+def test_finetuned_model_learns_its_task(pair):
+    psi0, runs, tests = pair
+    for run, (X, y) in zip(runs, tests):
+        assert float(metrics.evaluate(run.params, X, y)["loss"]) < 0.05
+        assert run.curve_loss.shape == (30,)
+        assert run.curve_loss[0] > run.curve_loss[-1]
+    assert float(metrics.evaluate(psi0, *tests[0])["loss"]) > 0.9        # Psi_0 knows nothing
+
+
+def test_adding_irrelevant_task_vectors_learns_both(pair):
+    psi0, runs, tests = pair
+    taus = [taskvec.task_vector(r.params, psi0) for r in runs]
+    merged = taskvec.apply(psi0, taus, [1.0, 1.0])
+    for X, y in tests:
+        assert float(metrics.evaluate(merged, X, y)["loss"]) < 0.05
+
+
+def test_same_key_same_parameters(pair):
+    psi0, runs, _ = pair
+    mus = data.pair_patterns(0.0, D)
+    again = jax.jit(train.finetune, static_argnames=("task", "spec"))(psi0, jax.random.key(10), mus[0],
+                                                                       data.irrelevant_patterns(mus))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(runs[0].params)))
+
+
+def test_fixed_training_set_option():
+    mus = data.pair_patterns(0.0, 8)
+    irr = data.irrelevant_patterns(mus)
+    psi0 = model.init_params(jax.random.key(0), 8, 32)
+    r = train.finetune(psi0, jax.random.key(1), mus[0], irr, data.TaskSpec(10, 3, 1),
+                       train.TrainSpec(steps=50, batch=16, n_train=64, log_every=25))
+    assert r.curve_loss.shape == (2,) and bool(r.finite)
+
+
+def test_divergence_is_detected_not_returned():
+    mus = data.pair_patterns(0.0, 8)
+    irr = data.irrelevant_patterns(mus)
+    psi0 = model.init_params(jax.random.key(0), 8, 32, sigma_w=1.0)
+    r = train.finetune(psi0, jax.random.key(1), mus[0], irr, data.TaskSpec(10, 3, 1),
+                       train.TrainSpec(eta=1e30, steps=20, batch=16, log_every=10))
+    assert not bool(r.finite)
+    with pytest.raises(train.DivergenceError, match="diverged"):
+        train.check_finite(r)
+
+
+@pytest.mark.parametrize("spec, field", [(train.TrainSpec(eta=0.0), "eta=0.0"),
+                                         (train.TrainSpec(eta=float("inf")), "eta=inf"),
+                                         (train.TrainSpec(batch=0), "batch=0"),
+                                         (train.TrainSpec(steps=0), "steps=0")])
+def test_bad_train_spec(spec, field):
+    with pytest.raises(ValueError, match=field):
+        spec.validate()

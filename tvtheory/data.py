@@ -1,0 +1,130 @@
+"""Synthetic "discriminative pattern" tasks (theory.md section 1; the paper's Definition 2).
+
+A sample is X = (x_1 .. x_P) with every token one of +mu_T, -mu_T or an irrelevant pattern v_j. For label y the
+label-relevant pattern y*mu_T appears exactly ``n_rel`` times and the confusion pattern -y*mu_T ``n_conf`` times
+(n_rel > n_conf, so y is the majority vote); the other tokens are v_j drawn uniformly. Positions are shuffled.
+
+Pattern constructors are pure jnp so that alpha can be a traced (vmapped) axis; argument checks run only on
+concrete Python values.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvtheory import _check
+
+
+class TaskSpec(NamedTuple):
+    """Static shape of a task's samples: P tokens, n_rel label-relevant, n_conf confusion, token noise sigma."""
+
+    P: int = 20
+    n_rel: int = 4
+    n_conf: int = 2
+    sigma: float = 0.0
+
+    def validate(self) -> "TaskSpec":
+        _check.integer("P", self.P, lo=1)
+        _check.integer("n_conf", self.n_conf, lo=0)
+        _check.integer("n_rel", self.n_rel, lo=1)
+        if self.n_rel <= self.n_conf:
+            _check.fail("n_rel", self.n_rel, f"must be > n_conf={self.n_conf} (the label is a majority vote)")
+        if self.n_rel + self.n_conf > self.P:
+            _check.fail("n_rel", self.n_rel, f"n_rel + n_conf must be <= P={self.P}")
+        _check.in_range("sigma", self.sigma, lo=0.0)
+        return self
+
+
+def pair_patterns(alpha, d: int) -> jax.Array:
+    """mu_T1 = e_1, mu_T2 = alpha e_1 + sqrt(1 - alpha^2) e_2, so that mu_T1 . mu_T2 = alpha. Returns (2, d)."""
+    _check.integer("d", d, lo=2)
+    if isinstance(alpha, (int, float)):
+        _check.in_range("alpha", alpha, -1.0, 1.0)
+    alpha = jnp.asarray(alpha, jnp.float32)
+    mu1 = jnp.zeros(d).at[0].set(1.0)
+    mu2 = jnp.zeros(d).at[0].set(alpha).at[1].set(jnp.sqrt(jnp.clip(1.0 - alpha**2, 0.0)))
+    return jnp.stack([mu1, mu2])
+
+
+def ood_patterns(gammas, kappa: float | None, d: int) -> tuple[jax.Array, jax.Array]:
+    """Orthonormal sources mu_Ti = e_i (i < k) and the target mu_T' = sum_i gamma_i mu_Ti + kappa mu_perp (Theorem 3).
+
+    ``kappa=None`` takes kappa = sqrt(1 - sum gamma_i^2) so that the target has unit norm; mu_perp = e_{k+1}.
+    Returns (sources (k, d), target (d,)).
+    """
+    g = np.asarray(gammas, dtype=np.float64).reshape(-1)
+    k = g.size
+    if k == 0:
+        _check.fail("gammas", list(gammas), "must hold at least one coefficient")
+    for i, gi in enumerate(g):
+        _check.finite(f"gammas[{i}]", float(gi))
+    if not np.any(g != 0):
+        _check.fail("gammas", g.tolist(), "must not be all zero (Theorem 3)")
+    sq = float(np.sum(g**2))
+    if sq > 1.0 + 1e-9:
+        _check.fail("gammas", g.tolist(), f"sum of squares {sq:.4g} must be <= 1")
+    if kappa is None:
+        kappa = float(np.sqrt(max(1.0 - sq, 0.0)))
+    _check.finite("kappa", kappa)
+    if abs(sq + kappa**2 - 1.0) > 1e-6:
+        _check.fail("kappa", kappa, f"sum gamma_i^2 + kappa^2 must be 1 (sum gamma_i^2 = {sq:.4g})")
+    _check.integer("d", d, lo=k + 1)
+    sources = np.eye(d, dtype=np.float32)[:k]
+    target = sources.T @ g.astype(np.float32) + kappa * np.eye(d, dtype=np.float32)[k]
+    return jnp.asarray(sources), jnp.asarray(target)
+
+
+def irrelevant_patterns(task_patterns, M: int | None = None, key: jax.Array | None = None) -> jax.Array:
+    """M orthonormal patterns v_j orthogonal to every task pattern in play. Returns (M, d).
+
+    Without a key: the standard basis vectors e_j with no component along any task pattern (the default of
+    theory.md: e_3..e_d for a pair). With a key: a random orthonormal basis of the orthogonal complement of the
+    task patterns' span. ``M=None`` takes as many as the complement holds.
+    """
+    T = np.asarray(task_patterns, dtype=np.float64)
+    T = T.reshape(-1, T.shape[-1])
+    d = T.shape[1]
+    rank = int(np.linalg.matrix_rank(T, tol=1e-6))
+    if key is None:
+        free = np.flatnonzero(np.all(np.abs(T) < 1e-7, axis=0))
+        available = free.size
+    else:
+        available = d - rank
+    if M is None:
+        M = available
+    _check.integer("M", M, lo=1)
+    if M > available:
+        _check.fail("d", d, f"too small: {M} irrelevant patterns need {M} free directions beside the task "
+                    f"patterns, only {available} exist")
+    if key is None:
+        return jnp.asarray(np.eye(d, dtype=np.float32)[free[:M]])
+    # Orthonormal basis of span(T)^perp, then a random rotation inside it.
+    _, _, vt = np.linalg.svd(T, full_matrices=True)
+    complement = vt[rank:]                                   # (d - rank, d)
+    g = np.asarray(jax.random.normal(key, (d - rank, M)), dtype=np.float64)
+    q, _ = np.linalg.qr(g)
+    return jnp.asarray((q.T @ complement).astype(np.float32))
+
+
+def sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: TaskSpec = TaskSpec()):
+    """Draw n samples of the task with pattern mu. Returns X (n, P, d) float32 and y (n,) in {+1, -1}.
+
+    Pure and jit/vmap-able over ``key`` and ``mu``; ``n`` and ``spec`` are static.
+    """
+    P, n_rel, n_conf, sigma = spec
+    n_irr = P - n_rel - n_conf
+    k_y, k_pos, k_irr, k_noise = jax.random.split(key, 4)
+    y = jnp.where(jax.random.bernoulli(k_y, 0.5, (n,)), 1.0, -1.0)
+    # Token sign before shuffling: +1 label-relevant (y mu), -1 confusion (-y mu), 0 irrelevant.
+    sign_P = jnp.concatenate([jnp.ones(n_rel), -jnp.ones(n_conf), jnp.zeros(n_irr)])
+    perm_NxP = jnp.argsort(jax.random.uniform(k_pos, (n, P)), axis=1)
+    sign_NxP = sign_P[perm_NxP]
+    j_NxP = jax.random.randint(k_irr, (n, P), 0, irr.shape[0])
+    X = (sign_NxP * y[:, None])[..., None] * mu + jnp.where((sign_NxP == 0)[..., None], irr[j_NxP], 0.0)
+    if sigma > 0:
+        X = X + sigma * jax.random.normal(k_noise, X.shape)
+    return X.astype(jnp.float32), y

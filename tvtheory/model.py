@@ -1,0 +1,97 @@
+"""The one-layer, one-head nonlinear transformer of the paper's Eq. 4 (theory.md section 2).
+
+  f(X; Psi) = (1/P) sum_l a^T ReLU( sum_s V x_s softmax_l(x_s^T W x_l) )
+
+Merged form: Psi = {W (d x d), V (m x d)}. Four-matrix form: Psi = {W_Q, W_K (d_k x d), W_V (d_v x d), W_O (m x d_v)}
+with W = W_K^T W_Q and V = W_O W_V. The readout a is fixed at +-1/sqrt(m) (first half +, second half -) and is not a
+parameter: it is a function of m alone, so parameter pytrees and task vectors never contain it.
+
+The Flax NNX module defines the architecture and its initialisation; the hot paths use the pure ``apply`` on plain
+dicts of arrays (NNX's graph traversal would cost more than this model's forward pass).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tvtheory import _check
+
+FORMS = ("merged", "four")
+
+
+class Readout(nnx.Variable):
+    """The fixed output weights a_l: not an nnx.Param, so no optimizer or task vector ever touches them."""
+
+
+def readout(m: int) -> jax.Array:
+    """a in R^m: ceil(m/2) entries +1/sqrt(m), the rest -1/sqrt(m)."""
+    return jnp.where(jnp.arange(m) < (m + 1) // 2, 1.0, -1.0) / jnp.sqrt(m)
+
+
+class OneLayerTransformer(nnx.Module):
+    """Psi_0 of theory.md: W (or W_Q, W_K) ~ N(0, sigma_w^2) (default 0), V (or W_V, W_O) ~ N(0, sigma_0^2)."""
+
+    def __init__(self, d: int, m: int, *, form: str = "merged", sigma_0: float = 0.01, sigma_w: float = 0.0,
+                 d_k: int | None = None, d_v: int | None = None, rngs: nnx.Rngs):
+        check_shape(d, m, form)
+        _check.in_range("sigma_0", sigma_0, lo=0.0)
+        _check.in_range("sigma_w", sigma_w, lo=0.0)
+        d_k, d_v = d_k or d, d_v or d
+        normal = lambda shape, s: s * jax.random.normal(rngs.params(), shape)  # noqa: E731
+        if form == "merged":
+            self.W = nnx.Param(normal((d, d), sigma_w))
+            self.V = nnx.Param(normal((m, d), sigma_0))
+        else:
+            # Scales chosen so that the merged W = W_K^T W_Q and V = W_O W_V have entries of std sigma_w and
+            # sigma_0, as in the merged form. Both W_Q and W_K at zero would get no gradient, hence sigma_w > 0.
+            if sigma_w <= 0:
+                _check.fail("sigma_w", sigma_w, "must be > 0 for form='four' (W_Q = W_K = 0 is a saddle)")
+            self.W_Q = nnx.Param(normal((d_k, d), (sigma_w / d_k**0.5) ** 0.5))
+            self.W_K = nnx.Param(normal((d_k, d), (sigma_w / d_k**0.5) ** 0.5))
+            self.W_V = nnx.Param(normal((d_v, d), 1.0 / d_v**0.5))
+            self.W_O = nnx.Param(normal((m, d_v), sigma_0))
+        self.a = Readout(readout(m))
+
+    def __call__(self, X: jax.Array) -> jax.Array:
+        return apply(params_of(self), X)
+
+
+def check_shape(d: int, m: int, form: str) -> None:
+    _check.integer("d", d, lo=1)
+    _check.integer("m", m, lo=1)
+    if form not in FORMS:
+        _check.fail("form", form, f"must be one of {FORMS}")
+
+
+def params_of(model: OneLayerTransformer) -> dict[str, jax.Array]:
+    """The trainable parameters Psi as a plain dict pytree (the readout is excluded by construction)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def init_params(key: jax.Array, d: int, m: int, form: str = "merged", sigma_0: float = 0.01,
+                sigma_w: float = 0.0) -> dict[str, jax.Array]:
+    """Psi_0 as a pure pytree from a typed key (jit/vmap-able over ``key``)."""
+    return params_of(OneLayerTransformer(d, m, form=form, sigma_0=sigma_0, sigma_w=sigma_w,
+                                         rngs=nnx.Rngs(params=key)))
+
+
+def merged(params: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(W, V) of either form: W = W_K^T W_Q, V = W_O W_V for the four-matrix form."""
+    if "W" in params:
+        return params["W"], params["V"]
+    return params["W_K"].T @ params["W_Q"], params["W_O"] @ params["W_V"]
+
+
+def apply(params: dict[str, jax.Array], X: jax.Array) -> jax.Array:
+    """f(X; Psi) for X (..., P, d); returns (...,). Pure: jit/vmap/grad freely."""
+    W, V = merged(params)
+    S = jnp.einsum("...sd,...ld->...ls", X, X @ W.T)          # S[l, s] = x_s^T W x_l
+    return readout_mean(jax.nn.softmax(S, axis=-1), X @ V.T)
+
+
+def readout_mean(A_PxP: jax.Array, H_PxM: jax.Array) -> jax.Array:
+    """(1/P) sum_l a^T ReLU(sum_s A[l, s] H[s]) for attention A (..., P, P) and values H = X V^T (..., P, m)."""
+    G = jax.nn.relu(A_PxP @ H_PxM)
+    return G.mean(axis=-2) @ readout(H_PxM.shape[-1])

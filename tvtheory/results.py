@@ -1,0 +1,169 @@
+"""Tidy result tables, atomic writes and provenance. The only module that touches the file system.
+
+Every file is written to a temporary name in the same directory and renamed into place, so a reader never sees a
+half-written result. Each experiment keeps its claims in ``<out_dir>/claims.json``; ``collect_claims`` merges every
+experiment's claims into results/claims.json and results/CLAIMS.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def write_csv(path, df: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    return Path(path)
+
+
+def read_csv(path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def git_state(cwd: str | os.PathLike | None = None) -> dict:
+    def run(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def provenance(config: dict, started: float, seeds: list[int]) -> dict:
+    import jax
+
+    versions = {}
+    for p in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[p] = metadata.version(p)
+    return {
+        "git": git_state(Path(__file__).resolve().parent),
+        "packages": versions,
+        "python": platform.python_version(),
+        "device": [str(d) for d in jax.devices()],
+        "platform": platform.platform(),
+        "seeds": seeds,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 2),
+        "config": config,
+    }
+
+
+def tidy(arrays: dict[str, np.ndarray], axes: dict[str, np.ndarray], **constants) -> pd.DataFrame:
+    """Long table from arrays that share the axes ``axes`` (name -> coordinate values), one row per cell."""
+    names = list(axes)
+    grids = np.meshgrid(*[np.asarray(v) for v in axes.values()], indexing="ij")
+    cols = {n: g.ravel() for n, g in zip(names, grids)}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.shape != grids[0].shape:
+            raise ValueError(f"{k} shape={v.shape}: must match the axes {dict(zip(names, grids[0].shape))}")
+        cols[k] = v.ravel()
+    df = pd.DataFrame(cols)
+    for k, v in constants.items():
+        df.insert(0, k, v)
+    return df
+
+
+# ----------------------------------------------------------------------------------------------------- claims
+CLAIM_KEYS = ("id", "statement", "predicted", "measured", "verdict", "n_seeds", "details")
+
+
+def write_claims(out_dir, records: list[dict], source: str) -> Path:
+    """Write one experiment's claim records, each stamped with the commit and the result file it came from."""
+    git = git_state(Path(__file__).resolve().parent)
+    stamped = [{**r, "source": source, "commit": git["commit"]} for r in records]
+    for r in stamped:
+        missing = [k for k in CLAIM_KEYS if k not in r]
+        if missing or r["verdict"] not in ("pass", "fail"):
+            raise ValueError(f"claim {r.get('id')!r}: missing {missing} or verdict not pass/fail")
+    return write_json(Path(out_dir) / "claims.json", stamped)
+
+
+def collect_claims(results_dir) -> list[dict]:
+    """Merge <results_dir>/*/claims.json into <results_dir>/claims.json and CLAIMS.md (sorted by id)."""
+    results_dir = Path(results_dir)
+    records = []
+    for f in sorted(results_dir.glob("*/claims.json")):
+        records.extend(json.loads(f.read_text()))
+    records.sort(key=lambda r: r["id"])
+    write_json(results_dir / "claims.json", records)
+    write_text(results_dir / "CLAIMS.md", claims_markdown(records))
+    return records
+
+
+def claims_markdown(records: list[dict]) -> str:
+    n_pass = sum(r["verdict"] == "pass" for r in records)
+    lines = ["# Claims", "",
+             f"{n_pass} of {len(records)} claims pass. Each verdict is computed from the result table named in its "
+             "row by the claim's function in `tvtheory/claims.py`; regenerate with `make reproduce`.", "",
+             "| id | verdict | statement | predicted | measured | seeds |", "|---|---|---|---|---|---|"]
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    for r in records:
+        mark = "**pass**" if r["verdict"] == "pass" else "**FAIL**"
+        lines.append(f"| `{r['id']}` | {mark} | {esc(r['statement'])} | {esc(r['predicted'])} | "
+                     f"{esc(r['measured'])} | {r['n_seeds']} |")
+    lines += ["", "## Details", ""]
+    for r in records:
+        lines.append(f"- `{r['id']}` ({r['verdict']}, from `{r.get('source', '?')}`): {esc(r['details'])}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    recs = collect_claims(sys.argv[1] if len(sys.argv) > 1 else "results")
+    print(f"{sum(r['verdict'] == 'pass' for r in recs)} of {len(recs)} claims pass "
+          f"(results/claims.json, results/CLAIMS.md)")

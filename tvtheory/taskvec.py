@@ -1,0 +1,117 @@
+"""Task-vector algebra on parameter pytrees (the paper's Definition 1 and Eq. 2; theory.md sections 4-5).
+
+A task vector dPsi_T = Psi*_T - Psi_0 has the structure of the parameters. Every operation is a tree map, so the
+same code serves the merged (W, V) and the four-matrix form, and any other pytree of arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax.tree_utils as otu
+
+Tree = dict
+
+
+def task_vector(finetuned: Tree, pretrained: Tree) -> Tree:
+    """dPsi_T = Psi*_T - Psi_0 (Definition 1)."""
+    return otu.tree_sub(finetuned, pretrained)
+
+
+def add(a: Tree, b: Tree) -> Tree:
+    return otu.tree_add(a, b)
+
+
+def sub(a: Tree, b: Tree) -> Tree:
+    return otu.tree_sub(a, b)
+
+
+def scale(c, t: Tree) -> Tree:
+    return otu.tree_scale(c, t)
+
+
+def negate(t: Tree) -> Tree:
+    return scale(-1.0, t)
+
+
+def combine(taus: Sequence[Tree], lams) -> Tree:
+    """sum_i lambda_i dPsi_Ti. ``lams`` may be traced (vmap over a coefficient grid)."""
+    if len(taus) == 0:
+        raise ValueError("taus=[]: at least one task vector is needed")
+    lams = jnp.asarray(lams)
+    if lams.shape != (len(taus),):
+        raise ValueError(f"lams shape={lams.shape}: must be ({len(taus)},), one coefficient per task vector")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *taus)
+    return jax.tree.map(lambda x: jnp.tensordot(lams.astype(x.dtype), x, axes=1), stacked)
+
+
+def tree_sum(taus: Sequence[Tree]) -> Tree:
+    return combine(taus, jnp.ones(len(taus)))
+
+
+def apply(psi0: Tree, taus: Sequence[Tree] | Mapping[int, Tree], lams=None) -> Tree:
+    """Psi = Psi_0 + sum_i lambda_i dPsi_Ti (Eq. 2).
+
+    Either ``apply(psi0, [tau_1, tau_2], [l1, l2])`` or ``apply(psi0, [(tau_1, l1), (tau_2, l2)])``.
+    """
+    if lams is None:
+        pairs = list(taus)
+        taus, lams = [t for t, _ in pairs], [c for _, c in pairs]
+    if len(taus) == 0:
+        return psi0
+    return add(psi0, combine(list(taus), lams))
+
+
+def inner(a: Tree, b: Tree) -> jax.Array:
+    return otu.tree_vdot(a, b)
+
+
+def norm(t: Tree) -> jax.Array:
+    return otu.tree_norm(t)
+
+
+def cosine(a: Tree, b: Tree) -> jax.Array:
+    """Signed cosine similarity <a, b> / (||a|| ||b||) of two task vectors."""
+    return inner(a, b) / (norm(a) * norm(b))
+
+
+def low_rank(t: Tree, rank: int) -> tuple[Tree, Tree]:
+    """Rank-r truncation of every matrix leaf by SVD (Corollary 1); vectors and scalars are kept as they are.
+
+    Returns (approximation, relative Frobenius error ||t - t_r||_F / ||t||_F per leaf; 0 for a zero leaf).
+    """
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"rank={rank!r}: must be an integer >= 1")
+
+    def trunc(x):
+        if x.ndim < 2:
+            return x
+        u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+        r = min(rank, s.shape[-1])
+        return (u[..., :, :r] * s[..., None, :r]) @ vt[..., :r, :]
+
+    approx = jax.tree.map(trunc, t)
+
+    def rel_err(x, xr):
+        nx = jnp.linalg.norm(x)
+        return jnp.where(nx > 0, jnp.linalg.norm(x - xr) / jnp.where(nx > 0, nx, 1.0), 0.0)
+
+    return approx, jax.tree.map(rel_err, t, approx)
+
+
+def prune_rows(t: Tree, keep_fraction: float, leaf: str = "V") -> tuple[Tree, jax.Array]:
+    """Keep the ``round(keep_fraction * m)`` rows of ``t[leaf]`` (dV: one row u_i per hidden neuron) with the
+    largest norms and zero the rest (Corollary 2). Other leaves are kept. Returns (pruned tree, boolean row mask).
+    """
+    if not (0.0 < keep_fraction <= 1.0):
+        raise ValueError(f"keep_fraction={keep_fraction!r}: must be in (0, 1]")
+    if leaf not in t:
+        raise ValueError(f"leaf={leaf!r}: not a parameter of this tree (has {sorted(t)})")
+    rows = t[leaf]
+    m = rows.shape[0]
+    n_keep = max(1, int(round(keep_fraction * m)))
+    order = jnp.argsort(-jnp.linalg.norm(rows, axis=1), stable=True)
+    mask = jnp.zeros(m, bool).at[order[:n_keep]].set(True)
+    return {**t, leaf: jnp.where(mask[:, None], rows, 0.0)}, mask

@@ -1,0 +1,49 @@
+"""The paper's predictions as functions (theory.md section 5). Constants the paper leaves as Theta(.) are arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def addition_threshold(alpha, beta: float = 0.0):
+    """Theorem 1: for alpha >= 0, Psi_0 + dPsi_T1 + lambda dPsi_T2 learns both tasks once lambda >= 1 - alpha + beta.
+
+    NaN for alpha < 0, where no lambda learns both (contradictory tasks).
+    """
+    alpha = np.asarray(alpha, float)
+    return np.where(alpha >= 0, 1.0 - alpha + beta, np.nan)
+
+
+def addition_possible(alpha) -> np.ndarray:
+    """Theorem 1: multi-task learning by addition is possible iff the tasks are not contradictory."""
+    return np.asarray(alpha) >= 0
+
+
+def negation_possible(alpha) -> np.ndarray:
+    """Theorem 2: forgetting T2 while keeping T1 works for irrelevant and contradictory tasks (alpha <= 0); for
+    aligned tasks only when alpha is small, which the paper does not quantify (we predict failure for alpha > 0)."""
+    return np.asarray(alpha) <= 0
+
+
+def negation_lower_bound(alpha, C: float = 1.0):
+    """Theorem 2, contradictory tasks: the window is -Theta(alpha^-2) <= lambda <= ~0; -C / alpha^2 (-inf at 0)."""
+    alpha = np.asarray(alpha, float)
+    with np.errstate(divide="ignore"):
+        return np.where(alpha < 0, -C / alpha**2, np.where(alpha == 0, -np.inf, np.nan))
+
+
+def kept_tolerance(lam, eps: float, beta_add: float, beta_neg: float, cap: float = np.inf):
+    """min(Theta(eps) + |lambda| beta, cap): how much a kept task's hinge loss may grow (Theorems 1-2).
+
+    The slope beta is side-specific when measured: adding and negating an irrelevant task vector need not cost T1
+    the same. The bound describes a kept task only while it is small next to Theta(1) (the zero predictor's hinge
+    loss is 1), hence the cap: beyond it, no lambda can count as keeping T1, whatever beta is.
+    """
+    lam = np.asarray(lam, float)
+    return np.minimum(eps + np.abs(lam) * np.where(lam >= 0, beta_add, beta_neg), cap)
+
+
+def informative(lam, eps: float, beta_add: float, beta_neg: float, cap: float):
+    """Where the kept-task bound eps + |lambda| beta is below the cap, i.e. where Theorems 1-2 say something."""
+    lam = np.asarray(lam, float)
+    return eps + np.abs(lam) * np.where(lam >= 0, beta_add, beta_neg) <= cap
