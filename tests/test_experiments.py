@@ -1,0 +1,81 @@
+"""The experiments end to end at tiny size, through the real command line, in a subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["sweep=tiny", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32"]
+
+
+def run(script, *overrides, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def arithmetic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("arith")
+    p = run("arithmetic.py", *TINY, "sweep.phase_alphas=[-0.5,0.0,0.5,1.0]", f"out_dir={out}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+def test_arithmetic_writes_table_claims_and_figures(arithmetic_run):
+    out = arithmetic_run
+    df = pd.read_csv(out / "metrics.csv")
+    assert {"alpha", "seed", "lam", "task", "loss", "acc", "diverged", "d", "m"} <= set(df.columns)
+    assert len(df) == 3 * 2 * 7 * 2                        # alphas x seeds x lambdas x tasks
+    assert set(df["task"]) == {"T1", "T2"}
+    records = json.loads((out / "claims.json").read_text())
+    assert {r["id"] for r in records} >= {"thm1.irrelevant", "thm1.aligned", "thm1.contradictory_fails",
+                                          "thm1.threshold_curve", "thm2.irrelevant", "thm2.contradictory",
+                                          "thm2.aligned_fails"}
+    assert all(r["verdict"] in ("pass", "fail") for r in records)
+    phase = pd.read_csv(out / "phase.csv")
+    assert sorted(phase["alpha"].unique()) == [-0.5, 0.0, 0.5, 1.0]
+    for name in ("figure1", "phase", "lambda_star"):
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").exists()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert {"git", "packages", "device", "seeds", "started", "finished", "config"} <= set(prov)
+    assert (out / "table1.md").read_text().count("|") > 20
+    assert not list(out.glob(".*.tmp"))                    # atomic writes leave no temporaries
+
+
+def test_figures_redraw_from_files_alone(arithmetic_run, tmp_path):
+    import shutil
+    dst = tmp_path / "arithmetic"
+    shutil.copytree(arithmetic_run, dst)
+    for f in dst.glob("*.png"):
+        f.unlink()
+    p = subprocess.run([sys.executable, "-m", "tvtheory.plots", str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert (dst / "figure1.png").exists() and (dst / "phase.png").exists()
+
+
+def test_claims_are_collected_into_one_report(arithmetic_run, tmp_path):
+    import shutil
+    shutil.copytree(arithmetic_run, tmp_path / "arithmetic")
+    from tvtheory import results
+    records = results.collect_claims(tmp_path)
+    assert len(records) == 7
+    md = (tmp_path / "CLAIMS.md").read_text()
+    assert "thm2.aligned_fails" in md and "| id | verdict |" in md
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.n_rel=1", "data.n_rel=1"),
+    ("sweep.alphas=[2.0]", "sweep.alphas[0]=2.0"),
+    ("train.eta=-1", "train.eta=-1.0"),
+])
+def test_bad_override_stops_before_compute_with_one_line(tmp_path, override, message):
+    out = tmp_path / "never"
+    p = run("arithmetic.py", *TINY, override, f"out_dir={out}")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("config error: ") and message in p.stderr
+    assert not out.exists()
