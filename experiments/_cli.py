@@ -10,11 +10,43 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from tvtheory import config, results
+from tvtheory import config
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notice on every run
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 config.register_configs()
+
+
+def run(main) -> None:
+    """Call a @hydra.main function; a composition error (unknown key, wrong type, missing option) becomes one
+    line on stderr and exit status 2, like the validator's errors. Errors inside the experiment keep their trace."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"           # let composition errors reach us instead of Hydra's report
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"config error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(e: Exception) -> str:
+    cause = e.__cause__
+    if cause is not None and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {str(getattr(cause, 'msg', cause)).splitlines()[0]}"
+    text = str(e).split("Config search path")[0]
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def store(c):
+    from tvtheory import cache
+
+    return cache.Store(c.cache.dir, refresh=c.cache.refresh) if c.cache.dir else cache.NoStore()
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def validated(cfg):
@@ -35,11 +67,23 @@ def out_dir(c) -> Path:
 
 
 def save_run(out: Path, cfg, started: float, seeds: list[int]) -> None:
+    from tvtheory import results
+
     results.write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     results.write_json(out / "provenance.json",
                        results.provenance(OmegaConf.to_container(cfg, resolve=True), started, seeds))
 
 
-def now() -> float:
-    os.environ.setdefault("XLA_FLAGS", "")
-    return time.time()
+def check_divergence(finite, what: str) -> None:
+    """Some runs diverged: say so (their rows are marked and left out); all of them: stop before writing."""
+    import numpy as np
+
+    finite = np.asarray(finite)
+    n_bad = int(finite.size - finite.sum())
+    if n_bad == finite.size:
+        print(f"error: every {what} diverged (non-finite loss or parameters); lower train.eta. Nothing was written.",
+              file=sys.stderr)
+        sys.exit(3)
+    if n_bad:
+        progress(f"warning: {n_bad} of {finite.size} {what}s diverged; their rows are marked diverged=True and left "
+                 "out of every verdict and figure")

@@ -7,21 +7,27 @@ Writes metrics.csv (alpha, seed, lam, task, loss, acc), phase_metrics.csv, phase
 table1.md, claims.json, figures, config.yaml and provenance.json into out_dir.
 """
 
+import time
+
 import hydra
 import numpy as np
 
-from _cli import CONF_DIR, now, out_dir, save_run, validated
-from tvtheory import plots, report, results, sweep
+from _cli import CONF_DIR, check_divergence, out_dir, progress, run, save_run, store, validated
 
 
 @hydra.main(config_path=CONF_DIR, config_name="arithmetic", version_base="1.3")
 def main(cfg) -> None:
     c = validated(cfg)
-    out, started = out_dir(c), now()
+    from tvtheory import plots, report, results, sweep  # JAX and friends load only once the config is valid
+
+    out, started = out_dir(c), time.time()
     alphas, lams = c.sweep.all_alphas(), c.sweep.lams()
+    st = store(c)
     r = sweep.pair_sweep(c.seed, c.n_seeds, alphas, lams, c.data.d, c.model.m, c.data.task_spec(), c.train.spec(),
                          form=c.model.form, sigma_0=c.model.sigma_0, sigma_w=c.model.sigma_w, n_test=c.sweep.n_test,
-                         chunk=c.sweep.chunk, random_irrelevant=c.data.irrelevant == "random")
+                         chunk=c.sweep.chunk, random_irrelevant=c.data.irrelevant == "random", store=st,
+                         progress=progress)
+    check_divergence(r.finite, "fine-tune pair")
     point = {"d": c.data.d, "m": c.model.m, "P": c.data.P, "n_rel": c.data.n_rel, "n_conf": c.data.n_conf,
              "sigma": c.data.sigma, "form": c.model.form}
     seeds = np.arange(c.n_seeds)
@@ -33,15 +39,17 @@ def main(cfg) -> None:
                          "dW_T1": r.norms[..., 0, 0], "dV_T1": r.norms[..., 0, 1],
                          "dW_T2": r.norms[..., 1, 0], "dV_T2": r.norms[..., 1, 1]},
                         {"alpha": alphas, "seed": seeds}, **point)
-    results.write_csv(out / "metrics.csv", rows[np.isin(rows["alpha"], np.round(c.sweep.alphas, 6))])
-    if len(c.sweep.phase_alphas):
-        results.write_csv(out / "phase_metrics.csv", rows[np.isin(rows["alpha"], np.round(c.sweep.phase_alphas, 6))])
-    results.write_csv(out / "diagnostics.csv", diag)
-    save_run(out, cfg, started, seeds.tolist())
-    report.arithmetic(out, c.claims)                 # phase.csv, summary.csv, table1.md, claims.json
-    plots.arithmetic(out)
-    print(f"wrote {out} in {now() - started:.1f} s")
+    with results.staged(out) as stage:               # out/ changes only once everything below has succeeded
+        results.write_csv(stage / "metrics.csv", rows[np.isin(rows["alpha"], np.round(c.sweep.alphas, 6))])
+        if len(c.sweep.phase_alphas):
+            phase_rows = rows[np.isin(rows["alpha"], np.round(c.sweep.phase_alphas, 6))]
+            results.write_csv(stage / "phase_metrics.csv", phase_rows)
+        results.write_csv(stage / "diagnostics.csv", diag)
+        save_run(stage, cfg, started, seeds.tolist())
+        report.arithmetic(stage, c.claims, source=out / "metrics.csv")   # phase, summary, table1, claims
+        plots.arithmetic(stage)
+    progress(f"wrote {out} in {time.time() - started:.1f} s (cache: {st.hits} entries reused, {st.misses} computed)")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

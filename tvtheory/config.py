@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from tvtheory import _check, data, model, train
+from tvtheory import _check
+from tvtheory.specs import TaskSpec, TrainSpec, check_shape
 
 
 @dataclass
@@ -23,8 +24,8 @@ class DataConfig:
     sigma: float = 0.0
     irrelevant: str = "basis"           # "basis": e_3..e_d; "random": random orthonormal basis of the complement
 
-    def task_spec(self) -> data.TaskSpec:
-        return data.TaskSpec(self.P, self.n_rel, self.n_conf, self.sigma)
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec(self.P, self.n_rel, self.n_conf, self.sigma)
 
 
 @dataclass
@@ -43,8 +44,8 @@ class TrainConfig:
     log_every: int = 10
     n_train: int = 0                    # 0: a fresh batch every step
 
-    def spec(self) -> train.TrainSpec:
-        return train.TrainSpec(self.eta, self.batch, self.steps, self.log_every, self.n_train)
+    def spec(self) -> TrainSpec:
+        return TrainSpec(self.eta, self.batch, self.steps, self.log_every, self.n_train)
 
 
 @dataclass
@@ -78,6 +79,12 @@ class ClaimsConfig:
 
 
 @dataclass
+class CacheConfig:
+    dir: Optional[str] = ".cache/tvtheory"   # Psi_0, fine-tunes and evaluated cells; null: no cache
+    refresh: bool = False                   # recompute everything (and overwrite the cached entries)
+
+
+@dataclass
 class ArithmeticConfig:
     seed: int = 0
     n_seeds: int = 5
@@ -87,6 +94,7 @@ class ArithmeticConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 SCHEMAS = {"arithmetic": ArithmeticConfig}
@@ -105,9 +113,24 @@ def to_dataclass(cfg):
     """An OmegaConf config (or a dataclass) as the typed dataclass, validated."""
     if not dataclasses.is_dataclass(cfg):
         from omegaconf import OmegaConf
+        schema = OmegaConf.get_type(cfg)
+        if dataclasses.is_dataclass(schema):
+            _reject_unknown(OmegaConf.to_container(cfg), schema, "")
         cfg = OmegaConf.to_object(cfg)
     validate(cfg)
     return cfg
+
+
+def _reject_unknown(node: dict, schema, prefix: str) -> None:
+    """Keys added with ``+key=value`` survive composition but are silently dropped by to_object: refuse them."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for k, v in node.items():
+        if k not in fields:
+            _check.fail(f"{prefix}{k}", v, f"unknown key; {prefix.rstrip('.') or 'the config'} has "
+                        f"{', '.join(sorted(fields))}")
+        sub = fields[k].default_factory() if callable(fields[k].default_factory) else None
+        if isinstance(v, dict) and dataclasses.is_dataclass(sub):
+            _reject_unknown(v, type(sub), f"{prefix}{k}.")
 
 
 def validate(cfg: ArithmeticConfig) -> None:
@@ -129,7 +152,7 @@ def _prefixed(prefix: str, fn, *args, **kw):
 
 
 def _validate_data(c: DataConfig, n_task_dirs: int) -> None:
-    _prefixed("data", data.TaskSpec(c.P, c.n_rel, c.n_conf, c.sigma).validate)
+    _prefixed("data", TaskSpec(c.P, c.n_rel, c.n_conf, c.sigma).validate)
     if c.irrelevant not in ("basis", "random"):
         _check.fail("data.irrelevant", c.irrelevant, "must be 'basis' or 'random'")
     if _check.integer("data.d", c.d, lo=1) < n_task_dirs + 1:
@@ -138,7 +161,7 @@ def _validate_data(c: DataConfig, n_task_dirs: int) -> None:
 
 
 def _validate_model(c: ModelConfig) -> None:
-    _prefixed("model", model.check_shape, 1, c.m, c.form)
+    _prefixed("model", check_shape, 1, c.m, c.form)
     _check.in_range("model.sigma_0", c.sigma_0, lo=0.0)
     _check.in_range("model.sigma_w", c.sigma_w, lo=0.0)
     if c.form == "four" and c.sigma_w <= 0:

@@ -10,33 +10,12 @@ concrete Python values.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tvtheory import _check
-
-
-class TaskSpec(NamedTuple):
-    """Static shape of a task's samples: P tokens, n_rel label-relevant, n_conf confusion, token noise sigma."""
-
-    P: int = 20
-    n_rel: int = 4
-    n_conf: int = 2
-    sigma: float = 0.0
-
-    def validate(self) -> "TaskSpec":
-        _check.integer("P", self.P, lo=1)
-        _check.integer("n_conf", self.n_conf, lo=0)
-        _check.integer("n_rel", self.n_rel, lo=1)
-        if self.n_rel <= self.n_conf:
-            _check.fail("n_rel", self.n_rel, f"must be > n_conf={self.n_conf} (the label is a majority vote)")
-        if self.n_rel + self.n_conf > self.P:
-            _check.fail("n_rel", self.n_rel, f"n_rel + n_conf must be <= P={self.P}")
-        _check.in_range("sigma", self.sigma, lo=0.0)
-        return self
+from tvtheory.specs import TaskSpec
 
 
 def pair_patterns(alpha, d: int) -> jax.Array:

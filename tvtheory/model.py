@@ -17,9 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tvtheory import _check
-
-FORMS = ("merged", "four")
-
+from tvtheory.specs import FORMS, check_shape  # noqa: F401  (re-exported)
 
 class Readout(nnx.Variable):
     """The fixed output weights a_l: not an nnx.Param, so no optimizer or task vector ever touches them."""
@@ -56,13 +54,6 @@ class OneLayerTransformer(nnx.Module):
 
     def __call__(self, X: jax.Array) -> jax.Array:
         return apply(params_of(self), X)
-
-
-def check_shape(d: int, m: int, form: str) -> None:
-    _check.integer("d", d, lo=1)
-    _check.integer("m", m, lo=1)
-    if form not in FORMS:
-        _check.fail("form", form, f"must be one of {FORMS}")
 
 
 def params_of(model: OneLayerTransformer) -> dict[str, jax.Array]:

@@ -96,7 +96,8 @@ def phase(out: Path) -> None:
                 2 * (grid("neg_loss") != grid("neg_acc")).astype(float)
             ax.imshow(np.where(disagree > 0, disagree, np.nan), origin="lower", aspect="auto", extent=ext,
                       cmap="autumn", vmin=1, vmax=3, interpolation="nearest")
-            ax.set_title("hinge loss and accuracy disagree\n(red: addition, orange: negation, yellow: both)", fontsize=10)
+            ax.set_title("hinge loss and accuracy disagree\n(red: addition, orange: negation, yellow: both)",
+                         fontsize=10)
     axes[1, 2].axis("off")
     axes[1, 2].text(0.0, 0.5, "green: success at (alpha, lambda)\n"
                     "addition: T1 kept and T2 learned\nnegation: lambda < 0, T1 kept and T2 forgotten\n"

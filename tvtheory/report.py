@@ -88,8 +88,9 @@ def table1(rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def arithmetic(out: str | Path, cfg: ClaimsConfig) -> None:
-    """Derive phase.csv, summary.csv, table1.md and claims.json from the measurement files in ``out``."""
+def arithmetic(out: str | Path, cfg: ClaimsConfig, source: str | Path | None = None) -> None:
+    """Derive phase.csv, summary.csv, table1.md and claims.json from the measurement files in ``out``
+    (``source``: the path the claims cite for metrics.csv, when ``out`` is a staging folder)."""
     out = Path(out)
     rows, diag = pd.read_csv(out / "metrics.csv"), pd.read_csv(out / "diagnostics.csv")
     if (out / "phase_metrics.csv").exists():
@@ -97,7 +98,7 @@ def arithmetic(out: str | Path, cfg: ClaimsConfig) -> None:
     d = int(rows["d"].iloc[0])
     results.write_csv(out / "summary.csv", summary(rows, diag, cfg, d))
     results.write_text(out / "table1.md", table1(rows))
-    results.write_claims(out, claims.arithmetic_claims(rows, cfg), source=str(out / "metrics.csv"))
+    results.write_claims(out, claims.arithmetic_claims(rows, cfg), source=str(source or out / "metrics.csv"))
 
 
 def gather(root: str | Path, name: str = "metrics.csv") -> pd.DataFrame:

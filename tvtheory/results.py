@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -37,6 +38,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def staged(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Write a run's files into a hidden staging folder; move them into ``out_dir`` only when the block succeeds.
+
+    A run that crashes or is killed leaves the previous results in ``out_dir`` untouched and complete.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        yield stage
+        out.mkdir(exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_text(path, text: str) -> Path:

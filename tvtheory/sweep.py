@@ -16,7 +16,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tvtheory import data, metrics, model, taskvec, train
+import numpy as np
+
+from tvtheory import cache, data, metrics, model, taskvec, train
 
 # One PRNG stream per concern, derived from the seed's key (batch t of a fine-tune is fold_in(ft_key, t)).
 PRETRAIN, FINETUNE, TEST = 0, 1, 2
@@ -72,66 +74,129 @@ class PairSweep(NamedTuple):
     norms: jax.Array         # (A, S, 2, 2) ||dW||_F, ||dV||_F for T1, T2
 
 
-def pair_sweep(seed: int, n_seeds: int, alphas, lams, d: int, m: int, task: data.TaskSpec,
-               spec: train.TrainSpec, *, form: str = "merged", sigma_0: float = 0.01, sigma_w: float = 0.0,
-               n_test: int = 2000, n_alpha_hat: int = 500, chunk: int = 1, random_irrelevant: bool = False):
-    """Run the whole Theorem 1-2 sweep as one jitted program. T1's fine-tune does not depend on alpha and is shared."""
-    alphas = jnp.asarray(alphas, jnp.float32)
-    lams = jnp.asarray(lams, jnp.float32)
-    key = jax.random.key(seed)
-    # The irrelevant patterns v_j span the complement of (e_1, e_2), which holds mu_T1 and mu_T2 for every alpha.
-    irr_key = jax.random.fold_in(key, 2**31 - 1) if random_irrelevant else None
-    irr = data.irrelevant_patterns(jnp.eye(d)[:2], key=irr_key)
-    return _pair_sweep_jit(key, alphas, lams, irr, n_seeds=n_seeds, d=d, m=m, task=task, spec=spec, form=form,
-                           sigma_0=sigma_0, sigma_w=sigma_w, n_test=n_test, n_alpha_hat=n_alpha_hat, chunk=chunk)
+class Setup(NamedTuple):
+    """Everything static about a sweep: shapes, Psi_0's distribution, the task sampler and SGD."""
+
+    d: int
+    m: int
+    task: data.TaskSpec
+    spec: train.TrainSpec
+    form: str = "merged"
+    sigma_0: float = 0.01
+    sigma_w: float = 0.0
+    random_irrelevant: bool = False
+
+    def fields(self) -> dict:
+        return {"d": self.d, "m": self.m, "form": self.form, "sigma_0": self.sigma_0, "sigma_w": self.sigma_w,
+                "task": list(self.task), "train": list(self.spec), "irrelevant": self.random_irrelevant}
 
 
-@partial(jax.jit, static_argnames=("n_seeds", "d", "m", "task", "spec", "form", "sigma_0", "sigma_w", "n_test",
-                                   "n_alpha_hat", "chunk"))
-def _pair_sweep_jit(key, alphas_A, lams_L, irr, *, n_seeds, d, m, task, spec, form, sigma_0, sigma_w, n_test,
-                    n_alpha_hat, chunk):
-    A = alphas_A.shape[0]
-    mus_Ax2xD = jax.vmap(lambda a: data.pair_patterns(a, d))(alphas_A)
-    ks = jax.vmap(lambda k: streams(k, 2))(jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(n_seeds)))
+def _seed_key(key, s):
+    return jax.random.fold_in(key, s)
 
-    psi0_S = jax.vmap(lambda k: model.init_params(k, d, m, form, sigma_0, sigma_w))(ks["init"])
-    ft = lambda p0, k, mu: train.finetune(p0, k, mu, irr, task, spec)  # noqa: E731
-    mu1_SxD = jnp.broadcast_to(mus_Ax2xD[0, 0], (n_seeds, d))
-    ft1_S = jax.lax.map(lambda x: ft(*x), (psi0_S, ks["ft"][:, 0], mu1_SxD))
-    idx_a, idx_s = (i.ravel() for i in jnp.meshgrid(jnp.arange(A), jnp.arange(n_seeds), indexing="ij"))
-    # lax.map, not vmap, over the A x S fine-tunes of T2: on CPU the batched small matmuls of a vmapped SGD step
-    # run slower than the same steps one run at a time.
-    ft2 = jax.lax.map(lambda ij: ft(jax.tree.map(lambda p: p[ij[1]], psi0_S), ks["ft"][ij[1], 1],
-                                    mus_Ax2xD[ij[0], 1]), (idx_a, idx_s))
-    ft2_AxS = jax.tree.map(lambda x: x.reshape((A, n_seeds) + x.shape[1:]), ft2)
-    tau1_S = taskvec.task_vector(ft1_S.params, psi0_S)
-    tau2_AxS = jax.tree.map(lambda p, p0: p - p0, ft2_AxS.params, psi0_S)
 
+@partial(jax.jit, static_argnames=("setup",))
+def init_seeds(key, seed_ids, *, setup: Setup):
+    """Psi_0 for each seed index (stream PRETRAIN of the seed's key)."""
+    return jax.vmap(lambda s: model.init_params(streams(_seed_key(key, s), 1)["init"], setup.d, setup.m, setup.form,
+                                                setup.sigma_0, setup.sigma_w))(seed_ids)
+
+
+@partial(jax.jit, static_argnames=("setup", "task_index"))
+def finetune_seeds(key, seed_ids, psi0_S, mu, irr, *, setup: Setup, task_index: int):
+    """Psi*_T for each seed (stream FINETUNE, task index ``task_index``); one run at a time (lax.map), which on CPU
+    beats a vmapped SGD step of small matmuls."""
+    def one(args):
+        s, p0 = args
+        k = streams(_seed_key(key, s), task_index + 1)["ft"][task_index]
+        return train.finetune(p0, k, mu, irr, setup.task, setup.spec)
+    return jax.lax.map(one, (seed_ids, psi0_S))
+
+
+@partial(jax.jit, static_argnames=("setup", "n_test", "n_alpha_hat", "chunk"))
+def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_test: int,
+              n_alpha_hat: int, chunk: int):
+    """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (stream TEST), plus diagnostics."""
     coeffs_Lx1 = lams_L[:, None]
 
-    def one_pair(a, s):
-        base = jax.tree.map(lambda p0, t1: p0[s] + t1[s], psi0_S, tau1_S)
-        tau2 = jax.tree.map(lambda t: t[a, s], tau2_AxS)
+    def one(args):
+        s, psi0, tau1, tau2 = args
+        test_keys = streams(_seed_key(key, s), 2)["test"]
+        base = taskvec.add(psi0, tau1)
+        psi2 = taskvec.add(psi0, tau2)
         out_loss, out_acc, single, Xmix = [], [], [], []
-        for i in range(2):
-            X, y = data.sample(ks["test"][s, i], mus_Ax2xD[a, i], irr, n_test, task)
+        for i, own in enumerate((base, psi2)):
+            X, y = data.sample(test_keys[i], mus_2xD[i], irr, n_test, setup.task)
             lo, ac = grid_eval(base, jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk)
             out_loss.append(lo)
             out_acc.append(ac)
-            own = base if i == 0 else jax.tree.map(lambda p0, t: p0[s] + t, psi0_S, tau2)
             single.append(metrics.hinge(model.apply(own, X[:n_alpha_hat]), y[:n_alpha_hat]))
             Xmix.append(X[:n_alpha_hat])
-        Xmix = jnp.concatenate(Xmix)
-        psi2 = jax.tree.map(lambda p0, t: p0[s] + t, psi0_S, tau2)
-        tau1 = jax.tree.map(lambda t: t[s], tau1_S)
+        norms = jnp.array([[jnp.linalg.norm(x) for x in model.merged(t)] for t in (tau1, tau2)])
         return (jnp.stack(out_loss, -1), jnp.stack(out_acc, -1), jnp.stack(single),
-                metrics.alpha_hat(base, psi2, Xmix), taskvec.cosine(tau1, tau2),
-                jnp.array([[jnp.linalg.norm(t["W"] if "W" in t else model.merged(t)[0]),
-                            jnp.linalg.norm(t["V"] if "V" in t else model.merged(t)[1])] for t in (tau1, tau2)]))
+                metrics.alpha_hat(base, psi2, jnp.concatenate(Xmix)), taskvec.cosine(tau1, tau2), norms)
 
-    # Sequential over (alpha, seed) pairs: each pair's L-point grid is itself chunked, which bounds memory.
-    loss, acc, single, ahat, cos, norms = jax.lax.map(lambda ij: one_pair(*ij), (idx_a, idx_s))
-    reshape = lambda x: x.reshape((A, n_seeds) + x.shape[1:])  # noqa: E731
-    finite = ft1_S.finite[None, :] & ft2_AxS.finite
-    return PairSweep(reshape(loss), reshape(acc), finite, reshape(single), reshape(ahat), reshape(cos),
-                     reshape(norms))
+    return jax.lax.map(one, (seed_ids, psi0_S, tau1_S, tau2_S))
+
+
+def _select(tree, ids):
+    return jax.tree.map(lambda x: jnp.asarray(x)[ids], tree)
+
+
+def _per_seed(store: cache.Store, kind: str, fields_of, seed_ids: np.ndarray, compute):
+    """Load each seed's entry; compute the missing seeds in one batched call and store them one by one."""
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(compute, seed_ids[:1]))
+    got = {int(s): store.load(kind, fields_of(int(s)), like) for s in seed_ids}
+    missing = np.array([s for s in seed_ids if got[int(s)] is None], dtype=np.int32)
+    if missing.size:
+        batch = jax.device_get(compute(missing))
+        for i, s in enumerate(missing):
+            one = jax.tree.map(lambda x: x[i], batch)
+            store.save(kind, fields_of(int(s)), one)
+            got[int(s)] = one
+    return jax.tree.map(lambda *xs: np.stack(xs), *[got[int(s)] for s in seed_ids])
+
+
+def pair_sweep(seed: int, n_seeds: int, alphas, lams, d: int, m: int, task: data.TaskSpec,
+               spec: train.TrainSpec, *, form: str = "merged", sigma_0: float = 0.01, sigma_w: float = 0.0,
+               n_test: int = 2000, n_alpha_hat: int = 500, chunk: int = 1, random_irrelevant: bool = False,
+               store: cache.Store | None = None, progress=None) -> PairSweep:
+    """The Theorem 1-2 sweep. Seeds and lambdas are array axes inside compiled code; each stage is compiled once
+    and reused for every alpha. T1's fine-tune does not depend on alpha and is shared. With a ``store``, Psi_0,
+    every fine-tune and every (alpha, seed) evaluation are cached, so a killed sweep resumes where it stopped and a
+    new coefficient grid reuses the fine-tunes."""
+    store = store or cache.NoStore()
+    setup = Setup(d, m, task, spec, form, sigma_0, sigma_w, random_irrelevant)
+    key = jax.random.key(seed)
+    seed_ids = np.arange(n_seeds, dtype=np.int32)
+    alphas = np.asarray(alphas, np.float32)
+    lams = np.asarray(lams, np.float32)
+    # The irrelevant patterns span the complement of (e_1, e_2), which holds mu_T1 and mu_T2 for every alpha.
+    irr_key = jax.random.fold_in(key, 2**31 - 1) if random_irrelevant else None
+    irr = data.irrelevant_patterns(jnp.eye(d)[:2], key=irr_key)
+    base = {"seed": seed, **setup.fields()}
+    psi0 = _per_seed(store, "psi0", lambda s: {**base, "s": s}, seed_ids,
+                     lambda ids: init_seeds(key, ids, setup=setup))
+
+    def finetuned(mu, task_index):
+        f = lambda s: {**base, "s": s, "mu": np.round(np.asarray(mu, float), 7), "stream": task_index}  # noqa
+        return _per_seed(store, "finetune", f, seed_ids, lambda ids: finetune_seeds(
+            key, ids, _select(psi0, ids), mu, irr, setup=setup, task_index=task_index))
+
+    mus = np.asarray(jax.vmap(lambda a: data.pair_patterns(a, d))(alphas))
+    ft1 = finetuned(mus[0, 0], 0)
+    tau1 = taskvec.task_vector(ft1.params, psi0)
+    cells = []
+    for i, a in enumerate(alphas):
+        ft2 = finetuned(mus[i, 1], 1)
+        tau2 = taskvec.task_vector(ft2.params, psi0)
+        f = lambda s: {**base, "s": s, "alpha": float(a), "lams": lams, "n_test": n_test,  # noqa: E731
+                       "n_alpha_hat": n_alpha_hat}
+        ev = _per_seed(store, "pair_eval", f, seed_ids, lambda ids: pair_eval(
+            key, ids, mus[i], irr, _select(psi0, ids), _select(tau1, ids), _select(tau2, ids), lams, setup=setup,
+            n_test=n_test, n_alpha_hat=n_alpha_hat, chunk=chunk))
+        cells.append((*ev, np.asarray(ft1.finite) & np.asarray(ft2.finite)))
+        if progress:
+            progress(f"alpha {i + 1}/{len(alphas)} ({float(a):g}) done")
+    loss, acc, single, ahat, cos, norms, finite = (np.stack(x) for x in zip(*cells))
+    return PairSweep(loss, acc, finite, single, ahat, cos, norms)

@@ -12,25 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tvtheory import _check, data, metrics, model
-
-
-class TrainSpec(NamedTuple):
-    """SGD with step size eta, batch B, T steps; log every ``log_every`` steps; optional fixed training set."""
-
-    eta: float = 1.0
-    batch: int = 64
-    steps: int = 300
-    log_every: int = 10
-    n_train: int = 0            # 0: fresh samples every step
-
-    def validate(self) -> "TrainSpec":
-        _check.in_range("eta", self.eta, lo=0.0, lo_open=True)
-        _check.integer("batch", self.batch, lo=1)
-        _check.integer("steps", self.steps, lo=1)
-        _check.integer("log_every", self.log_every, lo=1, hi=self.steps)
-        _check.integer("n_train", self.n_train, lo=0)
-        return self
+from tvtheory import data, metrics, model
+from tvtheory.specs import TrainSpec
 
 
 class TrainResult(NamedTuple):

@@ -1,0 +1,57 @@
+"""Static run specifications and their checks: plain Python, no JAX, so a bad setting is reported in milliseconds.
+
+``TaskSpec`` and ``TrainSpec`` are hashable NamedTuples, passed to jitted functions as static arguments.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tvtheory import _check
+
+FORMS = ("merged", "four")
+
+
+class TaskSpec(NamedTuple):
+    """Static shape of a task's samples: P tokens, n_rel label-relevant, n_conf confusion, token noise sigma."""
+
+    P: int = 20
+    n_rel: int = 4
+    n_conf: int = 2
+    sigma: float = 0.0
+
+    def validate(self) -> "TaskSpec":
+        _check.integer("P", self.P, lo=1)
+        _check.integer("n_conf", self.n_conf, lo=0)
+        _check.integer("n_rel", self.n_rel, lo=1)
+        if self.n_rel <= self.n_conf:
+            _check.fail("n_rel", self.n_rel, f"must be > n_conf={self.n_conf} (the label is a majority vote)")
+        if self.n_rel + self.n_conf > self.P:
+            _check.fail("n_rel", self.n_rel, f"n_rel + n_conf must be <= P={self.P}")
+        _check.in_range("sigma", self.sigma, lo=0.0)
+        return self
+
+
+class TrainSpec(NamedTuple):
+    """SGD with step size eta, batch B, T steps; log every ``log_every`` steps; optional fixed training set."""
+
+    eta: float = 1.0
+    batch: int = 64
+    steps: int = 300
+    log_every: int = 10
+    n_train: int = 0            # 0: fresh samples every step
+
+    def validate(self) -> "TrainSpec":
+        _check.in_range("eta", self.eta, lo=0.0, lo_open=True)
+        _check.integer("batch", self.batch, lo=1)
+        _check.integer("steps", self.steps, lo=1)
+        _check.integer("log_every", self.log_every, lo=1, hi=self.steps)
+        _check.integer("n_train", self.n_train, lo=0)
+        return self
+
+
+def check_shape(d: int, m: int, form: str) -> None:
+    _check.integer("d", d, lo=1)
+    _check.integer("m", m, lo=1)
+    if form not in FORMS:
+        _check.fail("form", form, f"must be one of {FORMS}")
