@@ -16,8 +16,10 @@ $(STAMP): requirements.lock pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
 
+EXPERIMENTS := arithmetic ood corollaries scaling
+
 reproduce: $(STAMP)
-	$(PY) experiments/arithmetic.py out_dir=results/arithmetic
+	@for e in $(EXPERIMENTS); do echo "== $$e"; $(PY) experiments/$$e.py out_dir=results/$$e || exit 1; done
 	$(PY) -m tvtheory.results results
 
 figures: $(STAMP)

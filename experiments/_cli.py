@@ -45,6 +45,14 @@ def store(c):
     return cache.Store(c.cache.dir, refresh=c.cache.refresh) if c.cache.dir else cache.NoStore()
 
 
+def setup_of(c):
+    """The static sweep setup (shapes, Psi_0, sampler, SGD) of a validated config."""
+    from tvtheory import sweep
+
+    return sweep.Setup(c.data.d, c.model.m, c.data.task_spec(), c.train.spec(), c.model.form, c.model.sigma_0,
+                       c.model.sigma_w, c.data.irrelevant == "random")
+
+
 def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

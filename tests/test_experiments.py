@@ -79,3 +79,15 @@ def test_bad_override_stops_before_compute_with_one_line(tmp_path, override, mes
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("config error: ") and message in p.stderr
     assert not out.exists()
+
+
+def test_ood_runs_end_to_end_with_three_sources(tmp_path):
+    p = run("ood.py", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "ood.n_test=100",
+            "ood.gammas=[0.6,-0.5,0.3]", "ood.ranges=[[-1,2,1],[-1,1,1],[0,1,1]]", f"out_dir={tmp_path}",
+            f"cache.dir={tmp_path / 'cache'}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "metrics.csv")
+    assert {"seed", "lam1", "lam2", "lam3", "loss", "acc"} <= set(df.columns) and len(df) == 2 * 4 * 3 * 2
+    assert {r["id"] for r in json.loads((tmp_path / "claims.json").read_text())} == {"thm3.region",
+                                                                                      "thm3.beats_single"}
+    assert "best searched" in (tmp_path / "table2.md").read_text()

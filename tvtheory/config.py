@@ -7,7 +7,7 @@ Hydra itself is imported only by ``register_configs`` so the rest of the library
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -97,7 +97,87 @@ class ArithmeticConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
 
-SCHEMAS = {"arithmetic": ArithmeticConfig}
+@dataclass
+class OODGridConfig:
+    gammas: List[float] = field(default_factory=lambda: [0.75, -0.6])   # mu_T' = sum gamma_i mu_Ti + kappa mu_perp
+    kappa: Optional[float] = None                                     # None: unit norm
+    ranges: List[Any] = field(default_factory=lambda: [[-2.0, 3.0, 0.1], [-2.0, 2.0, 0.1]])  # per source
+    n_test: int = 2000
+    chunk: int = 1
+    iou_min: float = 0.8                # thm3.region passes at this IoU
+
+
+@dataclass
+class OODConfig:
+    seed: int = 0
+    n_seeds: int = 5
+    out_dir: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ood: OODGridConfig = field(default_factory=OODGridConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+@dataclass
+class CorollaryGridConfig:
+    ranks: List[int] = field(default_factory=lambda: [1])                 # rank-r task vectors re-checked
+    spectrum_ranks: List[int] = field(default_factory=lambda: [1, 2, 4])  # truncation errors reported (and full)
+    prune: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9, 0.95])  # fractions of dV rows removed
+    prune_min: float = 0.5              # cor2.pruning_keeps passes if pruning this fraction keeps every verdict
+    two_groups_ratio: float = 10.0      # cor2.two_groups: large-group / small-group mean row norm (~1/eps)
+    n_test: int = 1000                  # test samples per task for the re-checks
+
+
+@dataclass
+class CorollariesConfig:
+    seed: int = 0
+    n_seeds: int = 5
+    out_dir: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    ood: OODGridConfig = field(default_factory=OODGridConfig)
+    corollaries: CorollaryGridConfig = field(default_factory=CorollaryGridConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+@dataclass
+class ScalingGridConfig:
+    ds: List[int] = field(default_factory=lambda: [16, 32, 64, 128])     # beta against d ...
+    ms: List[int] = field(default_factory=lambda: [64, 256, 1024])       # ... and m (the fit uses model.m)
+    lam_min: float = -2.0
+    lam_max: float = 2.0
+    lam_step: float = 0.2
+    n_test: int = 1000
+    n_rels: List[int] = field(default_factory=lambda: [2, 3, 4, 6, 8])   # delta_* = n_rel / P for convergence
+    conv_n_conf: int = 1
+    conv_steps: int = 1000
+    conv_window: int = 10               # steps averaged before comparing the training loss with eps
+    exponent_tol: float = 0.5           # |fitted exponent - predicted| allowed
+
+    def lams(self):
+        return SweepConfig(lam_min=self.lam_min, lam_max=self.lam_max, lam_step=self.lam_step).lams()
+
+
+@dataclass
+class ScalingConfig:
+    seed: int = 0
+    n_seeds: int = 5
+    out_dir: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingGridConfig = field(default_factory=ScalingGridConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+SCHEMAS = {"arithmetic": ArithmeticConfig, "ood": OODConfig, "corollaries": CorollariesConfig,
+           "scaling": ScalingConfig}
 
 
 def register_configs() -> None:
@@ -133,15 +213,76 @@ def _reject_unknown(node: dict, schema, prefix: str) -> None:
             _reject_unknown(v, type(sub), f"{prefix}{k}.")
 
 
-def validate(cfg: ArithmeticConfig) -> None:
+def validate(cfg) -> None:
     """Range and cross-field checks; the first violation raises a one-line ValueError naming the field."""
     _check.integer("seed", cfg.seed, lo=0)
     _check.integer("n_seeds", cfg.n_seeds, lo=1)
-    _validate_data(cfg.data, n_task_dirs=2)
+    n_dirs = len(cfg.ood.gammas) + 1 if hasattr(cfg, "ood") else 2     # sources + mu_perp, or the pair's e_1, e_2
+    _validate_data(cfg.data, n_task_dirs=n_dirs)
     _validate_model(cfg.model)
     _validate_train(cfg.train)
-    _validate_sweep(cfg.sweep)
+    if hasattr(cfg, "sweep"):
+        _validate_sweep(cfg.sweep)
+    if hasattr(cfg, "ood"):
+        _validate_ood(cfg.ood)
+    if hasattr(cfg, "scaling"):
+        _validate_scaling(cfg.scaling, cfg.data.P)
+    if hasattr(cfg, "corollaries"):
+        _validate_corollaries(cfg.corollaries, cfg.data.d, cfg.model.m)
     _validate_claims(cfg.claims)
+
+
+def _validate_scaling(c: ScalingGridConfig, P: int) -> None:
+    for i, d in enumerate(c.ds):
+        _check.integer(f"scaling.ds[{i}]", d, lo=3)
+    for i, m in enumerate(c.ms):
+        _check.integer(f"scaling.ms[{i}]", m, lo=1)
+    if len(c.ds) < 2:
+        _check.fail("scaling.ds", list(c.ds), "needs at least two values to fit an exponent")
+    if len(c.n_rels) < 2:
+        _check.fail("scaling.n_rels", list(c.n_rels), "needs at least two values to fit an exponent")
+    _validate_sweep(SweepConfig(lam_min=c.lam_min, lam_max=c.lam_max, lam_step=c.lam_step))
+    if not (c.lam_min < 0 < c.lam_max):
+        _check.fail("scaling.lam_min", c.lam_min, "the grid must hold lambdas < 0 and > 0 (beta on both sides)")
+    for i, n in enumerate(c.n_rels):
+        _prefixed(f"scaling.n_rels[{i}]", TaskSpec(P, n, c.conv_n_conf).validate)
+    _check.integer("scaling.n_test", c.n_test, lo=1)
+    _check.integer("scaling.conv_steps", c.conv_steps, lo=2)
+    _check.integer("scaling.conv_window", c.conv_window, lo=1, hi=c.conv_steps)
+    _check.in_range("scaling.exponent_tol", c.exponent_tol, lo=0.0)
+
+
+def _validate_corollaries(c: CorollaryGridConfig, d: int, m: int) -> None:
+    for name in ("ranks", "spectrum_ranks"):
+        for i, r in enumerate(getattr(c, name)):
+            _check.integer(f"corollaries.{name}[{i}]", r, lo=1, hi=min(d, m))
+    for i, f in enumerate(c.prune):
+        _check.in_range(f"corollaries.prune[{i}]", f, 0.0, 1.0, hi_open=True)
+    _check.in_range("corollaries.prune_min", c.prune_min, 0.0, 1.0, hi_open=True)
+    _check.in_range("corollaries.two_groups_ratio", c.two_groups_ratio, lo=1.0)
+    _check.integer("corollaries.n_test", c.n_test, lo=1)
+
+
+def _validate_ood(c: OODGridConfig) -> None:
+    from tvtheory.specs import check_ood_target
+
+    if len(c.gammas) == 0:
+        _check.fail("ood.gammas", list(c.gammas), "must hold at least one coefficient")
+    _prefixed("ood", check_ood_target, list(c.gammas), c.kappa)
+    if len(c.ranges) != len(c.gammas):
+        _check.fail("ood.ranges", [list(r) for r in c.ranges], f"needs one [min, max, step] per source task "
+                    f"({len(c.gammas)} gammas)")
+    for i, r in enumerate(c.ranges):
+        if len(r) != 3:
+            _check.fail(f"ood.ranges[{i}]", list(r), "must be [min, max, step]")
+        _check.finite(f"ood.ranges[{i}][0]", r[0])
+        _check.finite(f"ood.ranges[{i}][1]", r[1])
+        _check.in_range(f"ood.ranges[{i}][2]", r[2], lo=0.0, lo_open=True)
+        if r[1] < r[0]:
+            _check.fail(f"ood.ranges[{i}][1]", r[1], f"must be >= ood.ranges[{i}][0]={r[0]} (grids ascend)")
+    _check.integer("ood.n_test", c.n_test, lo=1)
+    _check.integer("ood.chunk", c.chunk, lo=1)
+    _check.in_range("ood.iou_min", c.iou_min, 0.0, 1.0)
 
 
 def _prefixed(prefix: str, fn, *args, **kw):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvtheory import _check
-from tvtheory.specs import TaskSpec
+from tvtheory.specs import TaskSpec, check_ood_target
 
 
 def pair_patterns(alpha, d: int) -> jax.Array:
@@ -39,18 +39,7 @@ def ood_patterns(gammas, kappa: float | None, d: int) -> tuple[jax.Array, jax.Ar
     k = g.size
     if k == 0:
         _check.fail("gammas", list(gammas), "must hold at least one coefficient")
-    for i, gi in enumerate(g):
-        _check.finite(f"gammas[{i}]", float(gi))
-    if not np.any(g != 0):
-        _check.fail("gammas", g.tolist(), "must not be all zero (Theorem 3)")
-    sq = float(np.sum(g**2))
-    if sq > 1.0 + 1e-9:
-        _check.fail("gammas", g.tolist(), f"sum of squares {sq:.4g} must be <= 1")
-    if kappa is None:
-        kappa = float(np.sqrt(max(1.0 - sq, 0.0)))
-    _check.finite("kappa", kappa)
-    if abs(sq + kappa**2 - 1.0) > 1e-6:
-        _check.fail("kappa", kappa, f"sum gamma_i^2 + kappa^2 must be 1 (sum gamma_i^2 = {sq:.4g})")
+    kappa = check_ood_target([float(x) for x in g], kappa)
     _check.integer("d", d, lo=k + 1)
     sources = np.eye(d, dtype=np.float32)[:k]
     target = sources.T @ g.astype(np.float32) + kappa * np.eye(d, dtype=np.float32)[k]

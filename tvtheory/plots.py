@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from tvtheory import results, theory  # noqa: E402
+from tvtheory import claims, results, theory  # noqa: E402
 
 T_COLORS = {"T1": "tab:blue", "T2": "tab:orange"}
 
@@ -151,12 +151,137 @@ def arithmetic(out) -> None:
     lambda_star(out)
 
 
-DRAWERS = {"arithmetic": arithmetic}
+def ood(out) -> None:
+    """Figure 2: T' accuracy and hinge loss over (lambda_1, lambda_2); Theorem 3's region (fitted tau) over them."""
+    import json
+
+    out = Path(out)
+    rows = pd.read_csv(out / "metrics.csv")
+    rows = rows[~rows["diverged"].astype(bool)]
+    lam_cols = [c for c in rows.columns if c.startswith("lam")]
+    if len(lam_cols) != 2:
+        return                                   # heatmaps only for two source tasks
+    fit = json.loads((out / "region.json").read_text())
+    cur = rows.groupby(lam_cols, as_index=False)[["loss", "acc"]].mean()
+    l1, l2 = np.sort(cur["lam1"].unique()), np.sort(cur["lam2"].unique())
+    grid = lambda col: cur.pivot(index="lam2", columns="lam1", values=col).loc[l2, l1].to_numpy()  # noqa: E731
+    L1, L2 = np.meshgrid(l1, l2)
+    coeffs = np.stack([L1.ravel(), L2.ravel()], -1)
+    pred = theory.ood_region(coeffs, fit["gammas"], fit["tau"], fit["lam_max"]).reshape(L1.shape)
+    best = claims.best_point(cur)
+    n_seeds = rows["seed"].nunique()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for ax, col, cmap, label in ((axes[0], "acc", "viridis", "T' accuracy"),
+                                 (axes[1], "loss", "magma_r", "T' hinge loss")):
+        im = ax.pcolormesh(l1, l2, grid(col), cmap=cmap, shading="nearest")
+        fig.colorbar(im, ax=ax, label=label)
+        ax.set_title(f"(A) {label} ({n_seeds} seeds)")
+    ax = axes[2]
+    ax.pcolormesh(l1, l2, (grid("loss") <= fit["eps_learned"]).astype(float), cmap="Greens", vmin=0, vmax=1.4,
+                  shading="nearest")
+    ax.contour(L1, L2, pred.astype(float), levels=[0.5], colors="k", linewidths=1.5)
+    two = fit["two_thresholds"]
+    s1, s2 = coeffs @ np.asarray(fit["gammas"]), coeffs @ np.asarray(fit["gammas"]) ** 2
+    pred2 = ((s1 >= two["tau_i"]) & (s2 >= two["tau_ii"]) & (np.abs(coeffs).max(1) <= two["lam_max"]))
+    ax.contour(L1, L2, pred2.reshape(L1.shape).astype(float), levels=[0.5], colors="tab:purple", linewidths=1,
+               linestyles="--")
+    ax.set_title(f"(B) measured success (green, hinge <= {fit['eps_learned']:g})\nTheorem 3 region (black): "
+                 f"tau = {fit['tau']:g}, c/beta = {fit['lam_max']:g}, IoU = {fit['iou']:.2f}; purple: separate "
+                 f"tau_i = {two['tau_i']:g}, tau_ii = {two['tau_ii']:g}, IoU = {two['iou']:.2f}", fontsize=8)
+    for ax in axes:
+        ax.plot([1], [0], "o", mfc="none", mec="tab:blue", ms=9, label="Psi*_T1 (1, 0)")
+        ax.plot([0], [1], "s", mfc="none", mec="tab:red", ms=9, label="Psi*_T2 (0, 1)")
+        ax.plot([best["lam1"]], [best["lam2"]], "*", color="w", mec="k", ms=13,
+                label=f"best ({best['lam1']:g}, {best['lam2']:g})")
+        ax.set_xlabel("lambda_1")
+        ax.set_ylabel("lambda_2")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Psi_0 + lambda_1 dPsi_T1 + lambda_2 dPsi_T2 on T' (gamma = {fit['gammas']})", fontsize=10)
+    fig.tight_layout()
+    save(fig, out, "figure2")
+
+
+def corollaries(out) -> None:
+    out = Path(out)
+    sp = pd.read_csv(out / "spectra.csv")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, name in zip(axes[:2], ("dW", "dV")):
+        for task, g in sp[sp["matrix"] == name].groupby("task"):
+            st = g.groupby("index")["sv"].agg(["mean", "std"]).fillna(0.0)
+            ax.errorbar(st.index[:12], st["mean"][:12], yerr=st["std"][:12], marker="o", ms=3, capsize=2,
+                        label=task)
+        ax.set_yscale("log")
+        ax.set_xlabel("index")
+        ax.set_ylabel("singular value")
+        ax.set_title(f"Corollary 1: spectrum of {name} (seed mean +- std)")
+        ax.legend(fontsize=8)
+    rn = pd.read_csv(out / "rownorms.csv")
+    m = rn["row"].nunique()
+    ax = axes[2]
+    ax.hist(rn["norm"], bins=60, color="tab:gray")
+    ax.axvline(m ** -0.5, color="k", ls="--", label="m^-1/2")
+    ax.set_xlabel("norm of a row u_i of dV")
+    ax.set_ylabel("rows (all seeds, tasks)")
+    ax.set_title("Corollary 2 predicts two groups of row norms")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, out, "corollaries_structure")
+
+    v = pd.read_csv(out / "verdicts.csv")
+    piv = v.pivot(index="variant", columns="id", values="verdict")
+    order = ["dense"] + sorted(i for i in piv.index if i.startswith("rank")) + sorted(
+        (i for i in piv.index if i.startswith("prune")), key=lambda x: float(x[5:]))
+    piv = piv.loc[order]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * piv.shape[1], 0.8 + 0.45 * piv.shape[0]))
+    ax.imshow((piv == "pass").to_numpy(float), cmap="RdYlGn", vmin=-0.3, vmax=1.3, aspect="auto")
+    for (i, j), val in np.ndenumerate(piv.to_numpy()):
+        ax.text(j, i, val, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(piv.shape[1]), piv.columns, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(piv.shape[0]), piv.index, fontsize=8)
+    ax.set_title("Theorems 1-3 verdicts per task-vector variant (Corollaries 1-2)", fontsize=10)
+    fig.tight_layout()
+    save(fig, out, "corollaries_verdicts")
+
+
+def scaling(out) -> None:
+    out = Path(out)
+    b, bs = pd.read_csv(out / "beta.csv"), pd.read_csv(out / "beta_seeds.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m, g in b.groupby("m"):
+        sd = bs[bs["m"] == m].groupby("d")["beta_neg"].std()
+        axes[0].errorbar(g["d"], g["beta_neg"], yerr=sd.loc[g["d"]].to_numpy(), marker="o", capsize=3,
+                         label=f"beta_neg, m = {m}")
+    d = np.asarray(sorted(b["d"].unique()), float)
+    ref = b[b["m"] == b["m"].median()]["beta_neg"].to_numpy()
+    scale = ref[0] * d[0] if len(ref) else 1.0
+    axes[0].plot(d, scale / d, "k--", label="Theta(1/d) through the first point")
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("d")
+    axes[0].set_ylabel("beta (T1 hinge loss per unit |lambda|)")
+    axes[0].set_title("beta measured under negation of an irrelevant task")
+    axes[0].legend(fontsize=7)
+    conv = pd.read_csv(out / "convergence.csv")
+    st = conv.groupby("delta_star")["steps"].agg(["mean", "std"])
+    axes[1].errorbar(st.index, st["mean"], yerr=st["std"], marker="o", capsize=3, label="measured (5 seeds)")
+    x = st.index.to_numpy(float)
+    axes[1].plot(x, st["mean"].iloc[0] * (x / x[0]) ** -2, "k--", label="Theta(delta_*^-2) through the first point")
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("delta_* (fraction of label-relevant tokens)")
+    axes[1].set_ylabel("SGD steps to reach eps")
+    axes[1].set_title("iterations to learn a task")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, out, "scaling")
+
+
+DRAWERS = {"arithmetic": arithmetic, "ood": ood, "corollaries": corollaries, "scaling": scaling}
 
 
 def main(root: str = "results") -> None:
     for name, draw in DRAWERS.items():
-        if (Path(root) / name / "metrics.csv").exists():
+        if (Path(root) / name / "config.yaml").exists():
             draw(Path(root) / name)
             print(f"redrew {Path(root) / name}")
 

@@ -101,6 +101,85 @@ def arithmetic(out: str | Path, cfg: ClaimsConfig, source: str | Path | None = N
     results.write_claims(out, claims.arithmetic_claims(rows, cfg), source=str(source or out / "metrics.csv"))
 
 
+PAPER_TABLE2 = {"direct": ("direct fine-tune on T'", None, 92.21), "T1": ("Psi*_T1", (1, 0), 88.10),
+                "T2": ("Psi*_T2", (0, 1), 45.06), "best": ("best searched", (1.2, -0.6), 91.74)}
+
+
+def ood(out: str | Path, gammas, cfg: ClaimsConfig, iou_min: float, source: str | Path | None = None) -> None:
+    """Derive region.json, table2.md and claims.json from metrics.csv and reference.csv in ``out``."""
+    out = Path(out)
+    rows, refs = pd.read_csv(out / "metrics.csv"), pd.read_csv(out / "reference.csv")
+    cur = claims.ood_curves(rows)
+    lam_cols = [c for c in cur.columns if c.startswith("lam")]
+    coeffs, success = cur[lam_cols].to_numpy(), cur["loss"].to_numpy() <= cfg.eps_learned
+    fit = claims.fit_ood_region(coeffs, success, gammas)
+    two = claims.fit_ood_two_thresholds(coeffs, success, gammas, fit["lam_max"])
+    results.write_json(out / "region.json", {**fit, "two_thresholds": two, "gammas": [float(g) for g in gammas],
+                                             "eps_learned": cfg.eps_learned})
+    results.write_text(out / "table2.md", table2(rows, refs))
+    results.write_claims(out, claims.ood_claims(rows, refs, gammas, cfg, iou_min),
+                         source=str(source or out / "metrics.csv"))
+
+
+def table2(rows: pd.DataFrame, refs: pd.DataFrame) -> str:
+    cur = claims.ood_curves(rows)
+    lam_cols = [c for c in cur.columns if c.startswith("lam")]
+    best = claims.best_point(cur)
+    best_pt = tuple(float(best[c]) for c in lam_cols)
+    ok = rows[~rows["diverged"].astype(bool)] if "diverged" in rows else rows
+    mask = np.all([np.isclose(ok[c], v) for c, v in zip(lam_cols, best_pt)], axis=0)
+    per_seed_best = ok[mask]
+    stats = {m: g[["loss", "acc"]] for m, g in refs.groupby("model")}
+    stats["best"] = per_seed_best[["loss", "acc"]]
+    lines = ["# Table 2 for the one-layer transformer", "",
+             "Accuracy and hinge loss on the out-of-domain task T' (seed mean +- std); best searched = lowest mean "
+             "hinge loss, ties broken by the smallest ||lambda||. Paper: Colored-MNIST, ViT-Small/16.", "",
+             "| model | coefficients | T' acc (%) | T' hinge | paper coefficients | paper T' acc (%) |",
+             "|---|---|---|---|---|---|"]
+    for m in ["direct"] + sorted(k for k in stats if k.startswith("T")) + ["best"]:
+        st = stats[m]
+        name, pc, pacc = PAPER_TABLE2.get(m, (m, None, None))
+        if m.startswith("T"):
+            i = int(m[1:]) - 1
+            coeff = tuple(1.0 if j == i else 0.0 for j in range(len(lam_cols)))
+            name = f"Psi*_{m}"
+        else:
+            coeff = best_pt if m == "best" else None
+        fmt = lambda t: "-" if t is None else "(" + ", ".join(f"{x:g}" for x in t) + ")"  # noqa: E731
+        lines.append(f"| {name} | {fmt(coeff)} | {100 * st['acc'].mean():.2f} +- {100 * st['acc'].std(ddof=0):.2f} "
+                     f"| {st['loss'].mean():.3f} +- {st['loss'].std(ddof=0):.3f} | {fmt(pc)} | "
+                     f"{'-' if pacc is None else f'{pacc:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def task_vector_structure(taus, ranks, M: int, eps: float):
+    """Corollaries 1-2's premises, per seed and task: the singular values of dW and dV, the rank-r truncation errors
+    ||d - d_r||_F beside the corollary's bound terms (constants set to 1: M eps + 1/log M for dW, eps for dV), and
+    the norms of dV's rows (one per hidden neuron)."""
+    from tvtheory import model, taskvec
+
+    leaves = {k: np.asarray(v) for k, v in taus.items()}
+    S, K = next(iter(leaves.values())).shape[:2]
+    spectra, lowrank, norms = [], [], []
+    for s in range(S):
+        for k in range(K):
+            W, V = (np.asarray(x) for x in model.merged({n: v[s, k] for n, v in leaves.items()}))
+            for name, X in (("dW", W), ("dV", V)):
+                sv = np.linalg.svd(X, compute_uv=False)
+                spectra += [{"seed": s, "task": f"T{k + 1}", "matrix": name, "index": i, "sv": x}
+                            for i, x in enumerate(sv)]
+                for r in list(ranks) + [len(sv)]:
+                    approx, rel = taskvec.low_rank({"X": X}, int(r))
+                    bound = M * eps + 1 / np.log(M) if name == "dW" else eps
+                    lowrank.append({"seed": s, "task": f"T{k + 1}", "matrix": name, "rank": int(r),
+                                    "full_rank": r == len(sv), "abs_err": float(np.linalg.norm(X - approx["X"])),
+                                    "rel_err": float(rel["X"]), "norm": float(np.linalg.norm(X)),
+                                    "bound_term": bound})
+            norms += [{"seed": s, "task": f"T{k + 1}", "row": i, "norm": x} for i, x in
+                      enumerate(np.linalg.norm(V, axis=1))]
+    return pd.DataFrame(spectra), pd.DataFrame(lowrank), pd.DataFrame(norms)
+
+
 def gather(root: str | Path, name: str = "metrics.csv") -> pd.DataFrame:
     """Concatenate <root>/**/<name> of a multirun; each job's rows carry its config point (d, m, ...) columns."""
     files = sorted(Path(root).rglob(name))

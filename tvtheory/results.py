@@ -136,6 +136,18 @@ def tidy(arrays: dict[str, np.ndarray], axes: dict[str, np.ndarray], **constants
     return df
 
 
+def grid_table(loss_SxG, acc_SxG, coeffs_GxK, diverged_S) -> pd.DataFrame:
+    """One row per (seed, grid point): seed, lam1..lamK, loss, acc, diverged."""
+    S, G = np.shape(loss_SxG)
+    K = np.shape(coeffs_GxK)[1]
+    df = pd.DataFrame({"seed": np.repeat(np.arange(S), G)})
+    for k in range(K):
+        df[f"lam{k + 1}"] = np.tile(np.asarray(coeffs_GxK)[:, k], S)
+    df["loss"], df["acc"] = np.asarray(loss_SxG).ravel(), np.asarray(acc_SxG).ravel()
+    df["diverged"] = np.repeat(np.asarray(diverged_S), G)
+    return df
+
+
 # ----------------------------------------------------------------------------------------------------- claims
 CLAIM_KEYS = ("id", "statement", "predicted", "measured", "verdict", "n_seeds", "details")
 

@@ -55,3 +55,20 @@ def check_shape(d: int, m: int, form: str) -> None:
     _check.integer("m", m, lo=1)
     if form not in FORMS:
         _check.fail("form", form, f"must be one of {FORMS}")
+
+
+def check_ood_target(gammas: list, kappa: float | None) -> float:
+    """Theorem 3's target: gammas finite and not all zero, sum gamma_i^2 + kappa^2 = 1. Returns kappa."""
+    for i, g in enumerate(gammas):
+        _check.finite(f"gammas[{i}]", g)
+    if not any(g != 0 for g in gammas):
+        _check.fail("gammas", list(gammas), "must not be all zero (Theorem 3)")
+    sq = sum(g * g for g in gammas)
+    if sq > 1.0 + 1e-9:
+        _check.fail("gammas", list(gammas), f"sum of squares {sq:.4g} must be <= 1")
+    if kappa is None:
+        return max(1.0 - sq, 0.0) ** 0.5
+    _check.finite("kappa", kappa)
+    if abs(sq + kappa**2 - 1.0) > 1e-6:
+        _check.fail("kappa", kappa, f"sum gamma_i^2 + kappa^2 must be 1 (sum gamma_i^2 = {sq:.4g})")
+    return kappa

@@ -3,13 +3,14 @@
 Evaluating Psi_0 + sum_k c_k dPsi_k on a grid of coefficient vectors c reuses the lambda-independent products: in the
 merged form the pre-activations are affine in c,
     X^T W(c) X = X^T W_0 X + sum_k c_k X^T dW_k X,      V(c) X = V_0 X + sum_k c_k dV_k X,
-so each grid point pays only the softmax, the attention-weighted sum and the ReLU. Grid points are processed in
-chunks (``lax.map(batch_size=...)``) so memory stays bounded whatever the grid size. On CPU a chunk of one point is
-fastest: the per-point intermediates (N x P x m) then stay in cache-friendly sizes.
+so each grid point pays only the softmax, the attention-weighted sum and the ReLU. The test set is walked in blocks
+and grid points one (or ``chunk``) at a time, so memory stays bounded whatever the grid size; on CPU one point at a
+time over blocks of ~100 samples is fastest, because the per-point work is bound by reading those products.
 """
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from typing import NamedTuple
 
@@ -35,10 +36,12 @@ def seed_keys(seed: int, n_seeds: int) -> jax.Array:
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(jnp.arange(n_seeds))
 
 
-def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chunk: int = 1):
+def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chunk: int = 1, block: int = 100):
     """Hinge loss and accuracy of base + sum_k c_k taus[k] on (X, y) for every row c of coeffs. Returns two (G,).
 
-    ``taus`` is a pytree whose leaves carry a leading axis K (stacked task vectors).
+    ``taus`` is a pytree whose leaves carry a leading axis K (stacked task vectors). The merged form walks the test
+    set in blocks of ``block`` samples and, inside a block, the whole grid: the block's precomputed products stay in
+    cache while every grid point reuses them (the loop is memory-bound the other way round).
     """
     if "W" not in base:                                       # four-matrix form: not affine in c
         def point(c):
@@ -47,19 +50,32 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
         out = jax.lax.map(point, coeffs_GxK, batch_size=chunk)
         return out["loss"], out["acc"]
 
-    XW0 = X @ base["W"].T
-    S0_NxPxP = jnp.einsum("nsd,nld->nls", X, XW0)
-    H0_NxPxM = X @ base["V"].T
-    Sk_KxNxPxP = jnp.einsum("nsd,knld->knls", X, jnp.einsum("npd,ked->knpe", X, taus["W"]))
-    Hk_KxNxPxM = jnp.einsum("npd,kmd->knpm", X, taus["V"])
+    N, P, D = X.shape
+    nb = min(block, N)
+    pad = -N % nb
+    w = jnp.concatenate([jnp.ones(N), jnp.zeros(pad)]).reshape(-1, nb)      # padding samples weigh nothing
+    Xb = jnp.concatenate([X, jnp.zeros((pad, P, D), X.dtype)]).reshape(-1, nb, P, D)
+    yb = jnp.concatenate([y, jnp.ones(pad, y.dtype)]).reshape(-1, nb)
 
-    def point(c_K):
-        S = S0_NxPxP + jnp.tensordot(c_K, Sk_KxNxPxP, axes=1)
-        H = H0_NxPxM + jnp.tensordot(c_K, Hk_KxNxPxM, axes=1)
-        f = model.readout_mean(jax.nn.softmax(S, axis=-1), H)
-        return metrics.hinge(f, y), metrics.accuracy(f, y)
+    def one_block(args):
+        X, y, w = args
+        S0_NxPxP = jnp.einsum("nsd,nld->nls", X, X @ base["W"].T)
+        H0_NxPxM = X @ base["V"].T
+        Sk_KxNxPxP = jnp.einsum("nsd,knld->knls", X, jnp.einsum("npd,ked->knpe", X, taus["W"]))
+        Hk_KxNxPxM = jnp.einsum("npd,kmd->knpm", X, taus["V"])
 
-    return jax.lax.map(point, coeffs_GxK, batch_size=chunk)
+        def point(c_K):
+            # An unrolled sum over the K task vectors fuses into the attention kernel; a tensordot over K does not.
+            S, H = S0_NxPxP, H0_NxPxM
+            for k in range(c_K.shape[0]):
+                S, H = S + c_K[k] * Sk_KxNxPxP[k], H + c_K[k] * Hk_KxNxPxM[k]
+            f = model.readout_mean(jax.nn.softmax(S, axis=-1), H)
+            return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
+
+        return jax.lax.map(point, coeffs_GxK, batch_size=chunk if chunk > 1 else None)
+
+    loss_sum, correct = jax.lax.map(one_block, (Xb, yb, w))
+    return loss_sum.sum(0) / N, correct.sum(0) / N
 
 
 class PairSweep(NamedTuple):
@@ -113,14 +129,25 @@ def finetune_seeds(key, seed_ids, psi0_S, mu, irr, *, setup: Setup, task_index: 
     return jax.lax.map(one, (seed_ids, psi0_S))
 
 
-@partial(jax.jit, static_argnames=("setup", "n_test", "n_alpha_hat", "chunk"))
+class Compression(NamedTuple):
+    """The task vectors used (Corollaries 1-2): rank-r truncation (0: dense), kept fraction of dV's rows."""
+
+    rank: int = 0
+    keep: float = 1.0
+
+    def apply(self, tau):
+        return taskvec.compress(tau, self.rank, self.keep)
+
+
+@partial(jax.jit, static_argnames=("setup", "n_test", "n_alpha_hat", "chunk", "comp"))
 def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_test: int,
-              n_alpha_hat: int, chunk: int):
+              n_alpha_hat: int, chunk: int, comp: Compression = Compression()):
     """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (stream TEST), plus diagnostics."""
     coeffs_Lx1 = lams_L[:, None]
 
     def one(args):
         s, psi0, tau1, tau2 = args
+        tau1, tau2 = comp.apply(tau1), comp.apply(tau2)
         test_keys = streams(_seed_key(key, s), 2)["test"]
         base = taskvec.add(psi0, tau1)
         psi2 = taskvec.add(psi0, tau2)
@@ -137,6 +164,10 @@ def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, se
                 metrics.alpha_hat(base, psi2, jnp.concatenate(Xmix)), taskvec.cosine(tau1, tau2), norms)
 
     return jax.lax.map(one, (seed_ids, psi0_S, tau1_S, tau2_S))
+
+
+def _comp_fields(comp: Compression) -> dict:
+    return {} if comp == Compression() else {"rank": comp.rank, "keep": comp.keep}
 
 
 def _select(tree, ids):
@@ -157,33 +188,55 @@ def _per_seed(store: cache.Store, kind: str, fields_of, seed_ids: np.ndarray, co
     return jax.tree.map(lambda *xs: np.stack(xs), *[got[int(s)] for s in seed_ids])
 
 
+def irrelevant(seed: int, setup: Setup, task_patterns) -> np.ndarray:
+    """The v_j for a sweep: basis vectors, or a random orthonormal basis (drawn from the seed) of the complement."""
+    key = jax.random.fold_in(jax.random.key(seed), 2**31 - 1) if setup.random_irrelevant else None
+    return np.asarray(data.irrelevant_patterns(np.asarray(task_patterns), key=key))
+
+
+def _base_fields(seed: int, setup: Setup, irr=None) -> dict:
+    f = {"seed": seed, **setup.fields()}
+    if irr is not None:      # the irrelevant patterns shape every sample: a fine-tune's key must see them
+        f["irr"] = hashlib.sha256(np.ascontiguousarray(np.round(irr, 6), np.float32).tobytes()).hexdigest()[:16]
+    return f
+
+
+def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store):
+    """Psi_0 for every seed index, cached per seed."""
+    key = jax.random.key(seed)
+    return _per_seed(store, "psi0", lambda s: {**_base_fields(seed, setup), "s": s}, seed_ids,
+                     lambda ids: init_seeds(key, ids, setup=setup))
+
+
+def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream: int, irr, store: cache.Store):
+    """Psi*_T for every seed from its Psi_0 (TrainResult with a leading seed axis), cached per seed. ``stream`` is the
+    task's index among the fine-tune streams of a seed."""
+    key, base = jax.random.key(seed), _base_fields(seed, setup, irr)
+    mu = np.asarray(mu, np.float32)
+    f = lambda s: {**base, "s": s, "mu": np.round(mu.astype(float), 7), "stream": stream}  # noqa: E731
+    return _per_seed(store, "finetune", f, seed_ids, lambda ids: finetune_seeds(
+        key, ids, _select(psi0, ids), mu, irr, setup=setup, task_index=stream))
+
+
 def pair_sweep(seed: int, n_seeds: int, alphas, lams, d: int, m: int, task: data.TaskSpec,
                spec: train.TrainSpec, *, form: str = "merged", sigma_0: float = 0.01, sigma_w: float = 0.0,
                n_test: int = 2000, n_alpha_hat: int = 500, chunk: int = 1, random_irrelevant: bool = False,
-               store: cache.Store | None = None, progress=None) -> PairSweep:
+               store: cache.Store | None = None, progress=None, comp: Compression = Compression()) -> PairSweep:
     """The Theorem 1-2 sweep. Seeds and lambdas are array axes inside compiled code; each stage is compiled once
     and reused for every alpha. T1's fine-tune does not depend on alpha and is shared. With a ``store``, Psi_0,
     every fine-tune and every (alpha, seed) evaluation are cached, so a killed sweep resumes where it stopped and a
     new coefficient grid reuses the fine-tunes."""
     store = store or cache.NoStore()
     setup = Setup(d, m, task, spec, form, sigma_0, sigma_w, random_irrelevant)
-    key = jax.random.key(seed)
     seed_ids = np.arange(n_seeds, dtype=np.int32)
     alphas = np.asarray(alphas, np.float32)
     lams = np.asarray(lams, np.float32)
     # The irrelevant patterns span the complement of (e_1, e_2), which holds mu_T1 and mu_T2 for every alpha.
-    irr_key = jax.random.fold_in(key, 2**31 - 1) if random_irrelevant else None
-    irr = data.irrelevant_patterns(jnp.eye(d)[:2], key=irr_key)
-    base = {"seed": seed, **setup.fields()}
-    psi0 = _per_seed(store, "psi0", lambda s: {**base, "s": s}, seed_ids,
-                     lambda ids: init_seeds(key, ids, setup=setup))
-
-    def finetuned(mu, task_index):
-        f = lambda s: {**base, "s": s, "mu": np.round(np.asarray(mu, float), 7), "stream": task_index}  # noqa
-        return _per_seed(store, "finetune", f, seed_ids, lambda ids: finetune_seeds(
-            key, ids, _select(psi0, ids), mu, irr, setup=setup, task_index=task_index))
-
+    irr = irrelevant(seed, setup, np.eye(d)[:2])
+    key, base = jax.random.key(seed), _base_fields(seed, setup, irr)
+    psi0 = pretrained(seed, setup, seed_ids, store)
     mus = np.asarray(jax.vmap(lambda a: data.pair_patterns(a, d))(alphas))
+    finetuned = lambda mu, i: finetune_all(seed, setup, seed_ids, psi0, mu, i, irr, store)  # noqa: E731
     ft1 = finetuned(mus[0, 0], 0)
     tau1 = taskvec.task_vector(ft1.params, psi0)
     cells = []
@@ -191,12 +244,74 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, d: int, m: int, task: data
         ft2 = finetuned(mus[i, 1], 1)
         tau2 = taskvec.task_vector(ft2.params, psi0)
         f = lambda s: {**base, "s": s, "alpha": float(a), "lams": lams, "n_test": n_test,  # noqa: E731
-                       "n_alpha_hat": n_alpha_hat}
+                       "n_alpha_hat": n_alpha_hat, **_comp_fields(comp)}
         ev = _per_seed(store, "pair_eval", f, seed_ids, lambda ids: pair_eval(
             key, ids, mus[i], irr, _select(psi0, ids), _select(tau1, ids), _select(tau2, ids), lams, setup=setup,
-            n_test=n_test, n_alpha_hat=n_alpha_hat, chunk=chunk))
+            n_test=n_test, n_alpha_hat=n_alpha_hat, chunk=chunk, comp=comp))
         cells.append((*ev, np.asarray(ft1.finite) & np.asarray(ft2.finite)))
         if progress:
             progress(f"alpha {i + 1}/{len(alphas)} ({float(a):g}) done")
     loss, acc, single, ahat, cos, norms, finite = (np.stack(x) for x in zip(*cells))
     return PairSweep(loss, acc, finite, single, ahat, cos, norms)
+
+
+class OODSweep(NamedTuple):
+    """Theorem 3 for every seed: Psi_0 + sum_i lambda_i dPsi_Ti on the out-of-domain task T'."""
+
+    coeffs: np.ndarray       # (G, K) the coefficient grid
+    loss: np.ndarray         # (S, G)
+    acc: np.ndarray          # (S, G)
+    ref_loss: np.ndarray     # (S, 1 + K) on T': direct fine-tune on T', then Psi_0 + dPsi_Ti for each source
+    ref_acc: np.ndarray      # (S, 1 + K)
+    finite: np.ndarray       # (S,) every fine-tune of the seed stayed finite
+    taus: dict               # task vectors, leaves (S, K, ...)
+
+
+def coefficient_grid(ranges) -> np.ndarray:
+    """The product grid of per-source ranges [(min, max, step), ...] as rows (G, K), lambda_1 varying slowest."""
+    axes = [np.round(lo + st * np.arange(int(round((hi - lo) / st)) + 1), 6) for lo, hi, st in ranges]
+    return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=-1).astype(np.float32)
+
+
+@partial(jax.jit, static_argnames=("setup", "n_test", "chunk", "comp"))
+def ood_eval(key, seed_ids, target, irr, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup, n_test: int,
+             chunk: int, comp: Compression = Compression()):
+    """Per seed: the coefficient grid and the references on a test set of T' (stream TEST, index 0)."""
+    def one(args):
+        s, psi0, taus, direct = args
+        taus = jax.vmap(comp.apply)(taus)
+        X, y = data.sample(streams(_seed_key(key, s), 1)["test"][0], target, irr, n_test, setup.task)
+        loss, acc = grid_eval(psi0, taus, coeffs_GxK, X, y, chunk)
+        refs = [direct] + [taskvec.add(psi0, jax.tree.map(lambda t: t[i], taus)) for i in range(coeffs_GxK.shape[1])]
+        ev = [metrics.evaluate(p, X, y) for p in refs]
+        return loss, acc, jnp.stack([e["loss"] for e in ev]), jnp.stack([e["acc"] for e in ev])
+    return jax.lax.map(one, (seed_ids, psi0_S, taus_SxK, direct_S))
+
+
+def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n_test: int = 2000, chunk: int = 1,
+              store: cache.Store | None = None, comp: Compression = Compression(), progress=None) -> OODSweep:
+    """Theorem 3: fine-tune each source task T_i (mu_Ti = e_i) and, as the reference, T' itself; evaluate the
+    coefficient grid on T'. Psi_0 and fine-tunes share the cache with the other sweeps."""
+    store = store or cache.NoStore()
+    sources, target = (np.asarray(x) for x in data.ood_patterns(gammas, kappa, setup.d))
+    K = sources.shape[0]
+    irr = irrelevant(seed, setup, np.vstack([sources, target]))
+    seed_ids = np.arange(n_seeds, dtype=np.int32)
+    psi0 = pretrained(seed, setup, seed_ids, store)
+    fts = [finetune_all(seed, setup, seed_ids, psi0, sources[i], i, irr, store) for i in range(K)]
+    direct = finetune_all(seed, setup, seed_ids, psi0, target, K, irr, store)
+    taus = jax.tree.map(lambda *t: np.stack(t, axis=1), *[taskvec.task_vector(f.params, psi0) for f in fts])
+    coeffs = coefficient_grid(ranges)
+    if coeffs.shape[1] != K:
+        raise ValueError(f"ranges: {coeffs.shape[1]} coefficient ranges for {K} source tasks (gammas)")
+    fields = {**_base_fields(seed, setup, irr), "gammas": np.round(np.asarray(gammas, float), 7), "kappa": kappa,
+              "coeffs": coeffs, "n_test": n_test, **_comp_fields(comp)}
+    key = jax.random.key(seed)
+    loss, acc, ref_loss, ref_acc = _per_seed(
+        store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids,
+        lambda ids: ood_eval(key, ids, target, irr, _select(psi0, ids), _select(taus, ids), _select(direct.params, ids),
+                             coeffs, setup=setup, n_test=n_test, chunk=chunk, comp=comp))
+    finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0)
+    if progress:
+        progress(f"out-of-domain grid of {len(coeffs)} points x {n_seeds} seeds done")
+    return OODSweep(coeffs, loss, acc, ref_loss, ref_acc, finite, taus)

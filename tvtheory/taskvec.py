@@ -115,3 +115,13 @@ def prune_rows(t: Tree, keep_fraction: float, leaf: str = "V") -> tuple[Tree, ja
     order = jnp.argsort(-jnp.linalg.norm(rows, axis=1), stable=True)
     mask = jnp.zeros(m, bool).at[order[:n_keep]].set(True)
     return {**t, leaf: jnp.where(mask[:, None], rows, 0.0)}, mask
+
+
+def compress(t: Tree, rank: int = 0, keep: float = 1.0) -> Tree:
+    """The task vector the corollaries speak of: rank-r truncation of every matrix (rank 0: dense), then the rows of
+    dV (or W_O's rows in the four-matrix form) pruned to the largest ``keep`` fraction by norm."""
+    if rank:
+        t = low_rank(t, rank)[0]
+    if keep < 1.0:
+        t = prune_rows(t, keep, "V" if "V" in t else "W_O")[0]
+    return t

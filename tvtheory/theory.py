@@ -47,3 +47,11 @@ def informative(lam, eps: float, beta_add: float, beta_neg: float, cap: float):
     """Where the kept-task bound eps + |lambda| beta is below the cap, i.e. where Theorems 1-2 say something."""
     lam = np.asarray(lam, float)
     return eps + np.abs(lam) * np.where(lam >= 0, beta_add, beta_neg) <= cap
+
+
+def ood_region(coeffs_GxK, gammas, tau: float, lam_max: float = np.inf) -> np.ndarray:
+    """Theorem 3's sufficient conditions for Psi_0 + sum_i lambda_i dPsi_Ti to generalize to T':
+    (i) sum_i lambda_i gamma_i >= tau, (ii) sum_i lambda_i gamma_i^2 >= tau, (iii) |lambda_i| <= c / beta = lam_max.
+    The paper's tau is 1 + c with uncalibrated constants; here it is a fitted parameter."""
+    lam, g = np.asarray(coeffs_GxK, float), np.asarray(gammas, float)
+    return (lam @ g >= tau) & (lam @ g**2 >= tau) & (np.abs(lam).max(axis=1) <= lam_max)
