@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
 
-EXPERIMENTS := arithmetic ood corollaries scaling
+EXPERIMENTS := arithmetic ood corollaries scaling digits
 
 reproduce: $(STAMP)
 	@for e in $(EXPERIMENTS); do echo "== $$e"; $(PY) experiments/$$e.py out_dir=results/$$e || exit 1; done
@@ -26,7 +26,7 @@ figures: $(STAMP)
 	$(PY) -m tvtheory.plots results
 
 bench: $(STAMP)
-	@echo "bench: no benchmark yet (see the speed issue); nothing to run"
+	$(PY) bench/run.py
 
 lint: $(STAMP)
 	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check tvtheory experiments tests; \

@@ -60,10 +60,16 @@ def progress(msg: str) -> None:
 def validated(cfg):
     """The typed, validated config; a bad value exits with one line naming the field (status 2), before compute."""
     try:
-        return config.to_dataclass(cfg)
+        c = config.to_dataclass(cfg)
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    if c.threads:
+        # Must precede JAX's import (the experiments import it only after validation); a launcher that reuses a
+        # worker process keeps the first job's setting, which is the same for every job of a sweep.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   f"intra_op_parallelism_threads={c.threads}").strip()
+    return c
 
 
 def out_dir(c) -> Path:

@@ -91,3 +91,33 @@ def test_ood_runs_end_to_end_with_three_sources(tmp_path):
     assert {r["id"] for r in json.loads((tmp_path / "claims.json").read_text())} == {"thm3.region",
                                                                                       "thm3.beats_single"}
     assert "best searched" in (tmp_path / "table2.md").read_text()
+
+
+def test_corollaries_and_scaling_run_end_to_end(tmp_path):
+    cache = f"cache.dir={tmp_path / 'cache'}"
+    p = run("corollaries.py", "train=tiny", "sweep=tiny", "n_seeds=2", "data.d=8", "model.m=32",
+            "ood.ranges=[[-1,2,1],[-1,1,1]]", "ood.n_test=100", "corollaries.n_test=100",
+            "corollaries.prune=[0.5]", "corollaries.ranks=[1]",
+            f"out_dir={tmp_path / 'cor'}", cache)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ids = {r["id"] for r in json.loads((tmp_path / "cor" / "claims.json").read_text())}
+    assert ids == {"cor1.rank1_thm1", "cor1.rank1_thm2", "cor1.rank1_thm3", "cor2.pruning_keeps", "cor2.two_groups"}
+    lr = pd.read_csv(tmp_path / "cor" / "lowrank.csv")
+    assert lr[lr["full_rank"]]["rel_err"].max() < 1e-5
+    p = run("scaling.py", "train=tiny", "n_seeds=2", "model.m=16", "scaling.ds=[6,8]", "scaling.ms=[16]",
+            "scaling.n_rels=[2,4]", "scaling.conv_steps=60", "scaling.n_test=50", f"out_dir={tmp_path / 'sc'}", cache)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "sc" / "beta.csv")) == 2
+    assert (tmp_path / "sc" / "scaling.png").exists()
+
+
+def test_multirun_through_a_real_launcher_then_gather(tmp_path):
+    """Two jobs in parallel local processes (joblib/loky), one XLA thread each; their rows gather into one table."""
+    p = run("arithmetic.py", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "threads=1", "sweep=tiny",
+            "train=tiny", "n_seeds=2", "model.m=16", "data.d=6,8", f"hydra.sweep.dir={tmp_path / 'mr'}",
+            f"cache.dir={tmp_path / 'cache'}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    from tvtheory import report
+    rows = report.gather(tmp_path / "mr")
+    assert sorted(rows["d"].unique()) == [6, 8] and rows["job"].nunique() == 2
+    assert len(rows) == 2 * 3 * 2 * 7 * 2

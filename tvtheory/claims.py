@@ -471,7 +471,10 @@ def scaling_claims(beta: pd.DataFrame, conv: pd.DataFrame, m: int, tol: float, n
         bool(np.isfinite(slope) and abs(slope + 1) <= tol), c,
         "beta_neg = slope of T1's hinge loss against |lambda| when negating an irrelevant task vector (alpha = 0); "
         "beta_add (adding it) per d: " + ", ".join(f"{r.beta_add:.2g}" for r in b.itertuples())
-        + ". Other widths: " + "; ".join(
+        + ". Local exponents between consecutive d: " + ", ".join(
+            f"{int(d0)}->{int(d1)}: {np.log(b1 / b0) / np.log(d1 / d0):.2f}"
+            for d0, d1, b0, b1 in zip(b["d"], b["d"][1:], b["beta_neg"], b["beta_neg"][1:]))
+        + " (a power law would keep them equal). Other widths: " + "; ".join(
             f"m={mm}: exponent {fit_exponent(g.sort_values('d')['d'], g.sort_values('d')['beta_neg']):.3g}"
             for mm, g in beta.groupby("m") if mm != m) + ".")
     means = conv.groupby("delta_star")["steps"].mean()
@@ -485,3 +488,53 @@ def scaling_claims(beta: pd.DataFrame, conv: pd.DataFrame, m: int, tol: float, n
         f"Fixed step size; steps = first step where the training hinge loss averaged over a window is <= eps. "
         f"Runs that never reached eps: {never}.")
     return [rec_b, rec_c]
+
+
+# ------------------------------------------------------------------------------------------ Colored-Digits
+def digits_sets(rows: pd.DataFrame, own: pd.DataFrame, relation: str, kept_drop: float, forget_acc: float):
+    """Addition and negation sets over lambda for one relation, by accuracy against each task's own model."""
+    sub = rows[rows["relation"] == relation]
+    A = sub.pivot_table(index="lam", columns="task", values="acc", aggfunc="mean")
+    L = sub.pivot_table(index="lam", columns="task", values="loss", aggfunc="mean")
+    o = own[own["relation"] == relation][["own_acc_T1", "own_acc_T2"]].mean()
+    lam = A.index.to_numpy()
+    kept = A["T1"].to_numpy() >= o["own_acc_T1"] - kept_drop
+    learned = A["T2"].to_numpy() >= o["own_acc_T2"] - kept_drop
+    forgotten = A["T2"].to_numpy() <= forget_acc
+    return (pd.DataFrame({"add": (lam > 0) & kept & learned, "neg": (lam < 0) & kept & forgotten}, index=A.index),
+            A, L, o)
+
+
+def digits_claims(rows: pd.DataFrame, own: pd.DataFrame, ood: pd.DataFrame, refs: pd.DataFrame, kept_drop: float,
+                  forget_acc: float) -> list[dict]:
+    n_seeds = int(rows["seed"].nunique())
+    c = Curves(pd.DataFrame(), n_seeds)
+    expect = {"irrelevant": (True, True), "aligned": (True, False), "contradictory": (False, True)}
+    out = []
+    for rel, (add_ok, neg_ok) in expect.items():
+        s, A, L, o = digits_sets(rows, own, rel, kept_drop, forget_acc)
+        has_add, has_neg = bool(s["add"].any()), bool(s["neg"].any())
+        ok = has_add == add_ok and has_neg == neg_ok
+        words = {True: "works", False: "fails"}
+        best_neg = s.index[s.index < 0][np.argmin(A["T2"][s.index < 0].to_numpy())]
+        out.append(_record(
+            f"digits.{rel}", f"Colored-Digits, {rel} pair: addition {words[add_ok]}, negation {words[neg_ok]}",
+            f"addition set {'non-empty' if add_ok else 'empty'}, negation set {'non-empty' if neg_ok else 'empty'}",
+            f"addition set {window(s['add'])}; negation set {window(s['neg'])}", ok, c,
+            f"Accuracy rules: kept / learned = within {kept_drop:g} of the task's own fine-tuned model "
+            f"(T1 {o['own_acc_T1']:.3f}, T2 {o['own_acc_T2']:.3f}); forgotten = T2 accuracy <= {forget_acc:g}. "
+            f"At lambda = 1: T1 {A.loc[1.0, 'T1']:.3f} / T2 {A.loc[1.0, 'T2']:.3f} (hinge {L.loc[1.0, 'T1']:.3f} / "
+            f"{L.loc[1.0, 'T2']:.3f}); lowest T2 accuracy on the negation side at lambda = {best_neg:g}: T1 "
+            f"{A.loc[best_neg, 'T1']:.3f} / T2 {A.loc[best_neg, 'T2']:.3f}."))
+    cur = ood[~ood["diverged"].astype(bool)].groupby(["lam1", "lam2"], as_index=False)[["loss", "acc"]].mean()
+    best = best_point(cur)
+    singles = refs[refs["model"].isin(["T1", "T2"])].groupby("model")[["loss", "acc"]].mean()
+    ok = bool(best["acc"] > singles["acc"].max())
+    out.append(_record(
+        "digits.ood", "Colored-Digits, out-of-domain: a searched (lambda_1, lambda_2) beats both single task vectors",
+        "best grid point's T' accuracy above Psi*_T1's and Psi*_T2's",
+        f"best ({best['lam1']:g}, {best['lam2']:g}): acc {best['acc']:.4f}; singles: "
+        + ", ".join(f"{k} {v['acc']:.4f}" for k, v in singles.iterrows()), ok, c,
+        "T' colours odd digits red and even digits green; sources are T1 and the contradictory T2. Best = lowest mean "
+        "hinge loss, ties broken by the smallest ||lambda|| (as in Table 2)."))
+    return out

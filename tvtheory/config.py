@@ -85,16 +85,23 @@ class CacheConfig:
 
 
 @dataclass
-class ArithmeticConfig:
+class RunConfig:
+    """What every experiment has: seeds, where results go, the model and its training, verdict rules, the cache."""
+
     seed: int = 0
     n_seeds: int = 5
     out_dir: Optional[str] = None          # None: the Hydra job's output directory
+    threads: Optional[int] = None          # cores for XLA in this process (None: all); for parallel launchers
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
     claims: ClaimsConfig = field(default_factory=ClaimsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+@dataclass
+class ArithmeticConfig(RunConfig):
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 @dataclass
@@ -108,16 +115,9 @@ class OODGridConfig:
 
 
 @dataclass
-class OODConfig:
-    seed: int = 0
-    n_seeds: int = 5
-    out_dir: Optional[str] = None
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class OODConfig(RunConfig):
     ood: OODGridConfig = field(default_factory=OODGridConfig)
-    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+
 
 
 @dataclass
@@ -131,18 +131,11 @@ class CorollaryGridConfig:
 
 
 @dataclass
-class CorollariesConfig:
-    seed: int = 0
-    n_seeds: int = 5
-    out_dir: Optional[str] = None
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class CorollariesConfig(RunConfig):
     sweep: SweepConfig = field(default_factory=SweepConfig)
     ood: OODGridConfig = field(default_factory=OODGridConfig)
     corollaries: CorollaryGridConfig = field(default_factory=CorollaryGridConfig)
-    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+
 
 
 @dataclass
@@ -164,19 +157,64 @@ class ScalingGridConfig:
 
 
 @dataclass
-class ScalingConfig:
+class ScalingConfig(RunConfig):
+    scaling: ScalingGridConfig = field(default_factory=ScalingGridConfig)
+
+
+
+@dataclass
+class ViTConfig:
+    patch: int = 2
+    dim: int = 32
+    depth: int = 1
+    heads: int = 2
+
+
+@dataclass
+class OptConfig:
+    steps: int = 60
+    batch: int = 64
+    lr: float = 1e-3
+
+
+@dataclass
+class DigitsTasksConfig:
+    # [P(red | odd), P(red | even)] per task; T1 and its partners of each relation.
+    T1: List[float] = field(default_factory=lambda: [0.9, 0.1])
+    irrelevant: List[float] = field(default_factory=lambda: [0.5, 0.5])
+    aligned: List[float] = field(default_factory=lambda: [0.8, 0.2])
+    contradictory: List[float] = field(default_factory=lambda: [0.1, 0.9])
+    target: List[float] = field(default_factory=lambda: [1.0, 0.0])      # T' of the out-of-domain check
+
+
+@dataclass
+class DigitsClaimsConfig:
+    kept_drop: float = 0.05             # kept / learned: accuracy within this of the task's own fine-tuned model
+    forget_acc: float = 0.6             # forgotten: accuracy at most this (chance is 0.5)
+
+
+@dataclass
+class DigitsConfig:
     seed: int = 0
     n_seeds: int = 5
     out_dir: Optional[str] = None
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    scaling: ScalingGridConfig = field(default_factory=ScalingGridConfig)
-    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    threads: Optional[int] = None
+    split_seed: int = 0
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    pretrain: OptConfig = field(default_factory=lambda: OptConfig(steps=400, batch=128, lr=3e-3))
+    finetune: OptConfig = field(default_factory=OptConfig)
+    tasks: DigitsTasksConfig = field(default_factory=DigitsTasksConfig)
+    lam_min: float = -2.0
+    lam_max: float = 3.0
+    lam_step: float = 0.1
+    ood_ranges: List[Any] = field(default_factory=lambda: [[-2.0, 3.0, 0.2], [-2.0, 2.0, 0.2]])
+    claims: DigitsClaimsConfig = field(default_factory=DigitsClaimsConfig)
+
+    def lams(self):
+        return SweepConfig(lam_min=self.lam_min, lam_max=self.lam_max, lam_step=self.lam_step).lams()
 
 
-SCHEMAS = {"arithmetic": ArithmeticConfig, "ood": OODConfig, "corollaries": CorollariesConfig,
+SCHEMAS = {"digits": DigitsConfig, "arithmetic": ArithmeticConfig, "ood": OODConfig, "corollaries": CorollariesConfig,
            "scaling": ScalingConfig}
 
 
@@ -215,8 +253,12 @@ def _reject_unknown(node: dict, schema, prefix: str) -> None:
 
 def validate(cfg) -> None:
     """Range and cross-field checks; the first violation raises a one-line ValueError naming the field."""
+    if isinstance(cfg, DigitsConfig):
+        return _validate_digits(cfg)
     _check.integer("seed", cfg.seed, lo=0)
     _check.integer("n_seeds", cfg.n_seeds, lo=1)
+    if cfg.threads is not None:
+        _check.integer("threads", cfg.threads, lo=1)
     n_dirs = len(cfg.ood.gammas) + 1 if hasattr(cfg, "ood") else 2     # sources + mu_perp, or the pair's e_1, e_2
     _validate_data(cfg.data, n_task_dirs=n_dirs)
     _validate_model(cfg.model)
@@ -230,6 +272,50 @@ def validate(cfg) -> None:
     if hasattr(cfg, "corollaries"):
         _validate_corollaries(cfg.corollaries, cfg.data.d, cfg.model.m)
     _validate_claims(cfg.claims)
+
+
+def _validate_ranges(name: str, ranges) -> None:
+    for i, r in enumerate(ranges):
+        if len(r) != 3:
+            _check.fail(f"{name}[{i}]", list(r), "must be [min, max, step]")
+        _check.finite(f"{name}[{i}][0]", r[0])
+        _check.finite(f"{name}[{i}][1]", r[1])
+        _check.in_range(f"{name}[{i}][2]", r[2], lo=0.0, lo_open=True)
+        if r[1] < r[0]:
+            _check.fail(f"{name}[{i}][1]", r[1], f"must be >= {name}[{i}][0]={r[0]} (grids ascend)")
+
+
+def _validate_digits(c: DigitsConfig) -> None:
+    from tvtheory.digits import ColorRule
+
+    _check.integer("seed", c.seed, lo=0)
+    _check.integer("n_seeds", c.n_seeds, lo=1)
+    _check.integer("split_seed", c.split_seed, lo=0)
+    if c.threads is not None:
+        _check.integer("threads", c.threads, lo=1)
+    if c.vit.patch not in (1, 2, 4, 8):
+        _check.fail("vit.patch", c.vit.patch, "must divide 8 (1, 2, 4 or 8)")
+    _check.integer("vit.dim", c.vit.dim, lo=1)
+    _check.integer("vit.depth", c.vit.depth, lo=1)
+    _check.integer("vit.heads", c.vit.heads, lo=1)
+    if c.vit.dim % c.vit.heads:
+        _check.fail("vit.heads", c.vit.heads, f"must divide vit.dim={c.vit.dim}")
+    for name in ("pretrain", "finetune"):
+        o = getattr(c, name)
+        _check.integer(f"{name}.steps", o.steps, lo=1)
+        _check.integer(f"{name}.batch", o.batch, lo=1)
+        _check.in_range(f"{name}.lr", o.lr, lo=0.0, lo_open=True)
+    for name in ("T1", "irrelevant", "aligned", "contradictory", "target"):
+        rule = getattr(c.tasks, name)
+        if len(rule) != 2:
+            _check.fail(f"tasks.{name}", list(rule), "must be [P(red | odd), P(red | even)]")
+        ColorRule(*rule).validate(f"tasks.{name}")
+    _validate_sweep(SweepConfig(lam_min=c.lam_min, lam_max=c.lam_max, lam_step=c.lam_step))
+    if len(c.ood_ranges) != 2:
+        _check.fail("ood_ranges", [list(r) for r in c.ood_ranges], "needs two [min, max, step]: T1 and T2")
+    _validate_ranges("ood_ranges", c.ood_ranges)
+    _check.in_range("claims.kept_drop", c.claims.kept_drop, 0.0, 1.0)
+    _check.in_range("claims.forget_acc", c.claims.forget_acc, 0.0, 1.0)
 
 
 def _validate_scaling(c: ScalingGridConfig, P: int) -> None:
@@ -272,14 +358,7 @@ def _validate_ood(c: OODGridConfig) -> None:
     if len(c.ranges) != len(c.gammas):
         _check.fail("ood.ranges", [list(r) for r in c.ranges], f"needs one [min, max, step] per source task "
                     f"({len(c.gammas)} gammas)")
-    for i, r in enumerate(c.ranges):
-        if len(r) != 3:
-            _check.fail(f"ood.ranges[{i}]", list(r), "must be [min, max, step]")
-        _check.finite(f"ood.ranges[{i}][0]", r[0])
-        _check.finite(f"ood.ranges[{i}][1]", r[1])
-        _check.in_range(f"ood.ranges[{i}][2]", r[2], lo=0.0, lo_open=True)
-        if r[1] < r[0]:
-            _check.fail(f"ood.ranges[{i}][1]", r[1], f"must be >= ood.ranges[{i}][0]={r[0]} (grids ascend)")
+    _validate_ranges("ood.ranges", c.ranges)
     _check.integer("ood.n_test", c.n_test, lo=1)
     _check.integer("ood.chunk", c.chunk, lo=1)
     _check.in_range("ood.iou_min", c.iou_min, 0.0, 1.0)

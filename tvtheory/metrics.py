@@ -19,8 +19,8 @@ def accuracy(f: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def evaluate(params, X: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-    f = model.apply(params, X)
-    return {"loss": hinge(f, y), "acc": accuracy(f, y)}
+    """Hinge loss and accuracy of the one-layer transformer."""
+    return evaluate_with(model.apply, params, X, y)
 
 
 def cosine(u: jax.Array, v: jax.Array) -> jax.Array:
@@ -35,3 +35,9 @@ def alpha_hat(params_1, params_2, X: jax.Array) -> jax.Array:
     inputs: alpha_hat = <f_1, f_2> / (||f_1|| ||f_2||), f_i = (f(X_n; Psi_i))_n. X should mix inputs of both tasks.
     """
     return cosine(model.apply(params_1, X), model.apply(params_2, X))
+
+
+def evaluate_with(apply_fn, params, X: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+    """Hinge loss and accuracy of any model ``apply_fn(params, X)``."""
+    f = apply_fn(params, X)
+    return {"loss": hinge(f, y), "acc": accuracy(f, y)}

@@ -180,6 +180,34 @@ def task_vector_structure(taus, ranks, M: int, eps: float):
     return pd.DataFrame(spectra), pd.DataFrame(lowrank), pd.DataFrame(norms)
 
 
+def digits(out: str | Path, cfg, source: str | Path | None = None) -> None:
+    """Derive table1.md, table2.md and claims.json of the Colored-Digits run from its files."""
+    out = Path(out)
+    rows, ah = pd.read_csv(out / "metrics.csv"), pd.read_csv(out / "alpha_hat.csv")
+    ood_rows, refs = pd.read_csv(out / "ood.csv"), pd.read_csv(out / "reference.csv")
+    lines = ["# Table 1 for Colored-Digits (small ViT)", "",
+             "Psi_0 + dPsi_T1 + lambda dPsi_T2, best lambda per goal by accuracy (addition: max T1 + T2 accuracy; "
+             "negation: lambda <= 0 with max T1 - T2 accuracy), seed means; paper: Colored-MNIST, ViT-Small/16.", "",
+             "| relation | alpha_hat (paper) | goal | lambda | T1 acc | T2 acc | T1 hinge | T2 hinge | paper lambda | "
+             "paper T1 / T2 acc |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for rel in ("irrelevant", "aligned", "contradictory"):
+        sub = rows[rows["relation"] == rel]
+        A = sub.pivot_table(index="lam", columns="task", values="acc", aggfunc="mean")
+        L = sub.pivot_table(index="lam", columns="task", values="loss", aggfunc="mean")
+        a_hat = ah[ah["relation"] == rel]["alpha_hat"].mean()
+        neg = A[A.index <= 0]
+        for goal, lam in (("addition", (A["T1"] + A["T2"]).idxmax()), ("negation", (neg["T1"] - neg["T2"]).idxmax())):
+            pl, p1, p2 = PAPER_TABLE1[rel][goal]
+            lines.append(f"| {rel} | {a_hat:.3f} ({PAPER_ALPHA_HAT[rel]:g}) | {goal} | {lam:g} | "
+                         f"{100 * A.loc[lam, 'T1']:.2f} | {100 * A.loc[lam, 'T2']:.2f} | {L.loc[lam, 'T1']:.3f} | "
+                         f"{L.loc[lam, 'T2']:.3f} | {pl:g} | {p1:.2f} / {p2:.2f} |")
+    results.write_text(out / "table1.md", "\n".join(lines) + "\n")
+    results.write_text(out / "table2.md", table2(ood_rows, refs).replace(
+        "one-layer transformer", "Colored-Digits (sources: T1 and the contradictory T2)"))
+    results.write_claims(out, claims.digits_claims(rows, ah, ood_rows, refs, cfg.kept_drop, cfg.forget_acc),
+                         source=str(source or out / "metrics.csv"))
+
+
 def gather(root: str | Path, name: str = "metrics.csv") -> pd.DataFrame:
     """Concatenate <root>/**/<name> of a multirun; each job's rows carry its config point (d, m, ...) columns."""
     files = sorted(Path(root).rglob(name))

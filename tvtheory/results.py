@@ -94,7 +94,10 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict:
     def run(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+        top = run("rev-parse", "--show-toplevel")
+        # "dirty" asks whether the code differs from the commit; rewritten result files do not count
+        return {"commit": run("rev-parse", "HEAD"),
+                "dirty": bool(run("-C", top, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
@@ -192,9 +195,29 @@ def claims_markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_BEGIN, README_END = "<!-- claims:begin -->", "<!-- claims:end -->"
+
+
+def update_readme(readme, records: list[dict]) -> bool:
+    """Replace the block between the claims markers of ``readme`` with a verdict table of ``records``."""
+    readme = Path(readme)
+    text = readme.read_text() if readme.exists() else ""
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    rows = ["| claim | verdict | measured |", "|---|---|---|"] + [
+        f"| `{r['id']}` | {'pass' if r['verdict'] == 'pass' else '**FAIL**'} | {esc(r['measured'])} |" for r in records]
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    write_text(readme, head + README_BEGIN + "\n" + "\n".join(rows) + "\n" + README_END + tail)
+    return True
+
+
 if __name__ == "__main__":
     import sys
 
-    recs = collect_claims(sys.argv[1] if len(sys.argv) > 1 else "results")
-    print(f"{sum(r['verdict'] == 'pass' for r in recs)} of {len(recs)} claims pass "
-          f"(results/claims.json, results/CLAIMS.md)")
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
+    recs = collect_claims(root)
+    updated = update_readme(root.parent / "README.md", recs)
+    print(f"{sum(r['verdict'] == 'pass' for r in recs)} of {len(recs)} claims pass ({root}/claims.json, "
+          f"{root}/CLAIMS.md{', README.md' if updated else ''})")

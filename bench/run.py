@@ -1,0 +1,66 @@
+"""`make bench`: W1-W3 from cold starts (median of --repeats runs, each a fresh process so compilation counts),
+peak resident memory per run, the machine's matmul peak, and W1's PyTorch baseline when torch is installed.
+Writes results/bench/bench.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tvtheory import results  # noqa: E402
+
+
+def timed(cmd: list[str]) -> tuple[dict, float]:
+    """Run a command, return its JSON line and its peak resident memory in GB (from wait4's rusage)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024**2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3, help="cold runs of W1 (median reported)")
+    ap.add_argument("--repeats-large", type=int, default=3, help="cold runs of W2 and W3")
+    ap.add_argument("--workloads", default="W1,W2,W3")
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "bench.json"))
+    a = ap.parse_args()
+    py = sys.executable
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "repeats": {"W1": a.repeats, "W2": a.repeats_large, "W3": a.repeats_large}}
+    peak, _ = timed([py, "bench/workloads.py", "peak"])
+    report["matmul_peak_gflops_per_s"] = peak["gflops_per_s"]
+    for w in a.workloads.split(","):
+        runs = [timed([py, "bench/workloads.py", w]) for _ in range(a.repeats if w == "W1" else a.repeats_large)]
+        secs = [r["seconds"] for r, _ in runs]
+        first = runs[0][0]
+        report[w] = {"seconds_median": statistics.median(secs), "seconds_all": secs,
+                     "peak_rss_gb": max(m for _, m in runs), "gflop": first["flops"] / 1e9,
+                     "gflops_per_s": first["flops"] / statistics.median(secs) / 1e9,
+                     "fraction_of_matmul_peak": first["flops"] / statistics.median(secs) / 1e9 / peak["gflops_per_s"],
+                     "device": first["device"], "jax": first["jax"]}
+        print(w, json.dumps(report[w]), flush=True)
+    try:
+        import torch  # noqa: F401
+        base, mem = timed([py, "bench/torch_baseline.py"])
+        report["W1_torch_baseline"] = {**base, "peak_rss_gb": mem}
+        if "W1" in report:
+            report["W1_speedup_vs_torch"] = base["seconds"] / report["W1"]["seconds_median"]
+        print("torch", json.dumps(report["W1_torch_baseline"]), flush=True)
+    except ImportError:
+        report["W1_torch_baseline"] = "torch not installed (pip install torch==2.13.0): baseline not run"
+    results.write_json(a.out, report)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The benchmark workloads, one per process call: `python bench/workloads.py W1 [--seeds 5]`.
+
+Each call runs one workload from a cold start (compilation included, no cache) and prints one JSON line with its
+wall time, the analytic FLOP count and the device.
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+D, P, M, N_REL, N_CONF, STEPS, BATCH, N_TEST = 32, 20, 256, 4, 2, 300, 64, 2000
+LAMS = np.round(np.arange(-2, 3.0001, 0.1), 2)
+
+
+def forward_flops(n: int) -> float:
+    """Multiply-adds x 2 of one forward pass on n samples (merged form)."""
+    per = 2 * P * D * D + 2 * P * P * D + 2 * P * D * M + 2 * P * P * M + P * M
+    return float(n * per)
+
+
+def grid_point_flops(n: int) -> float:
+    """One coefficient-grid point once the lambda-independent products are reused: attention-weighted sum + ReLU."""
+    return float(n * (2 * P * P * M + P * M + 4 * P * P))
+
+
+def train_flops(runs: int) -> float:
+    return runs * STEPS * 3 * forward_flops(BATCH)          # forward + backward ~ 3 forward passes
+
+
+def run(workload: str, seeds: int) -> dict:
+    import jax
+
+    from tvtheory import data, sweep, train
+
+    task, spec = data.TaskSpec(P, N_REL, N_CONF), train.TrainSpec(1.0, BATCH, STEPS, 10, 0)
+    t0 = time.perf_counter()
+    if workload in ("W1", "W3"):
+        alphas = [-0.9, -0.5, 0.0, 0.5, 0.9] if workload == "W1" else np.round(np.linspace(-1, 1, 21), 2)
+        r = sweep.pair_sweep(0, seeds, alphas, LAMS, D, M, task, spec, n_test=N_TEST)
+        jax.block_until_ready(r.loss)
+        A = len(alphas)
+        flops = (train_flops(seeds * (1 + A)) + A * seeds * 2 * (len(LAMS) * grid_point_flops(N_TEST)
+                                                                 + 3 * forward_flops(N_TEST)))
+    elif workload == "W2":
+        setup = sweep.Setup(D, M, task, spec)
+        r = sweep.ood_sweep(0, seeds, [0.75, -0.6], None, [(-2, 3, 0.1), (-2, 2, 0.1)], setup, n_test=N_TEST)
+        G = len(r.coeffs)
+        flops = train_flops(seeds * 3) + seeds * (G * grid_point_flops(N_TEST) + 6 * forward_flops(N_TEST))
+    else:
+        raise SystemExit(f"workload={workload!r}: must be W1, W2 or W3")
+    wall = time.perf_counter() - t0
+    return {"workload": workload, "seeds": seeds, "seconds": wall, "flops": flops, "gflops_per_s": flops / wall / 1e9,
+            "device": str(jax.devices()[0]), "jax": jax.__version__}
+
+
+def matmul_peak() -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return {"workload": "matmul_peak", "gflops_per_s": 2 * 4096**3 / min(times) / 1e9, "device": str(jax.devices()[0])}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workload")
+    ap.add_argument("--seeds", type=int, default=5)
+    a = ap.parse_args()
+    print(json.dumps(matmul_peak() if a.workload == "peak" else run(a.workload, a.seeds)))
