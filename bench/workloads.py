@@ -38,7 +38,7 @@ def run(workload: str, seeds: int) -> dict:
     t0 = time.perf_counter()
     if workload in ("W1", "W3"):
         alphas = [-0.9, -0.5, 0.0, 0.5, 0.9] if workload == "W1" else np.round(np.linspace(-1, 1, 21), 2)
-        r = sweep.pair_sweep(0, seeds, alphas, LAMS, D, M, task, spec, n_test=N_TEST)
+        r = sweep.pair_sweep(0, seeds, alphas, LAMS, sweep.Setup(D, M, task, spec), n_test=N_TEST)
         jax.block_until_ready(r.loss)
         A = len(alphas)
         flops = (train_flops(seeds * (1 + A)) + A * seeds * 2 * (len(LAMS) * grid_point_flops(N_TEST)

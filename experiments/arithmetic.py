@@ -12,7 +12,7 @@ import time
 import hydra
 import numpy as np
 
-from _cli import CONF_DIR, check_divergence, out_dir, progress, run, save_run, store, validated
+from _cli import CONF_DIR, check_divergence, out_dir, progress, run, save_run, setup_of, store, validated
 
 
 @hydra.main(config_path=CONF_DIR, config_name="arithmetic", version_base="1.3")
@@ -23,10 +23,8 @@ def main(cfg) -> None:
     out, started = out_dir(c), time.time()
     alphas, lams = c.sweep.all_alphas(), c.sweep.lams()
     st = store(c)
-    r = sweep.pair_sweep(c.seed, c.n_seeds, alphas, lams, c.data.d, c.model.m, c.data.task_spec(), c.train.spec(),
-                         form=c.model.form, sigma_0=c.model.sigma_0, sigma_w=c.model.sigma_w, n_test=c.sweep.n_test,
-                         chunk=c.sweep.chunk, random_irrelevant=c.data.irrelevant == "random", store=st,
-                         progress=progress)
+    r = sweep.pair_sweep(c.seed, c.n_seeds, alphas, lams, setup_of(c), n_test=c.sweep.n_test, chunk=c.sweep.chunk,
+                         store=st, progress=progress)
     check_divergence(r.finite, "fine-tune pair")
     point = {"d": c.data.d, "m": c.model.m, "P": c.data.P, "n_rel": c.data.n_rel, "n_conf": c.data.n_conf,
              "sigma": c.data.sigma, "form": c.model.form}

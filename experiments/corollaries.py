@@ -28,10 +28,8 @@ def main(cfg) -> None:
     variants.update({f"prune{f:g}": sweep.Compression(keep=1.0 - f) for f in co.prune})
     verdicts, stars = [], []
     for name, comp in variants.items():
-        r = sweep.pair_sweep(c.seed, c.n_seeds, c.sweep.alphas, c.sweep.lams(), c.data.d, c.model.m,
-                             c.data.task_spec(), c.train.spec(), form=c.model.form, sigma_0=c.model.sigma_0,
-                             sigma_w=c.model.sigma_w, n_test=co.n_test, random_irrelevant=setup.random_irrelevant,
-                             store=st, comp=comp)
+        r = sweep.pair_sweep(c.seed, c.n_seeds, c.sweep.alphas, c.sweep.lams(), setup, n_test=co.n_test, store=st,
+                             comp=comp)
         check_divergence(r.finite, "fine-tune pair")
         rows = results.tidy({"loss": r.loss, "acc": r.acc,
                              "diverged": np.broadcast_to(~r.finite[:, :, None, None], r.loss.shape)},

@@ -26,9 +26,8 @@ def main(cfg) -> None:
     beta, beta_seeds = [], []
     for d in sc.ds:
         for m in sc.ms:
-            r = sweep.pair_sweep(c.seed, c.n_seeds, [0.0], lams, d, m, c.data.task_spec(), c.train.spec(),
-                                 form=c.model.form, sigma_0=c.model.sigma_0, sigma_w=c.model.sigma_w,
-                                 n_test=sc.n_test, random_irrelevant=c.data.irrelevant == "random", store=st)
+            r = sweep.pair_sweep(c.seed, c.n_seeds, [0.0], lams, setup_of(c)._replace(d=d, m=m), n_test=sc.n_test,
+                                 store=st)
             check_divergence(r.finite, "fine-tune pair")
             rows = results.tidy({"loss": r.loss, "acc": r.acc,
                                  "diverged": np.broadcast_to(~r.finite[:, :, None, None], r.loss.shape)},

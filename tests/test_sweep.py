@@ -26,8 +26,8 @@ def test_grid_eval_matches_plain_evaluation(form):
 
 
 def tiny_sweep(seed=0, **kw):
-    args = dict(n_seeds=2, alphas=[-0.5, 0.0, 0.5], lams=[-1.0, 0.0, 1.0, 2.0], d=8, m=16,
-                task=data.TaskSpec(10, 3, 1), spec=train.TrainSpec(steps=40, batch=16, log_every=20), n_test=64,
+    setup = sweep.Setup(8, 16, data.TaskSpec(10, 3, 1), train.TrainSpec(steps=40, batch=16, log_every=20))
+    args = dict(n_seeds=2, alphas=[-0.5, 0.0, 0.5], lams=[-1.0, 0.0, 1.0, 2.0], setup=setup, n_test=64,
                 n_alpha_hat=32, chunk=2)
     args.update(kw)
     return sweep.pair_sweep(seed, **args)

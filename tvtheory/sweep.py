@@ -218,16 +218,15 @@ def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream
         key, ids, _select(psi0, ids), mu, irr, setup=setup, task_index=stream))
 
 
-def pair_sweep(seed: int, n_seeds: int, alphas, lams, d: int, m: int, task: data.TaskSpec,
-               spec: train.TrainSpec, *, form: str = "merged", sigma_0: float = 0.01, sigma_w: float = 0.0,
-               n_test: int = 2000, n_alpha_hat: int = 500, chunk: int = 1, random_irrelevant: bool = False,
-               store: cache.Store | None = None, progress=None, comp: Compression = Compression()) -> PairSweep:
+def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: int = 2000, n_alpha_hat: int = 500,
+               chunk: int = 1, store: cache.Store | None = None, progress=None,
+               comp: Compression = Compression()) -> PairSweep:
     """The Theorem 1-2 sweep. Seeds and lambdas are array axes inside compiled code; each stage is compiled once
     and reused for every alpha. T1's fine-tune does not depend on alpha and is shared. With a ``store``, Psi_0,
     every fine-tune and every (alpha, seed) evaluation are cached, so a killed sweep resumes where it stopped and a
     new coefficient grid reuses the fine-tunes."""
     store = store or cache.NoStore()
-    setup = Setup(d, m, task, spec, form, sigma_0, sigma_w, random_irrelevant)
+    d = setup.d
     seed_ids = np.arange(n_seeds, dtype=np.int32)
     alphas = np.asarray(alphas, np.float32)
     lams = np.asarray(lams, np.float32)
