@@ -25,7 +25,9 @@ T_COLORS = {"T1": "tab:blue", "T2": "tab:orange"}
 def save(fig, out: Path, name: str) -> None:
     for ext in ("png", "pdf"):
         with results.atomic_path(out / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=130 if ext == "png" else None, bbox_inches="tight")
+            # no creation date in the PDF: redrawing the same results gives the same bytes
+            fig.savefig(tmp, format=ext, dpi=130 if ext == "png" else None, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else None)
     plt.close(fig)
 
 
