@@ -1,4 +1,6 @@
-"""Batched grids: seeds, alphas and coefficient grids as array axes inside one compiled program (design.md).
+"""Batched grids: seeds and coefficient grids are array axes inside compiled code (design.md). A sweep runs in stages
+(Psi_0, fine-tunes, evaluation), each compiled once per shape and reused for every alpha, so that each stage's
+results can be cached per seed and a killed sweep resumes.
 
 Evaluating Psi_0 + sum_k c_k dPsi_k on a grid of coefficient vectors c reuses the lambda-independent products: in the
 merged form the pre-activations are affine in c,
@@ -16,7 +18,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 import numpy as np
 
 from tvtheory import cache, data, metrics, model, taskvec, train
