@@ -63,3 +63,11 @@ def test_unknown_keys_and_wrong_types_are_rejected_by_the_schema():
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ValueError, match=field.replace("[", r"\[")):
         config.to_dataclass(composed(overrides=[override]))
+
+
+@pytest.mark.parametrize("launcher, target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
+                                              ("slurm_local", "LocalLauncher")])
+def test_launcher_configs_compose(launcher, target):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("arithmetic", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
