@@ -119,13 +119,13 @@ def init_seeds(key, seed_ids, *, setup: Setup):
                                                 setup.sigma_0, setup.sigma_w))(seed_ids)
 
 
-@partial(jax.jit, static_argnames=("setup", "task_index"))
-def finetune_seeds(key, seed_ids, psi0_S, mu, irr, *, setup: Setup, task_index: int):
-    """Psi*_T for each seed (stream FINETUNE, task index ``task_index``); one run at a time (lax.map), which on CPU
-    beats a vmapped SGD step of small matmuls."""
+@partial(jax.jit, static_argnames=("setup",))
+def finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, *, setup: Setup):
+    """Psi*_T for each seed (stream FINETUNE, task index ``task_index``, traced: one compilation serves every task);
+    one run at a time (lax.map), which on CPU beats a vmapped SGD step of small matmuls."""
     def one(args):
         s, p0 = args
-        k = streams(_seed_key(key, s), task_index + 1)["ft"][task_index]
+        k = jax.random.fold_in(jax.random.fold_in(_seed_key(key, s), FINETUNE), task_index)   # = streams()["ft"][i]
         return train.finetune(p0, k, mu, irr, setup.task, setup.spec)
     return jax.lax.map(one, (seed_ids, psi0_S))
 
@@ -216,7 +216,7 @@ def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream
     mu = np.asarray(mu, np.float32)
     f = lambda s: {**base, "s": s, "mu": np.round(mu.astype(float), 7), "stream": stream}  # noqa: E731
     return _per_seed(store, "finetune", f, seed_ids, lambda ids: finetune_seeds(
-        key, ids, _select(psi0, ids), mu, irr, setup=setup, task_index=stream))
+        key, ids, _select(psi0, ids), mu, irr, stream, setup=setup))
 
 
 def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: int = 2000, n_alpha_hat: int = 500,
