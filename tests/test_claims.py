@@ -107,3 +107,13 @@ def test_diverged_rows_are_ignored():
     df["diverged"] = False
     v = verdicts(pd.concat([df, bad], ignore_index=True))
     assert v == {k: "pass" for k in v}
+
+
+def test_theory_predictions():
+    from tvtheory import theory
+    assert np.allclose(theory.addition_threshold([0.0, 0.5, 0.9]), [1.0, 0.5, 0.1])
+    assert np.isnan(theory.addition_threshold(-0.5))
+    assert theory.negation_lower_bound(-0.5) == pytest.approx(-4.0) and theory.negation_lower_bound(0.0) == -np.inf
+    assert np.allclose(theory.kept_tolerance([-2.0, 1.0], 0.05, 0.1, 0.5, cap=0.6), [0.6, 0.15])
+    region = theory.ood_region(np.array([[2.0, 0.0], [0.0, 2.0], [4.0, 0.0]]), [0.75, -0.6], 1.0, lam_max=3.0)
+    assert region.tolist() == [True, False, False]

@@ -74,10 +74,6 @@ def write_csv(path, df: pd.DataFrame) -> Path:
     return Path(path)
 
 
-def read_csv(path) -> pd.DataFrame:
-    return pd.read_csv(path)
-
-
 def _jsonable(x):
     if isinstance(x, (np.integer,)):
         return int(x)

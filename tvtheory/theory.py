@@ -14,17 +14,6 @@ def addition_threshold(alpha, beta: float = 0.0):
     return np.where(alpha >= 0, 1.0 - alpha + beta, np.nan)
 
 
-def addition_possible(alpha) -> np.ndarray:
-    """Theorem 1: multi-task learning by addition is possible iff the tasks are not contradictory."""
-    return np.asarray(alpha) >= 0
-
-
-def negation_possible(alpha) -> np.ndarray:
-    """Theorem 2: forgetting T2 while keeping T1 works for irrelevant and contradictory tasks (alpha <= 0); for
-    aligned tasks only when alpha is small, which the paper does not quantify (we predict failure for alpha > 0)."""
-    return np.asarray(alpha) <= 0
-
-
 def negation_lower_bound(alpha, C: float = 1.0):
     """Theorem 2, contradictory tasks: the window is -Theta(alpha^-2) <= lambda <= ~0; -C / alpha^2 (-inf at 0)."""
     alpha = np.asarray(alpha, float)
