@@ -53,32 +53,32 @@ def main(cfg) -> None:
     seed_of = lambda t, s: jax.tree.map(lambda x: x[s], t)  # noqa: E731
     rows, ahat, refs, ood = [], [], [], []
     coeffs = sweep.coefficient_grid(c.ood_ranges)
+    test = {n: tuple(map(jnp.asarray, colored[n, "test"])) for n in names}
     for s in range(c.n_seeds):
         p0, tv = seed_of(psi0, s), seed_of(taus, s)
+        score = lambda delta, n: metrics.evaluate_with(  # noqa: E731  (Psi_0 + delta on task n's test set)
+            lambda p, X: vit.apply(graphdef, p, X), taskvec.add(p0, delta), *test[n])
         for rel in RELATIONS:
             stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), tv["T1"], tv[rel])
             grid = np.stack([np.ones_like(lams), lams], -1).astype(np.float32)
             for task, name in (("T1", "T1"), ("T2", rel)):
-                X, y = map(jnp.asarray, colored[name, "test"])
-                loss, acc = vit.grid_eval(graphdef, p0, stacked, grid, X, y)
+                loss, acc = vit.grid_eval(graphdef, p0, stacked, grid, *test[name])
                 rows.append(pd.DataFrame({"relation": rel, "seed": s, "lam": lams, "task": task,
                                           "loss": np.asarray(loss), "acc": np.asarray(acc)}))
-            X_mix = jnp.concatenate([jnp.asarray(colored["T1", "test"][0]), jnp.asarray(colored[rel, "test"][0])])
+            X_mix = jnp.concatenate([test["T1"][0], test[rel][0]])
             f1 = vit.apply(graphdef, taskvec.add(p0, tv["T1"]), X_mix)
             f2 = vit.apply(graphdef, taskvec.add(p0, tv[rel]), X_mix)
-            own2 = metrics.accuracy(vit.apply(graphdef, taskvec.add(p0, tv[rel]), X), y)     # X, y: T2's test
             ahat.append({"relation": rel, "seed": s, "alpha_hat": float(metrics.cosine(f1, f2)),
                          "tv_cosine": float(taskvec.cosine(tv["T1"], tv[rel])),
-                         "own_acc_T1": float(rows[-2]["acc"].to_numpy()[np.argmin(np.abs(lams))]),
-                         "own_acc_T2": float(own2)})
+                         "own_acc_T1": float(score(tv["T1"], "T1")["acc"]),
+                         "own_acc_T2": float(score(tv[rel], rel)["acc"])})
         # Out of domain: T' (pure colour rule) from T1 and the contradictory T2.
-        Xt, yt = map(jnp.asarray, colored["target", "test"])
         stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), tv["T1"], tv["contradictory"])
-        loss, acc = vit.grid_eval(graphdef, p0, stacked, coeffs, Xt, yt)
+        loss, acc = vit.grid_eval(graphdef, p0, stacked, coeffs, *test["target"])
         ood.append(pd.DataFrame({"seed": s, "lam1": coeffs[:, 0], "lam2": coeffs[:, 1], "loss": np.asarray(loss),
                                  "acc": np.asarray(acc), "diverged": False}))
         for model, delta in (("direct", tv["target"]), ("T1", tv["T1"]), ("T2", tv["contradictory"])):
-            ev = metrics.evaluate_with(lambda p, X: vit.apply(graphdef, p, X), taskvec.add(p0, delta), Xt, yt)
+            ev = score(delta, "target")
             refs.append({"seed": s, "model": model, "loss": float(ev["loss"]), "acc": float(ev["acc"])})
     rows, ood = pd.concat(rows, ignore_index=True), pd.concat(ood, ignore_index=True)
     with results.staged(out) as stage:
