@@ -1,6 +1,9 @@
 """`make bench`: W1-W3 from cold starts (median of --repeats runs, each a fresh process so compilation counts),
 peak resident memory per run, the machine's matmul peak, and W1's PyTorch baseline when torch is installed.
 Writes results/bench/bench.json.
+
+GPU check (on a machine with one): `python bench/run.py --seeds 50 --workloads W1,W3 --repeats 3 --repeats-large 1
+--no-baseline --out results/bench/gpu.json`; the device name is recorded in each workload's entry.
 """
 
 import argparse
@@ -32,6 +35,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="cold runs of W1 (median reported)")
     ap.add_argument("--repeats-large", type=int, default=3, help="cold runs of W2 and W3")
     ap.add_argument("--workloads", default="W1,W2,W3")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds per workload (the GPU check uses 50 for W1)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "bench.json"))
     a = ap.parse_args()
     py = sys.executable
@@ -40,7 +45,8 @@ def main() -> None:
     peak, _ = timed([py, "bench/workloads.py", "peak"])
     report["matmul_peak_gflops_per_s"] = peak["gflops_per_s"]
     for w in a.workloads.split(","):
-        runs = [timed([py, "bench/workloads.py", w]) for _ in range(a.repeats if w == "W1" else a.repeats_large)]
+        runs = [timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds)])
+                for _ in range(a.repeats if w == "W1" else a.repeats_large)]
         secs = [r["seconds"] for r, _ in runs]
         first = runs[0][0]
         report[w] = {"seconds_median": statistics.median(secs), "seconds_all": secs,
@@ -50,6 +56,8 @@ def main() -> None:
                      "device": first["device"], "jax": first["jax"]}
         print(w, json.dumps(report[w]), flush=True)
     try:
+        if a.no_baseline:
+            raise ImportError
         import torch  # noqa: F401
         base, mem = timed([py, "bench/torch_baseline.py"])
         report["W1_torch_baseline"] = {**base, "peak_rss_gb": mem}
@@ -57,7 +65,8 @@ def main() -> None:
             report["W1_speedup_vs_torch"] = base["seconds"] / report["W1"]["seconds_median"]
         print("torch", json.dumps(report["W1_torch_baseline"]), flush=True)
     except ImportError:
-        report["W1_torch_baseline"] = "torch not installed (pip install torch==2.13.0): baseline not run"
+        report["W1_torch_baseline"] = ("skipped (--no-baseline)" if a.no_baseline else
+                                       "torch not installed (pip install torch==2.13.0): baseline not run")
     results.write_json(a.out, report)
     print(f"wrote {a.out}")
 
