@@ -71,3 +71,17 @@ def test_launcher_configs_compose(launcher, target):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("arithmetic", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
+
+
+@pytest.mark.parametrize("name, override, field", [
+    ("scaling", "scaling.lam_step=0", "scaling.lam_step=0.0"),
+    ("scaling", "scaling.ds=[16]", "scaling.ds=[16]"),
+    ("digits", "lam_max=-9", "lam_max=-9.0: must be >= lam_min"),
+    ("digits", "vit.heads=3", "vit.heads=3"),
+    ("ood", "ood.ranges=[[-1,2,1],[1,0,1]]", "ood.ranges[1][1]=0"),
+    ("corollaries", "corollaries.prune=[1.0]", "corollaries.prune[0]=1.0"),
+])
+def test_every_experiment_names_its_own_fields(name, override, field):
+    with pytest.raises(ValueError) as e:
+        config.to_dataclass(composed(name, [override]))
+    assert str(e.value).startswith(field)

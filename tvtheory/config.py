@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from tvtheory import _check
-from tvtheory.specs import TaskSpec, TrainSpec, check_shape
+from tvtheory.specs import TaskSpec, TrainSpec, check_grid, check_shape, grid
 
 
 @dataclass
@@ -61,8 +61,7 @@ class SweepConfig:
     chunk: int = 1                      # grid points evaluated at once (memory; 1 is fastest on CPU)
 
     def lams(self) -> np.ndarray:
-        n = int(round((self.lam_max - self.lam_min) / self.lam_step)) + 1
-        return np.round(self.lam_min + self.lam_step * np.arange(n), 6)
+        return grid(self.lam_min, self.lam_max, self.lam_step)
 
     def all_alphas(self) -> np.ndarray:
         return np.unique(np.round(np.asarray(list(self.alphas) + list(self.phase_alphas), float), 6))
@@ -152,14 +151,13 @@ class ScalingGridConfig:
     conv_window: int = 10               # steps averaged before comparing the training loss with eps
     exponent_tol: float = 0.5           # |fitted exponent - predicted| allowed
 
-    def lams(self):
-        return SweepConfig(lam_min=self.lam_min, lam_max=self.lam_max, lam_step=self.lam_step).lams()
+    def lams(self) -> np.ndarray:
+        return grid(self.lam_min, self.lam_max, self.lam_step)
 
 
 @dataclass
 class ScalingConfig(RunConfig):
     scaling: ScalingGridConfig = field(default_factory=ScalingGridConfig)
-
 
 
 @dataclass
@@ -210,8 +208,8 @@ class DigitsConfig:
     ood_ranges: List[Any] = field(default_factory=lambda: [[-2.0, 3.0, 0.2], [-2.0, 2.0, 0.2]])
     claims: DigitsClaimsConfig = field(default_factory=DigitsClaimsConfig)
 
-    def lams(self):
-        return SweepConfig(lam_min=self.lam_min, lam_max=self.lam_max, lam_step=self.lam_step).lams()
+    def lams(self) -> np.ndarray:
+        return grid(self.lam_min, self.lam_max, self.lam_step)
 
 
 SCHEMAS = {"digits": DigitsConfig, "arithmetic": ArithmeticConfig, "ood": OODConfig, "corollaries": CorollariesConfig,
@@ -278,11 +276,7 @@ def _validate_ranges(name: str, ranges) -> None:
     for i, r in enumerate(ranges):
         if len(r) != 3:
             _check.fail(f"{name}[{i}]", list(r), "must be [min, max, step]")
-        _check.finite(f"{name}[{i}][0]", r[0])
-        _check.finite(f"{name}[{i}][1]", r[1])
-        _check.in_range(f"{name}[{i}][2]", r[2], lo=0.0, lo_open=True)
-        if r[1] < r[0]:
-            _check.fail(f"{name}[{i}][1]", r[1], f"must be >= {name}[{i}][0]={r[0]} (grids ascend)")
+        check_grid((f"{name}[{i}][0]", f"{name}[{i}][1]", f"{name}[{i}][2]"), *r)
 
 
 def _validate_digits(c: DigitsConfig) -> None:
@@ -310,7 +304,7 @@ def _validate_digits(c: DigitsConfig) -> None:
         if len(rule) != 2:
             _check.fail(f"tasks.{name}", list(rule), "must be [P(red | odd), P(red | even)]")
         ColorRule(*rule).validate(f"tasks.{name}")
-    _validate_sweep(SweepConfig(lam_min=c.lam_min, lam_max=c.lam_max, lam_step=c.lam_step))
+    check_grid(("lam_min", "lam_max", "lam_step"), c.lam_min, c.lam_max, c.lam_step)
     if len(c.ood_ranges) != 2:
         _check.fail("ood_ranges", [list(r) for r in c.ood_ranges], "needs two [min, max, step]: T1 and T2")
     _validate_ranges("ood_ranges", c.ood_ranges)
@@ -327,7 +321,7 @@ def _validate_scaling(c: ScalingGridConfig, P: int) -> None:
         _check.fail("scaling.ds", list(c.ds), "needs at least two values to fit an exponent")
     if len(c.n_rels) < 2:
         _check.fail("scaling.n_rels", list(c.n_rels), "needs at least two values to fit an exponent")
-    _validate_sweep(SweepConfig(lam_min=c.lam_min, lam_max=c.lam_max, lam_step=c.lam_step))
+    check_grid(("scaling.lam_min", "scaling.lam_max", "scaling.lam_step"), c.lam_min, c.lam_max, c.lam_step)
     if not (c.lam_min < 0 < c.lam_max):
         _check.fail("scaling.lam_min", c.lam_min, "the grid must hold lambdas < 0 and > 0 (beta on both sides)")
     for i, n in enumerate(c.n_rels):
@@ -398,11 +392,7 @@ def _validate_sweep(c: SweepConfig) -> None:
     for name in ("alphas", "phase_alphas"):
         for i, a in enumerate(getattr(c, name)):
             _check.in_range(f"sweep.{name}[{i}]", a, -1.0, 1.0)
-    _check.finite("sweep.lam_min", c.lam_min)
-    _check.finite("sweep.lam_max", c.lam_max)
-    _check.in_range("sweep.lam_step", c.lam_step, lo=0.0, lo_open=True)
-    if c.lam_max < c.lam_min:
-        _check.fail("sweep.lam_max", c.lam_max, f"must be >= sweep.lam_min={c.lam_min} (grids ascend)")
+    check_grid(("sweep.lam_min", "sweep.lam_max", "sweep.lam_step"), c.lam_min, c.lam_max, c.lam_step)
     _check.integer("sweep.n_test", c.n_test, lo=1)
     _check.integer("sweep.chunk", c.chunk, lo=1)
 

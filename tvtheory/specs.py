@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from tvtheory import _check
 
 FORMS = ("merged", "four")
@@ -72,3 +74,17 @@ def check_ood_target(gammas: list, kappa: float | None) -> float:
     if abs(sq + kappa**2 - 1.0) > 1e-6:
         _check.fail("kappa", kappa, f"sum gamma_i^2 + kappa^2 must be 1 (sum gamma_i^2 = {sq:.4g})")
     return kappa
+
+
+def grid(lo: float, hi: float, step: float) -> np.ndarray:
+    """lo, lo + step, ..., hi (rounded to 6 decimals so that grid values compare and print cleanly)."""
+    return np.round(lo + step * np.arange(int(round((hi - lo) / step)) + 1), 6)
+
+
+def check_grid(names: tuple[str, str, str], lo, hi, step) -> None:
+    """A [lo, hi] grid with a positive step, ascending; ``names`` are the three fields' names for the message."""
+    _check.finite(names[0], lo)
+    _check.finite(names[1], hi)
+    _check.in_range(names[2], step, lo=0.0, lo_open=True)
+    if hi < lo:
+        _check.fail(names[1], hi, f"must be >= {names[0]}={lo} (grids ascend)")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvtheory import cache, data, metrics, model, taskvec, train
+from tvtheory.specs import grid
 
 # One PRNG stream per concern, derived from the seed's key (batch t of a fine-tune is fold_in(ft_key, t)).
 PRETRAIN, FINETUNE, TEST = 0, 1, 2
@@ -269,7 +270,7 @@ class OODSweep(NamedTuple):
 
 def coefficient_grid(ranges) -> np.ndarray:
     """The product grid of per-source ranges [(min, max, step), ...] as rows (G, K), lambda_1 varying slowest."""
-    axes = [np.round(lo + st * np.arange(int(round((hi - lo) / st)) + 1), 6) for lo, hi, st in ranges]
+    axes = [grid(lo, hi, st) for lo, hi, st in ranges]
     return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=-1).astype(np.float32)
 
 
