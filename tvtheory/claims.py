@@ -112,9 +112,9 @@ def measure(df: pd.DataFrame, cfg: ClaimsConfig) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ the claims
-def _record(cid, statement, predicted, measured, ok, c: Curves, details) -> dict:
+def _record(cid, statement, predicted, measured, ok, n_seeds: int, details) -> dict:
     return {"id": cid, "statement": statement, "predicted": predicted, "measured": measured,
-            "verdict": "pass" if ok else "fail", "n_seeds": c.n_seeds, "details": details}
+            "verdict": "pass" if ok else "fail", "n_seeds": n_seeds, "details": details}
 
 
 def _alphas(c: Curves, sign: int) -> np.ndarray:
@@ -148,14 +148,14 @@ def thm1_addition(c: Curves, cfg: ClaimsConfig, beta: dict, cid: str, sign: int)
     alphas = _alphas(c, sign)
     name = "irrelevant" if sign == 0 else "aligned"
     if alphas.size == 0:
-        return _record(cid, f"Addition learns both {name} tasks", "-", f"no {name} alpha in the table", False, c,
-                       "The table holds no alpha of this relation, so the claim cannot be checked.")
+        return _record(cid, f"Addition learns both {name} tasks", "-", f"no {name} alpha in the table", False,
+                       c.n_seeds, "The table holds no alpha of this relation, so the claim cannot be checked.")
     ok_l = _addition_works(c, alphas, cfg, beta, "loss")
     ok_a = _addition_works(c, alphas, cfg, beta, "acc")
     return _record(
         cid, f"Theorem 1 ({name}): Psi_0 + dPsi_T1 + lambda dPsi_T2 learns T1 and T2 for lambda >= 1 - alpha",
         f"addition set contains every grid lambda >= 1 - alpha + {cfg.lam_tol:g}",
-        "addition set " + _describe(c, alphas, cfg, beta, "loss", "add"), all(ok_l.values()), c,
+        "addition set " + _describe(c, alphas, cfg, beta, "loss", "add"), all(ok_l.values()), c.n_seeds,
         f"T2 learned: mean hinge <= {cfg.eps_learned:g}; T1 kept: hinge <= min({cfg.eps_learned:g} + |lambda| "
         f"beta_add, {cfg.kept_cap:g}) (beta_add = {beta['beta_add']:.3g}). Accuracy view: "
         + _describe(c, alphas, cfg, beta, "acc", "add") + ". " + _agreement(all(ok_l.values()), all(ok_a.values())))
@@ -165,7 +165,7 @@ def thm1_contradictory_fails(c: Curves, cfg: ClaimsConfig, beta: dict) -> dict:
     alphas = _alphas(c, -1)
     if alphas.size == 0:
         return _record("thm1.contradictory_fails", "Addition fails for contradictory tasks", "-",
-                       "no alpha < 0 in the table", False, c, "Cannot be checked without alpha < 0.")
+                       "no alpha < 0 in the table", False, c.n_seeds, "Cannot be checked without alpha < 0.")
     empty = lambda metric: all(not sets(c, a, cfg, beta, metric)["add"].any() for a in alphas)  # noqa: E731
     stars = ", ".join(f"alpha={a:g}: lambda*={lambda_star(c, a, cfg.eps_learned):g}, T1 hinge there "
                       f"{_at_lambda_star(c, a, cfg):.3g}" for a in alphas)
@@ -173,7 +173,7 @@ def thm1_contradictory_fails(c: Curves, cfg: ClaimsConfig, beta: dict) -> dict:
         "thm1.contradictory_fails",
         "Theorem 1 (contradictory, alpha < 0): no lambda learns both T1 and T2",
         "addition set empty for every alpha < 0", "addition set " + _describe(c, alphas, cfg, beta, "loss", "add"),
-        empty("loss"), c,
+        empty("loss"), c.n_seeds,
         f"Where T2 becomes learned, T1 is lost: {stars}. Accuracy view: "
         + _describe(c, alphas, cfg, beta, "acc", "add") + ". " + _agreement(empty("loss"), empty("acc")))
 
@@ -192,7 +192,7 @@ def thm1_threshold_curve(c: Curves, cfg: ClaimsConfig) -> dict:
         "thm1.threshold_curve",
         "Theorem 1: the smallest lambda that learns T2, lambda*(alpha), follows 1 - alpha for alpha >= 0",
         f"|lambda*(alpha) - (1 - alpha)| <= {cfg.lam_tol:g} for every alpha >= 0",
-        "; ".join(f"alpha={a:g}: lambda*={s:g} (1-alpha={1 - a:g})" for a, s in stars.items()), ok, c,
+        "; ".join(f"alpha={a:g}: lambda*={s:g} (1-alpha={1 - a:g})" for a, s in stars.items()), ok, c.n_seeds,
         f"lambda* = smallest grid lambda with mean T2 hinge <= {cfg.eps_learned:g}. The tolerance is one grid step; "
         "the paper's beta term (lambda >= 1 - alpha + beta) would shift the threshold up by beta. For alpha < 0: "
         + "; ".join(f"alpha={a:g}: lambda*={lambda_star(c, a, cfg.eps_learned):g} (1-alpha={1 - a:g})"
@@ -203,7 +203,7 @@ def thm2_negation(c: Curves, cfg: ClaimsConfig, beta: dict, cid: str, sign: int)
     alphas = _alphas(c, sign)
     name = {0: "irrelevant", -1: "contradictory", 1: "aligned"}[sign]
     if alphas.size == 0:
-        return _record(cid, f"Negation, {name} tasks", "-", f"no {name} alpha in the table", False, c,
+        return _record(cid, f"Negation, {name} tasks", "-", f"no {name} alpha in the table", False, c.n_seeds,
                        "Cannot be checked without such an alpha.")
 
     def verdict(metric):
@@ -236,7 +236,7 @@ def thm2_negation(c: Curves, cfg: ClaimsConfig, beta: dict, cid: str, sign: int)
             f"alpha={a:g}: {_value(c, a, -1.0, 'L1'):.3g} (T2 {_value(c, a, -1.0, 'L2'):.3g})" for a in alphas) + "."
     return _record(
         cid, statement, predicted, "negation set " + _describe(c, alphas, cfg, beta, "loss", "neg"), verdict("loss"),
-        c, f"T2 forgotten: hinge >= {cfg.forget_loss:g}; T1 kept: hinge <= min({cfg.eps_learned:g} + |lambda| "
+        c.n_seeds, f"T2 forgotten: hinge >= {cfg.forget_loss:g}; T1 kept: hinge <= min({cfg.eps_learned:g} + |lambda| "
         f"beta_neg, {cfg.kept_cap:g}) (beta_neg = {beta['beta_neg']:.3g}, measured at alpha = 0, so the bound is "
         f"informative for lambda >= {-_reach(cfg, beta['beta_neg']):.3g})." + extra
         + f" Accuracy view (T2 acc <= {cfg.acc_forgotten:g}, T1 acc >= {cfg.acc_learned:g}): "
@@ -339,7 +339,6 @@ def ood_claims(df: pd.DataFrame, refs: pd.DataFrame, gammas, cfg: ClaimsConfig, 
     fit = fit_ood_region(coeffs, success, gammas)
     two = fit_ood_two_thresholds(coeffs, success, gammas, fit["lam_max"])
     n_seeds = int(df["seed"].nunique())
-    c = Curves(pd.DataFrame(), n_seeds)
     region = _record(
         "thm3.region",
         "Theorem 3: the coefficients that generalize to T' are those with sum lambda_i gamma_i >= tau, "
@@ -347,7 +346,7 @@ def ood_claims(df: pd.DataFrame, refs: pd.DataFrame, gammas, cfg: ClaimsConfig, 
         f"IoU >= {iou_min:g} between the measured success region (T' hinge <= {cfg.eps_learned:g}) and the "
         "predicted one with tau and c/beta fitted",
         f"IoU = {fit['iou']:.3f} at tau = {fit['tau']:g}, c/beta = {fit['lam_max']:g}",
-        bool(success.any() and fit["iou"] >= iou_min), c,
+        bool(success.any() and fit["iou"] >= iou_min), n_seeds,
         f"{int(success.sum())} of {len(success)} grid points succeed"
         + (" (none: the claim cannot pass)" if not success.any() else "")
         + ". The paper's tau = 1 + c with c in (0, 1), i.e. "
@@ -366,7 +365,7 @@ def ood_claims(df: pd.DataFrame, refs: pd.DataFrame, gammas, cfg: ClaimsConfig, 
         "best grid point has lower T' hinge loss than each Psi_0 + dPsi_Ti",
         f"best {point}: hinge {best['loss']:.3g}, acc {best['acc']:.3f}; singles: "
         + ", ".join(f"{k} hinge {v['loss']:.3g} acc {v['acc']:.3f}" for k, v in singles.iterrows()),
-        ok, c, "Accuracy: the best point's accuracy " + ("exceeds" if ok_acc else "does not exceed")
+        ok, n_seeds, "Accuracy: the best point's accuracy " + ("exceeds" if ok_acc else "does not exceed")
         + " every single task vector's. " + _agreement(ok, ok_acc))
     return [region, beats]
 
@@ -392,7 +391,6 @@ def corollary_claims(verdicts: pd.DataFrame, stars: pd.DataFrame, row_norms: pd.
                      cfg: ClaimsConfig, prune_min: float, two_groups_ratio: float) -> list[dict]:
     """Claims of Corollaries 1-2 from the per-variant verdicts (columns variant, id, verdict), the per-variant
     lambda*(alpha) (variant, alpha, lambda_star) and dV's row norms (seed, norm)."""
-    c = Curves(pd.DataFrame(), n_seeds)
     v = verdicts.pivot(index="id", columns="variant", values="verdict")
     records = []
     for thm, prefix in (("thm1", "thm1."), ("thm2", "thm2."), ("thm3", "thm3.")):
@@ -415,7 +413,7 @@ def corollary_claims(verdicts: pd.DataFrame, stars: pd.DataFrame, row_norms: pd.
             f"Corollary 1: rank-1 task vectors keep the verdicts of {thm.replace('thm', 'Theorem ')}",
             "every verdict equal to the dense one" + (f"; |lambda*_rank1 - lambda*_dense| <= {cfg.lam_tol:g}"
                                                       if thm == "thm1" else ""),
-            measured, ok, c, detail + "."))
+            measured, ok, n_seeds, detail + "."))
     prunes = sorted(float(x[len("prune"):]) for x in v.columns if x.startswith("prune"))
     keeps = {f: bool((v[f"prune{f:g}"] == v["dense"]).all()) for f in prunes}
     largest = 0.0
@@ -427,7 +425,7 @@ def corollary_claims(verdicts: pd.DataFrame, stars: pd.DataFrame, row_norms: pd.
     records.append(_record(
         "cor2.pruning_keeps", "Corollary 2: pruning the small rows of dV keeps the verdicts of Theorems 1-3",
         f"pruning {prune_min:g} of the rows keeps every verdict",
-        f"largest pruned fraction keeping every verdict: {largest:g}", bool(largest >= prune_min - 1e-9), c,
+        f"largest pruned fraction keeping every verdict: {largest:g}", bool(largest >= prune_min - 1e-9), n_seeds,
         "; ".join(f"prune {f:g}: " + ("all verdicts kept" if not changed[f] else "changed " + ", ".join(changed[f]))
                   for f in prunes) + "."))
     groups = [two_groups(g["norm"].to_numpy()) for _, g in row_norms.groupby(["seed", "task"])]
@@ -438,7 +436,7 @@ def corollary_claims(verdicts: pd.DataFrame, stars: pd.DataFrame, row_norms: pd.
         "cor2.two_groups", "Corollary 2: dV's rows form two groups, norms >= Omega(m^-1/2) and O(m^-1/2 eps)",
         f"a 2-means split of log row norms separates groups whose mean norms differ by >= {two_groups_ratio:g}x "
         "(~1/eps), the large group a constant fraction (5-95%)",
-        f"median over seeds and tasks: ratio {ratio:.3g}, large-group fraction {frac:.2f}", ok, c,
+        f"median over seeds and tasks: ratio {ratio:.3g}, large-group fraction {frac:.2f}", ok, n_seeds,
         f"m^-1/2 = {m ** -0.5:.3g}; median row norm {row_norms['norm'].median():.3g}, 5-95% range "
         f"[{row_norms['norm'].quantile(0.05):.3g}, {row_norms['norm'].quantile(0.95):.3g}]."))
     return records
@@ -461,14 +459,13 @@ def steps_to_eps(curve_T: np.ndarray, eps: float, window: int) -> float:
 
 def scaling_claims(beta: pd.DataFrame, conv: pd.DataFrame, m: int, tol: float, n_seeds: int) -> list[dict]:
     """beta.scaling_d (beta_neg ~ d^-1 at model.m) and conv.delta_star_exponent (T ~ delta_*^-2)."""
-    c = Curves(pd.DataFrame(), n_seeds)
     b = beta[beta["m"] == m].sort_values("d")
     slope = fit_exponent(b["d"], b["beta_neg"])
     rec_b = _record(
         "beta.scaling_d", "beta = Theta(1/d) (the talk's simplification of the error constant)",
         f"fitted exponent of beta_neg against d within {tol:g} of -1 (m = {m})",
         f"exponent {slope:.3g}; beta_neg " + ", ".join(f"d={int(r.d)}: {r.beta_neg:.3g}" for r in b.itertuples()),
-        bool(np.isfinite(slope) and abs(slope + 1) <= tol), c,
+        bool(np.isfinite(slope) and abs(slope + 1) <= tol), n_seeds,
         "beta_neg = slope of T1's hinge loss against |lambda| when negating an irrelevant task vector (alpha = 0); "
         "beta_add (adding it) per d: " + ", ".join(f"{r.beta_add:.2g}" for r in b.itertuples())
         + ". Local exponents between consecutive d: " + ", ".join(
@@ -484,7 +481,7 @@ def scaling_claims(beta: pd.DataFrame, conv: pd.DataFrame, m: int, tol: float, n
         "conv.delta_star_exponent", "T = Theta(eta^-1 delta_*^-2): iterations to reach eps scale as delta_*^-2",
         f"fitted exponent of the steps to eps against delta_* within {tol:g} of -2",
         f"exponent {slope_t:.3g}; mean steps " + ", ".join(f"delta_*={k:g}: {v:.0f}" for k, v in means.items()),
-        bool(np.isfinite(slope_t) and abs(slope_t + 2) <= tol and never == 0), c,
+        bool(np.isfinite(slope_t) and abs(slope_t + 2) <= tol and never == 0), n_seeds,
         f"Fixed step size; steps = first step where the training hinge loss averaged over a window is <= eps. "
         f"Runs that never reached eps: {never}.")
     return [rec_b, rec_c]
@@ -508,7 +505,6 @@ def digits_sets(rows: pd.DataFrame, own: pd.DataFrame, relation: str, kept_drop:
 def digits_claims(rows: pd.DataFrame, own: pd.DataFrame, ood: pd.DataFrame, refs: pd.DataFrame, kept_drop: float,
                   forget_acc: float) -> list[dict]:
     n_seeds = int(rows["seed"].nunique())
-    c = Curves(pd.DataFrame(), n_seeds)
     expect = {"irrelevant": (True, True), "aligned": (True, False), "contradictory": (False, True)}
     out = []
     for rel, (add_ok, neg_ok) in expect.items():
@@ -520,7 +516,7 @@ def digits_claims(rows: pd.DataFrame, own: pd.DataFrame, ood: pd.DataFrame, refs
         out.append(_record(
             f"digits.{rel}", f"Colored-Digits, {rel} pair: addition {words[add_ok]}, negation {words[neg_ok]}",
             f"addition set {'non-empty' if add_ok else 'empty'}, negation set {'non-empty' if neg_ok else 'empty'}",
-            f"addition set {window(s['add'])}; negation set {window(s['neg'])}", ok, c,
+            f"addition set {window(s['add'])}; negation set {window(s['neg'])}", ok, n_seeds,
             f"Accuracy rules: kept / learned = within {kept_drop:g} of the task's own fine-tuned model "
             f"(T1 {o['own_acc_T1']:.3f}, T2 {o['own_acc_T2']:.3f}); forgotten = T2 accuracy <= {forget_acc:g}. "
             f"At lambda = 1: T1 {A.loc[1.0, 'T1']:.3f} / T2 {A.loc[1.0, 'T2']:.3f} (hinge {L.loc[1.0, 'T1']:.3f} / "
@@ -534,7 +530,7 @@ def digits_claims(rows: pd.DataFrame, own: pd.DataFrame, ood: pd.DataFrame, refs
         "digits.ood", "Colored-Digits, out-of-domain: a searched (lambda_1, lambda_2) beats both single task vectors",
         "best grid point's T' accuracy above Psi*_T1's and Psi*_T2's",
         f"best ({best['lam1']:g}, {best['lam2']:g}): acc {best['acc']:.4f}; singles: "
-        + ", ".join(f"{k} {v['acc']:.4f}" for k, v in singles.iterrows()), ok, c,
+        + ", ".join(f"{k} {v['acc']:.4f}" for k, v in singles.iterrows()), ok, n_seeds,
         "T' colours odd digits red and even digits green; sources are T1 and the contradictory T2. Best = lowest mean "
         "hinge loss, ties broken by the smallest ||lambda|| (as in Table 2)."))
     return out

@@ -31,6 +31,16 @@ def save(fig, out: Path, name: str) -> None:
     plt.close(fig)
 
 
+def lambda_curves(ax, sub: pd.DataFrame, col: str) -> None:
+    """T1 and T2 against lambda: seed mean with a +-1 std band; the negation side (lambda < 0) shaded."""
+    for task, g in sub.groupby("task"):
+        st = g.groupby("lam")[col].agg(["mean", "std"]).fillna(0.0)
+        ax.plot(st.index, st["mean"], color=T_COLORS[task], label=task, lw=1.6)
+        ax.fill_between(st.index, st["mean"] - st["std"], st["mean"] + st["std"], color=T_COLORS[task],
+                        alpha=0.25, lw=0)
+    ax.axvspan(min(sub["lam"].min(), 0), 0, color="0.85", zorder=0)
+
+
 def _claims_cfg(out: Path) -> dict:
     return yaml.safe_load((out / "config.yaml").read_text())["claims"]
 
@@ -52,12 +62,7 @@ def figure1(out: Path) -> None:
         kind = "irrelevant" if a == 0 else ("aligned" if a > 0 else "contradictory")
         for i, (col, label) in enumerate((("loss", "hinge loss"), ("acc", "accuracy"))):
             ax = axes[i, j]
-            for task, g in sub.groupby("task"):
-                st = g.groupby("lam")[col].agg(["mean", "std"]).fillna(0.0)
-                ax.plot(st.index, st["mean"], color=T_COLORS[task], label=task, lw=1.6)
-                ax.fill_between(st.index, st["mean"] - st["std"], st["mean"] + st["std"], color=T_COLORS[task],
-                                alpha=0.25, lw=0)
-            ax.axvspan(min(sub["lam"].min(), 0), 0, color="0.85", zorder=0)
+            lambda_curves(ax, sub, col)
             thr = float(theory.addition_threshold(a))
             if np.isfinite(thr):
                 ax.axvline(thr, color="k", ls="--", lw=1, label="1 - alpha")
@@ -293,12 +298,7 @@ def digits(out) -> None:
         sub = df[df["relation"] == rel]
         for i, (col, label) in enumerate((("acc", "accuracy"), ("loss", "hinge loss"))):
             ax = axes[i, j]
-            for task, g in sub.groupby("task"):
-                st = g.groupby("lam")[col].agg(["mean", "std"]).fillna(0.0)
-                ax.plot(st.index, st["mean"], color=T_COLORS[task], label=task)
-                ax.fill_between(st.index, st["mean"] - st["std"], st["mean"] + st["std"], color=T_COLORS[task],
-                                alpha=0.25, lw=0)
-            ax.axvspan(min(sub["lam"].min(), 0), 0, color="0.85", zorder=0)
+            lambda_curves(ax, sub, col)
             ax.set_ylabel(label if j == 0 else "")
             if i == 0:
                 ax.set_title(f"{rel}")

@@ -27,10 +27,14 @@ from tvtheory.specs import grid
 PRETRAIN, FINETUNE, TEST = 0, 1, 2
 
 
+def stream_key(seed_key: jax.Array, concern: int, task_index) -> jax.Array:
+    """The key of one concern (FINETUNE or TEST) for one task of a seed; ``task_index`` may be traced."""
+    return jax.random.fold_in(jax.random.fold_in(seed_key, concern), task_index)
+
+
 def streams(seed_key: jax.Array, n_tasks: int) -> dict[str, jax.Array]:
     """Keys for Psi_0, the fine-tune of each task, and the test set of each task."""
-    per_task = lambda s: jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(seed_key, s), i))(  # noqa: E731
-        jnp.arange(n_tasks))
+    per_task = lambda c: jax.vmap(lambda i: stream_key(seed_key, c, i))(jnp.arange(n_tasks))  # noqa: E731
     return {"init": jax.random.fold_in(seed_key, PRETRAIN), "ft": per_task(FINETUNE), "test": per_task(TEST)}
 
 
@@ -126,7 +130,7 @@ def finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, *, setup: Setup):
     one run at a time (lax.map), which on CPU beats a vmapped SGD step of small matmuls."""
     def one(args):
         s, p0 = args
-        k = jax.random.fold_in(jax.random.fold_in(_seed_key(key, s), FINETUNE), task_index)   # = streams()["ft"][i]
+        k = stream_key(_seed_key(key, s), FINETUNE, task_index)
         return train.finetune(p0, k, mu, irr, setup.task, setup.spec)
     return jax.lax.map(one, (seed_ids, psi0_S))
 
