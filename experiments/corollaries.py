@@ -49,8 +49,7 @@ def main(cfg) -> None:
         stars += [{"variant": name, "alpha": a, "lambda_star": claims.lambda_star(cur, a, c.claims.eps_learned)}
                   for a in cur.alphas()]
         progress(f"variant {name} checked")
-    taus = sweep.ood_sweep(c.seed, c.n_seeds, c.ood.gammas, c.ood.kappa, c.ood.ranges, setup,
-                           n_test=c.ood.n_test, store=st).taus          # cached: the source tasks' task vectors
+    taus = o.taus                      # the source tasks' task vectors, uncompressed whatever the variant
     M = c.data.d - len(c.ood.gammas) - 1                                # irrelevant patterns in play
     spectra, lowrank, norms = report.task_vector_structure(taus, co.spectrum_ranks, M, c.claims.eps_learned)
     with results.staged(out) as stage:
