@@ -82,6 +82,19 @@ def test_noise_is_added_when_sigma_positive():
     assert 0.05 < diff.std() < 0.15
 
 
+
+@pytest.mark.parametrize("spec, d", [(data.TaskSpec(), 32), (data.TaskSpec(20, 4, 2), 8), (data.TaskSpec(10, 3, 0), 6),
+                                     (data.TaskSpec(6, 4, 2), 8)])
+def test_max_distinct_bounds_the_distinct_tokens_of_every_sample(spec, d):
+    mus = data.pair_patterns(0.5, d)
+    irr = data.irrelevant_patterns(mus)
+    X, _ = data.sample(jax.random.key(3), mus[1], irr, 500, spec)
+    distinct = [len({tuple(np.asarray(x)) for x in sample}) for sample in X]
+    bound = spec.max_distinct(irr.shape[0])
+    assert max(distinct) <= bound <= spec.P
+    assert max(distinct) == bound                        # 500 samples reach the bound in these settings
+    assert spec._replace(sigma=0.1).max_distinct(irr.shape[0]) == spec.P
+
 @pytest.mark.parametrize("call, field", [
     (lambda: data.pair_patterns(1.5, 8), "alpha=1.5"),
     (lambda: data.pair_patterns(float("nan"), 8), "alpha=nan"),

@@ -92,3 +92,35 @@ def test_apply_matches_eq4_in_either_product_order(m):
     X = inputs()
     assert np.allclose(model.apply(p, X), eq4(p, X), atol=1e-5)
 
+
+def multiset_apply(params, U, c, P):
+    """f from the distinct tokens and their counts (the formula in model.distinct_tokens' docstring)."""
+    W, V = model.merged(params)
+    S = jnp.einsum("nkd,de,nje->njk", U, W, U) + jnp.where(c > 0, jnp.log(jnp.maximum(c, 1)), -jnp.inf)[:, None, :]
+    pre = jnp.einsum("njk,md,nkd->njm", jax.nn.softmax(S, axis=-1), V, U)
+    return jnp.einsum("nj,njm,m->n", c, jax.nn.relu(pre), model.readout(V.shape[0])) / P
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distinct_tokens_keep_the_multiset_and_the_output(seed):
+    d, spec = 8, data.TaskSpec(12, 3, 1)
+    mus = data.pair_patterns(0.4, d)
+    irr = data.irrelevant_patterns(mus)
+    X = data.sample(jax.random.key(seed), mus[1], irr, 40, spec)[0]
+    q = spec.max_distinct(irr.shape[0])
+    U, c = model.distinct_tokens(X, q)
+    assert U.shape == (40, q, d) and c.shape == (40, q)
+    assert bool(jnp.all(model.complete(c, spec.P)))
+    for n in range(40):
+        rows = [tuple(np.asarray(u)) for u, k in zip(U[n], c[n]) if k > 0]
+        assert len(set(rows)) == len(rows)                                  # no token listed twice
+        rebuilt = sorted(r for r, k in zip(rows, np.asarray(c[n])[np.asarray(c[n]) > 0]) for _ in range(int(k)))
+        assert rebuilt == sorted(tuple(np.asarray(x)) for x in X[n])        # same multiset of tokens
+    p = model.init_params(jax.random.key(seed + 10), d, 16, sigma_0=0.5, sigma_w=0.5)
+    assert np.allclose(multiset_apply(p, U, c, spec.P), model.apply(p, X), atol=1e-5)
+
+
+def test_distinct_tokens_report_a_too_small_q():
+    X = inputs()                                         # 10 tokens, more than 2 distinct ones in some sample
+    _, c = model.distinct_tokens(X, 2)
+    assert not bool(jnp.all(model.complete(c, 10)))

@@ -63,3 +63,21 @@ def test_t1_finetune_is_shared_across_alphas():
     r = tiny_sweep()
     # T1's own loss (Psi*_T1 on T1) cannot depend on alpha.
     assert np.allclose(r.single_loss[:, :, 0], r.single_loss[:1, :, 0])
+
+
+def test_grid_eval_on_distinct_tokens_matches_all_tokens():
+    """Reducing each sample to its distinct tokens is exact; a q too small for the data gives NaN, not a number."""
+    d, m = 8, 16
+    mus = data.pair_patterns(0.3, d)
+    irr = data.irrelevant_patterns(mus)
+    spec = data.TaskSpec(12, 3, 1)
+    X, y = data.sample(jax.random.key(0), mus[0], irr, 90, spec)
+    base = model.init_params(jax.random.key(1), d, m, sigma_0=0.5, sigma_w=0.3)
+    tau = jax.tree.map(lambda t: t[None], model.init_params(jax.random.key(2), d, m, sigma_0=0.5, sigma_w=0.3))
+    coeffs = jnp.linspace(-2, 3, 7)[:, None]
+    q = spec.max_distinct(irr.shape[0])
+    assert q < spec.P
+    full = sweep.grid_eval(base, tau, coeffs, X, y, block=32)
+    reduced = sweep.grid_eval(base, tau, coeffs, X, y, block=32, q=q)
+    assert np.allclose(full[0], reduced[0], atol=1e-5) and np.allclose(full[1], reduced[1])
+    assert np.all(np.isnan(sweep.grid_eval(base, tau, coeffs, X, y, q=2)[0]))

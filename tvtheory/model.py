@@ -96,3 +96,22 @@ def readout_mean(A_PxP: jax.Array, H_PxM: jax.Array) -> jax.Array:
 def _readout(G_PxM: jax.Array) -> jax.Array:
     return G_PxM.mean(axis=-2) @ readout(G_PxM.shape[-1])
 
+
+def distinct_tokens(X_NxPxD: jax.Array, q: int) -> tuple[jax.Array, jax.Array]:
+    """Each sample as the multiset of its tokens: the distinct tokens U (..., q, d), first occurrences in order,
+    and their counts c (..., q), zero on padding rows. f depends on X only through this multiset,
+      f(X) = (1/P) sum_j c_j a^T ReLU( sum_k softmax_k(u_k^T W u_j + log c_k) V u_k ),
+    so a sample of P tokens drawn from a few patterns costs q^2 instead of P^2 per attention product.
+    ``q`` (static) must be at least the number of distinct tokens of every sample: check ``complete``.
+    """
+    eq = jnp.all(X_NxPxD[..., :, None, :] == X_NxPxD[..., None, :, :], axis=-1)     # eq[l, s]: x_l == x_s
+    first = ~jnp.any(jnp.tril(eq, k=-1), axis=-1)                                     # no equal token before l
+    count = jnp.where(first, eq.sum(-1), 0)
+    order = jnp.argsort(~first, axis=-1, stable=True)[..., :q]
+    U = jnp.take_along_axis(X_NxPxD, order[..., None], axis=-2)
+    return U, jnp.take_along_axis(count, order, axis=-1).astype(X_NxPxD.dtype)
+
+
+def complete(c_Nxq: jax.Array, P: int) -> jax.Array:
+    """True where the counts of ``distinct_tokens`` cover all P tokens (q was large enough)."""
+    return jnp.sum(c_Nxq, axis=-1) == P

@@ -33,6 +33,14 @@ class TaskSpec(NamedTuple):
         _check.in_range("sigma", self.sigma, lo=0.0)
         return self
 
+    def max_distinct(self, M: int) -> int:
+        """An upper bound on the distinct tokens of one sample with M irrelevant patterns: +mu and -mu and at most
+        min(n_irr, M) patterns v_j, or P once noise makes every token unique."""
+        if self.sigma > 0:
+            return self.P
+        n_irr = self.P - self.n_rel - self.n_conf
+        return min(self.P, 1 + (self.n_conf > 0) + min(n_irr, M))
+
 
 class TrainSpec(NamedTuple):
     """SGD with step size eta, batch B, T steps; log every ``log_every`` steps; optional fixed training set."""

@@ -7,7 +7,9 @@ merged form the pre-activations are affine in c,
     X^T W(c) X = X^T W_0 X + sum_k c_k X^T dW_k X,      V(c) X = V_0 X + sum_k c_k dV_k X,
 so each grid point pays only the softmax, the attention-weighted sum and the ReLU. The test set is walked in blocks
 and grid points one (or ``chunk``) at a time, so memory stays bounded whatever the grid size; on CPU one point at a
-time over blocks of ~100 samples is fastest, because the per-point work is bound by reading those products.
+time over blocks of ~3200 tokens is fastest, because the per-point work is bound by reading those products. Samples
+whose P tokens come from a few patterns are first reduced to their distinct tokens and counts (exact), which shrinks
+every product by the ratio of distinct tokens to P.
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ def seed_keys(seed: int, n_seeds: int) -> jax.Array:
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(jnp.arange(n_seeds))
 
 
-def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chunk: int = 1, block: int = 100):
+def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chunk: int = 1,
+              block: int | None = None, q: int | None = None):
     """Hinge loss and accuracy of base + sum_k c_k taus[k] on (X, y) for every row c of coeffs. Returns two (G,).
 
     ``taus`` is a pytree whose leaves carry a leading axis K (stacked task vectors). The merged form walks the test
-    set in blocks of ``block`` samples and, inside a block, the whole grid: the block's precomputed products stay in
-    cache while every grid point reuses them (the loop is memory-bound the other way round).
+    set in blocks of ``block`` samples (default: ~3200 tokens' worth) and, inside a block, the whole grid: the block's precomputed products stay in
+    cache while every grid point reuses them (the loop is memory-bound the other way round). With ``q`` < P each
+    sample is first reduced to its at most q distinct tokens and their counts (model.distinct_tokens; exact), which
+    shrinks those products by q/P; a sample with more than q distinct tokens turns the result into NaN, never into a
+    wrong number.
     """
     if "W" not in base:                                       # four-matrix form: not affine in c
         def point(c):
@@ -57,31 +63,41 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
         return out["loss"], out["acc"]
 
     N, P, D = X.shape
-    nb = min(block, N)
+    q = P if q is None else min(q, P)
+    nb = min(block or max(1, 3200 // q), N)          # measured on 2 cores: larger blocks spill out of cache
     pad = -N % nb
     w = jnp.concatenate([jnp.ones(N), jnp.zeros(pad)]).reshape(-1, nb)      # padding samples weigh nothing
     Xb = jnp.concatenate([X, jnp.zeros((pad, P, D), X.dtype)]).reshape(-1, nb, P, D)
     yb = jnp.concatenate([y, jnp.ones(pad, y.dtype)]).reshape(-1, nb)
+    a = model.readout(base["V"].shape[0])
 
     def one_block(args):
         X, y, w = args
-        S0_NxPxP = jnp.einsum("nsd,nld->nls", X, X @ base["W"].T)
-        H0_NxPxM = X @ base["V"].T
-        Sk_KxNxPxP = jnp.einsum("nsd,knld->knls", X, jnp.einsum("npd,ked->knpe", X, taus["W"]))
-        Hk_KxNxPxM = jnp.einsum("npd,kmd->knpm", X, taus["V"])
+        U, c = model.distinct_tokens(X, q) if q < P else (X, jnp.ones(X.shape[:2], X.dtype))
+        log_c = jnp.where(c > 0, jnp.log(jnp.maximum(c, 1.0)), -jnp.inf)[:, None, :]     # key k counts c_k times
+        S0_NxQxQ = jnp.einsum("nsd,nld->nls", U, U @ base["W"].T) + log_c
+        H0_NxQxM = U @ base["V"].T
+        Sk_KxNxQxQ = jnp.einsum("nsd,knld->knls", U, jnp.einsum("npd,ked->knpe", U, taus["W"]))
+        Hk_KxNxQxM = jnp.einsum("npd,kmd->knpm", U, taus["V"])
+        weight_NxQ = c / P                                     # query j stands for c_j of the P positions
 
         def point(c_K):
             # An unrolled sum over the K task vectors fuses into the attention kernel; a tensordot over K does not.
-            S, H = S0_NxPxP, H0_NxPxM
+            S, H = S0_NxQxQ, H0_NxQxM
             for k in range(c_K.shape[0]):
-                S, H = S + c_K[k] * Sk_KxNxPxP[k], H + c_K[k] * Hk_KxNxPxM[k]
-            f = model.readout_mean(jax.nn.softmax(S, axis=-1), H)
+                S, H = S + c_K[k] * Sk_KxNxQxQ[k], H + c_K[k] * Hk_KxNxQxM[k]
+            # c_j ReLU(z) = ReLU(c_j z) for c_j >= 0: weighting the rows of the attention keeps ReLU and the sum
+            # over queries inside the attention kernel.
+            G = jax.nn.relu((jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]) @ H)
+            f = G.sum(axis=-2) @ a
             return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
 
-        return jax.lax.map(point, coeffs_GxK, batch_size=chunk if chunk > 1 else None)
+        loss, correct = jax.lax.map(point, coeffs_GxK, batch_size=chunk if chunk > 1 else None)
+        return loss, correct, jnp.all(model.complete(c, P) | (w == 0))
 
-    loss_sum, correct = jax.lax.map(one_block, (Xb, yb, w))
-    return loss_sum.sum(0) / N, correct.sum(0) / N
+    loss_sum, correct, ok = jax.lax.map(one_block, (Xb, yb, w))
+    nan_unless_ok = jnp.where(jnp.all(ok), 1.0, jnp.nan)
+    return loss_sum.sum(0) / N * nan_unless_ok, correct.sum(0) / N * nan_unless_ok
 
 
 class PairSweep(NamedTuple):
@@ -150,6 +166,7 @@ def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, se
               n_alpha_hat: int, chunk: int, comp: Compression = Compression()):
     """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (stream TEST), plus diagnostics."""
     coeffs_Lx1 = lams_L[:, None]
+    q = setup.task.max_distinct(irr.shape[0])
 
     def one(args):
         s, psi0, tau1, tau2 = args
@@ -160,7 +177,7 @@ def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, se
         out_loss, out_acc, single, Xmix = [], [], [], []
         for i, own in enumerate((base, psi2)):
             X, y = data.sample(test_keys[i], mus_2xD[i], irr, n_test, setup.task)
-            lo, ac = grid_eval(base, jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk)
+            lo, ac = grid_eval(base, jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q)
             out_loss.append(lo)
             out_acc.append(ac)
             single.append(metrics.hinge(model.apply(own, X[:n_alpha_hat]), y[:n_alpha_hat]))
@@ -282,11 +299,12 @@ def coefficient_grid(ranges) -> np.ndarray:
 def ood_eval(key, seed_ids, target, irr, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup, n_test: int,
              chunk: int, comp: Compression = Compression()):
     """Per seed: the coefficient grid and the references on a test set of T' (stream TEST, index 0)."""
+    q = setup.task.max_distinct(irr.shape[0])
     def one(args):
         s, psi0, taus, direct = args
         taus = jax.vmap(comp.apply)(taus)
         X, y = data.sample(streams(_seed_key(key, s), 1)["test"][0], target, irr, n_test, setup.task)
-        loss, acc = grid_eval(psi0, taus, coeffs_GxK, X, y, chunk)
+        loss, acc = grid_eval(psi0, taus, coeffs_GxK, X, y, chunk, q=q)
         refs = [direct] + [taskvec.add(psi0, jax.tree.map(lambda t: t[i], taus)) for i in range(coeffs_GxK.shape[1])]
         ev = [metrics.evaluate(p, X, y) for p in refs]
         return loss, acc, jnp.stack([e["loss"] for e in ev]), jnp.stack([e["acc"] for e in ev])
