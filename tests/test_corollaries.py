@@ -1,5 +1,7 @@
 """Corollary 1-2 and scaling claims on tables that pass and tables that fail; the helpers they rest on."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,6 +77,21 @@ def test_compress_composes_rank_and_pruning():
     assert np.linalg.matrix_rank(np.asarray(r1["V"]), tol=1e-5) == 1
     p = taskvec.compress(t, keep=0.5)
     assert int((np.abs(np.asarray(p["V"])).sum(1) > 0).sum()) == 5 and np.allclose(p["W"], t["W"])
+
+
+
+def test_compress_is_one_compiled_program_for_every_variant():
+    """Traced rank and keep (as the corollaries' sweeps pass them) match low_rank and prune_rows; dense is exact."""
+    rng = np.random.default_rng(2)
+    t = {"W": jnp.asarray(rng.normal(size=(6, 6)), jnp.float32), "V": jnp.asarray(rng.normal(size=(10, 6)), jnp.float32)}
+    f = jax.jit(taskvec.compress)
+    for rank, keep in [(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.5), (0, 0.25), (1, 0.5)]:
+        ref = taskvec.low_rank(t, rank)[0] if rank else t
+        ref = taskvec.prune_rows(ref, keep)[0] if keep < 1 else ref
+        got = f(t, rank, keep)
+        assert all(np.allclose(got[k], ref[k], atol=1e-5) for k in t), (rank, keep)
+    assert f._cache_size() == 1
+    assert all(np.array_equal(f(t, 0, 1.0)[k], t[k]) for k in t)
 
 
 def scaling(beta_exp=-1.0, t_exp=-2.0, never=False):

@@ -161,7 +161,7 @@ class Compression(NamedTuple):
         return taskvec.compress(tau, self.rank, self.keep)
 
 
-@partial(jax.jit, static_argnames=("setup", "n_test", "n_alpha_hat", "chunk", "comp"))
+@partial(jax.jit, static_argnames=("setup", "n_test", "n_alpha_hat", "chunk"))
 def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_test: int,
               n_alpha_hat: int, chunk: int, comp: Compression = Compression()):
     """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (stream TEST), plus diagnostics."""
@@ -295,7 +295,7 @@ def coefficient_grid(ranges) -> np.ndarray:
     return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=-1).astype(np.float32)
 
 
-@partial(jax.jit, static_argnames=("setup", "n_test", "chunk", "comp"))
+@partial(jax.jit, static_argnames=("setup", "n_test", "chunk"))
 def ood_eval(key, seed_ids, target, irr, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup, n_test: int,
              chunk: int, comp: Compression = Compression()):
     """Per seed: the coefficient grid and the references on a test set of T' (stream TEST, index 0)."""

@@ -117,11 +117,24 @@ def prune_rows(t: Tree, keep_fraction: float, leaf: str = "V") -> tuple[Tree, ja
     return {**t, leaf: jnp.where(mask[:, None], rows, 0.0)}, mask
 
 
-def compress(t: Tree, rank: int = 0, keep: float = 1.0) -> Tree:
+def compress(t: Tree, rank=0, keep=1.0) -> Tree:
     """The task vector the corollaries speak of: rank-r truncation of every matrix (rank 0: dense), then the rows of
-    dV (or W_O's rows in the four-matrix form) pruned to the largest ``keep`` fraction by norm."""
-    if rank:
-        t = low_rank(t, rank)[0]
-    if keep < 1.0:
-        t = prune_rows(t, keep, "V" if "V" in t else "W_O")[0]
-    return t
+    dV (or W_O's rows in the four-matrix form) pruned to the largest ``keep`` fraction by norm (as ``low_rank`` and
+    ``prune_rows``). ``rank`` and ``keep`` may be traced, so one compiled program serves every variant; rank 0 and
+    keep 1 return the leaves untouched, bit for bit."""
+    rank, keep = jnp.asarray(rank), jnp.asarray(keep)
+
+    def trunc(x):
+        if x.ndim < 2:
+            return x
+        u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+        s = jnp.where(jnp.arange(s.shape[-1]) < rank, s, 0.0)
+        return jnp.where(rank > 0, (u * s[..., None, :]) @ vt, x)
+
+    t = jax.tree.map(trunc, t)
+    leaf = "V" if "V" in t else "W_O"
+    rows = t[leaf]
+    m = rows.shape[0]
+    n_keep = jnp.maximum(1, jnp.round(keep * m))
+    position = jnp.argsort(jnp.argsort(-jnp.linalg.norm(rows, axis=1), stable=True), stable=True)
+    return {**t, leaf: jnp.where((position < n_keep)[:, None], rows, 0.0)}
