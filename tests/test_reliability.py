@@ -83,6 +83,7 @@ def test_rerun_is_byte_identical_with_and_without_cache_and_refresh_recomputes(t
         _, logs[name] = (p := run(*TINY, f"out_dir={out}", *extra[name])).communicate(timeout=300)
         assert p.returncode == 0, logs[name]
     assert " 0 computed" in logs["warm"] and " 0 entries reused" in logs["refresh"]
+    assert any((tmp_path / "cache" / "xla").iterdir())            # compiled programs are kept beside the cache
     tables = [files(out) for out in outs.values()]
     assert all(t == tables[0] for t in tables) and len(tables[0]) == 3
 
