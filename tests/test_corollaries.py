@@ -83,7 +83,7 @@ def test_compress_composes_rank_and_pruning():
 def test_compress_is_one_compiled_program_for_every_variant():
     """Traced rank and keep (as the corollaries' sweeps pass them) match low_rank and prune_rows; dense is exact."""
     rng = np.random.default_rng(2)
-    t = {"W": jnp.asarray(rng.normal(size=(6, 6)), jnp.float32), "V": jnp.asarray(rng.normal(size=(10, 6)), jnp.float32)}
+    t = {k: jnp.asarray(rng.normal(size=shape), jnp.float32) for k, shape in (("W", (6, 6)), ("V", (10, 6)))}
     f = jax.jit(taskvec.compress)
     for rank, keep in [(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.5), (0, 0.25), (1, 0.5)]:
         ref = taskvec.low_rank(t, rank)[0] if rank else t

@@ -49,11 +49,11 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     """Hinge loss and accuracy of base + sum_k c_k taus[k] on (X, y) for every row c of coeffs. Returns two (G,).
 
     ``taus`` is a pytree whose leaves carry a leading axis K (stacked task vectors). The merged form walks the test
-    set in blocks of ``block`` samples (default: ~3200 tokens' worth) and, inside a block, the whole grid: the block's precomputed products stay in
-    cache while every grid point reuses them (the loop is memory-bound the other way round). With ``q`` < P each
-    sample is first reduced to its at most q distinct tokens and their counts (model.distinct_tokens; exact), which
-    shrinks those products by q/P; a sample with more than q distinct tokens turns the result into NaN, never into a
-    wrong number.
+    set in blocks of ``block`` samples (default: ~3200 tokens' worth) and, inside a block, the whole grid: the
+    block's precomputed products stay in cache while every grid point reuses them (the loop is memory-bound the
+    other way round). With ``q`` < P each sample is first reduced to its at most q distinct tokens and their counts
+    (model.distinct_tokens; exact), which shrinks those products by q/P; a sample with more than q distinct tokens
+    turns the result into NaN, never into a wrong number.
     """
     if "W" not in base:                                       # four-matrix form: not affine in c
         def point(c):
