@@ -10,19 +10,25 @@ import time
 
 import numpy as np
 
+from tvtheory.specs import TaskSpec
+
 D, P, M, N_REL, N_CONF, STEPS, BATCH, N_TEST = 32, 20, 256, 4, 2, 300, 64, 2000
 LAMS = np.round(np.arange(-2, 3.0001, 0.1), 2)
 
 
 def forward_flops(n: int) -> float:
-    """Multiply-adds x 2 of one forward pass on n samples (merged form)."""
-    per = 2 * P * D * D + 2 * P * P * D + 2 * P * D * M + 2 * P * P * M + P * M
-    return float(n * per)
+    """Multiply-adds x 2 of one forward pass on n samples (merged form), in the product order model.apply uses."""
+    values = 2 * P * P * D + 2 * P * D * M if D < M else 2 * P * D * M + 2 * P * P * M     # (A X) V^T or A (X V^T)
+    return float(n * (2 * P * D * D + 2 * P * P * D + values + P * M))
+
+
+Q = TaskSpec(P, N_REL, N_CONF).max_distinct(D - 3)     # distinct tokens per sample (16 of 20), pair and OOD
 
 
 def grid_point_flops(n: int) -> float:
-    """One coefficient-grid point once the lambda-independent products are reused: attention-weighted sum + ReLU."""
-    return float(n * (2 * P * P * M + P * M + 4 * P * P))
+    """One coefficient-grid point once the lambda-independent products are reused, on each sample's Q distinct
+    tokens: attention-weighted sum + ReLU."""
+    return float(n * (2 * Q * Q * M + Q * M + 4 * Q * Q))
 
 
 def train_flops(runs: int) -> float:
