@@ -19,7 +19,9 @@ import numpy as np
 
 from tvtheory import results
 
-VERSION = 1          # bump when the meaning of a cached quantity changes
+# Bump when the meaning of a cached quantity changes, or when a code change alters the numbers computed (2: the
+# (A X) V^T product order of model.apply), so that entries from older code are never mixed with new ones.
+VERSION = 2
 
 
 def canonical(fields: dict) -> str:
