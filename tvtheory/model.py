@@ -99,7 +99,8 @@ def _readout(G_PxM: jax.Array) -> jax.Array:
 
 def distinct_tokens(X_NxPxD: jax.Array, q: int) -> tuple[jax.Array, jax.Array]:
     """Each sample as the multiset of its tokens: the distinct tokens U (..., q, d), first occurrences in order,
-    and their counts c (..., q), zero on padding rows. f depends on X only through this multiset,
+    and their counts c (..., q), zero on padding rows. As the readout a is the same at every position, f depends
+    on X only through this multiset,
       f(X) = (1/P) sum_j c_j a^T ReLU( sum_k softmax_k(u_k^T W u_j + log c_k) V u_k ),
     so a sample of P tokens drawn from a few patterns costs q^2 instead of P^2 per attention product.
     ``q`` (static) must be at least the number of distinct tokens of every sample: check ``complete``.
