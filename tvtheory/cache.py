@@ -94,14 +94,6 @@ class Store:
             tmp.write_bytes(buf.getvalue())
         return p
 
-    def get_or_compute(self, kind: str, fields: dict, like, compute):
-        hit = self.load(kind, fields, like)
-        if hit is not None:
-            return hit
-        value = jax.device_get(compute())
-        self.save(kind, fields, value)
-        return value
-
 
 class NoStore(Store):
     """Computes everything and keeps nothing (library use without a cache directory)."""

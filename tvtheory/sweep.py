@@ -40,8 +40,13 @@ def streams(seed_key: jax.Array, n_tasks: int) -> dict[str, jax.Array]:
     return {"init": jax.random.fold_in(seed_key, PRETRAIN), "ft": per_task(FINETUNE), "test": per_task(TEST)}
 
 
+def _seed_key(key: jax.Array, s) -> jax.Array:
+    """The key of seed index ``s`` of a sweep whose key is jax.random.key(seed); ``s`` may be traced."""
+    return jax.random.fold_in(key, s)
+
+
 def seed_keys(seed: int, n_seeds: int) -> jax.Array:
-    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(jnp.arange(n_seeds))
+    return jax.vmap(lambda s: _seed_key(jax.random.key(seed), s))(jnp.arange(n_seeds))
 
 
 def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chunk: int = 1,
@@ -127,10 +132,6 @@ class Setup(NamedTuple):
     def fields(self) -> dict:
         return {"d": self.d, "m": self.m, "form": self.form, "sigma_0": self.sigma_0, "sigma_w": self.sigma_w,
                 "task": list(self.task), "train": list(self.spec), "irrelevant": self.random_irrelevant}
-
-
-def _seed_key(key, s):
-    return jax.random.fold_in(key, s)
 
 
 @partial(jax.jit, static_argnames=("setup",))
