@@ -279,39 +279,40 @@ def arithmetic_claims(df: pd.DataFrame, cfg: ClaimsConfig) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- Theorem 3 (OOD)
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean regions; 0 when both are empty (nothing was matched)."""
-    union = np.sum(a | b)
-    return float(np.sum(a & b) / union) if union else 0.0
+def _iou(region_xG: np.ndarray, success_G: np.ndarray) -> np.ndarray:
+    """Intersection over union of boolean regions (last axis: grid points) with the measured success region; 0 where
+    both are empty (nothing was matched)."""
+    union = (region_xG | success_G).sum(-1)
+    return np.where(union > 0, (region_xG & success_G).sum(-1) / np.maximum(union, 1), 0.0)
 
 
 def fit_ood_region(coeffs: np.ndarray, success: np.ndarray, gammas) -> dict:
     """The tau (conditions i-ii) and lam_max = c / beta (condition iii) whose predicted region best matches the
     measured success region, by intersection-over-union, on a grid of tau in [0, 3] and lam_max in the grid's |lambda|
-    values (plus no bound). An in-sample fit of two numbers: the IoU says how well the half-planes' *shape* fits."""
+    values (plus no bound); ties go to the smallest lam_max, then the smallest tau. An in-sample fit of two numbers:
+    the IoU says how well the half-planes' *shape* fits."""
     taus = np.round(np.arange(0.0, 3.0001, 0.01), 4)
     lam_maxes = np.concatenate([np.unique(np.abs(coeffs)), [np.inf]])
-    best = {"tau": float("nan"), "lam_max": float("nan"), "iou": -1.0}
-    for lm in lam_maxes:
-        for t in taus:
-            v = iou(theory.ood_region(coeffs, gammas, t, lm), success)
-            if v > best["iou"] + 1e-12:
-                best = {"tau": float(t), "lam_max": float(lm), "iou": v}
-    return best
+    scores = _iou(theory.ood_region(coeffs, gammas, taus[None, :], lam_maxes[:, None]), success)
+    i, j = np.unravel_index(np.argmax(scores), scores.shape)
+    return {"tau": float(taus[j]), "lam_max": float(lam_maxes[i]), "iou": float(scores[i, j])}
 
 
 def fit_ood_two_thresholds(coeffs: np.ndarray, success: np.ndarray, gammas, lam_max: float) -> dict:
     """Beyond the paper: separate thresholds for condition (i) and (ii) (same lam_max), fitted by IoU."""
-    lam, g = np.asarray(coeffs, float), np.asarray(gammas, float)
-    box = np.abs(lam).max(axis=1) <= lam_max
-    s1, s2 = lam @ g, lam @ g**2
     t = np.round(np.arange(0.0, 3.0001, 0.02), 4)
-    region = (s1[None, None, :] >= t[:, None, None]) & (s2[None, None, :] >= t[None, :, None]) & box
-    inter = (region & success).sum(-1)
-    union = (region | success).sum(-1)
-    scores = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    scores = _iou(theory.ood_region(coeffs, gammas, t[:, None], lam_max, tau_ii=t[None, :]), success)
     i, j = np.unravel_index(np.argmax(scores), scores.shape)
     return {"tau_i": float(t[i]), "tau_ii": float(t[j]), "lam_max": float(lam_max), "iou": float(scores[i, j])}
+
+
+def ood_fits(cur: pd.DataFrame, gammas, eps: float) -> tuple[np.ndarray, dict, dict]:
+    """From seed-mean curves (``ood_curves``): the measured success region (T' hinge <= eps), the single-threshold
+    fit of Theorem 3's region to it and the two-threshold fit."""
+    coeffs = cur[[c for c in cur.columns if c.startswith("lam")]].to_numpy()
+    success = cur["loss"].to_numpy() <= eps
+    fit = fit_ood_region(coeffs, success, gammas)
+    return success, fit, fit_ood_two_thresholds(coeffs, success, gammas, fit["lam_max"])
 
 
 def ood_curves(df: pd.DataFrame) -> pd.DataFrame:
@@ -334,10 +335,7 @@ def ood_claims(df: pd.DataFrame, refs: pd.DataFrame, gammas, cfg: ClaimsConfig, 
     """thm3.region (IoU of the fitted predicted region with the measured success region) and thm3.beats_single."""
     cur = ood_curves(df)
     lam_cols = [c for c in cur.columns if c.startswith("lam")]
-    coeffs = cur[lam_cols].to_numpy()
-    success = cur["loss"].to_numpy() <= cfg.eps_learned
-    fit = fit_ood_region(coeffs, success, gammas)
-    two = fit_ood_two_thresholds(coeffs, success, gammas, fit["lam_max"])
+    success, fit, two = ood_fits(cur, gammas, cfg.eps_learned)
     n_seeds = int(df["seed"].nunique())
     region = _record(
         "thm3.region",

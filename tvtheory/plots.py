@@ -188,8 +188,7 @@ def ood(out) -> None:
                   shading="nearest")
     ax.contour(L1, L2, pred.astype(float), levels=[0.5], colors="k", linewidths=1.5)
     two = fit["two_thresholds"]
-    s1, s2 = coeffs @ np.asarray(fit["gammas"]), coeffs @ np.asarray(fit["gammas"]) ** 2
-    pred2 = ((s1 >= two["tau_i"]) & (s2 >= two["tau_ii"]) & (np.abs(coeffs).max(1) <= two["lam_max"]))
+    pred2 = theory.ood_region(coeffs, fit["gammas"], two["tau_i"], two["lam_max"], tau_ii=two["tau_ii"])
     ax.contour(L1, L2, pred2.reshape(L1.shape).astype(float), levels=[0.5], colors="tab:purple", linewidths=1,
                linestyles="--")
     ax.set_title(f"(B) measured success (green, hinge <= {fit['eps_learned']:g})\nTheorem 3 region (black): "

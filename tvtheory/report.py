@@ -109,11 +109,7 @@ def ood(out: str | Path, gammas, cfg: ClaimsConfig, iou_min: float, source: str 
     """Derive region.json, table2.md and claims.json from metrics.csv and reference.csv in ``out``."""
     out = Path(out)
     rows, refs = pd.read_csv(out / "metrics.csv"), pd.read_csv(out / "reference.csv")
-    cur = claims.ood_curves(rows)
-    lam_cols = [c for c in cur.columns if c.startswith("lam")]
-    coeffs, success = cur[lam_cols].to_numpy(), cur["loss"].to_numpy() <= cfg.eps_learned
-    fit = claims.fit_ood_region(coeffs, success, gammas)
-    two = claims.fit_ood_two_thresholds(coeffs, success, gammas, fit["lam_max"])
+    _, fit, two = claims.ood_fits(claims.ood_curves(rows), gammas, cfg.eps_learned)
     results.write_json(out / "region.json", {**fit, "two_thresholds": two, "gammas": [float(g) for g in gammas],
                                              "eps_learned": cfg.eps_learned})
     results.write_text(out / "table2.md", table2(rows, refs))

@@ -38,9 +38,13 @@ def informative(lam, eps: float, beta_add: float, beta_neg: float, cap: float):
     return eps + np.abs(lam) * np.where(lam >= 0, beta_add, beta_neg) <= cap
 
 
-def ood_region(coeffs_GxK, gammas, tau: float, lam_max: float = np.inf) -> np.ndarray:
+def ood_region(coeffs_GxK, gammas, tau, lam_max=np.inf, tau_ii=None) -> np.ndarray:
     """Theorem 3's sufficient conditions for Psi_0 + sum_i lambda_i dPsi_Ti to generalize to T':
     (i) sum_i lambda_i gamma_i >= tau, (ii) sum_i lambda_i gamma_i^2 >= tau, (iii) |lambda_i| <= c / beta = lam_max.
-    The paper's tau is 1 + c with uncalibrated constants; here it is a fitted parameter."""
+    The paper's tau is 1 + c with uncalibrated constants; here it is a fitted parameter. Beyond the paper,
+    ``tau_ii`` gives condition (ii) its own threshold. tau, tau_ii and lam_max may be arrays: the result then has
+    their broadcast shape followed by the G grid points."""
     lam, g = np.asarray(coeffs_GxK, float), np.asarray(gammas, float)
-    return (lam @ g >= tau) & (lam @ g**2 >= tau) & (np.abs(lam).max(axis=1) <= lam_max)
+    col = lambda x: np.asarray(x, float)[..., None]  # noqa: E731
+    return ((lam @ g >= col(tau)) & (lam @ g**2 >= col(tau if tau_ii is None else tau_ii))
+            & (np.abs(lam).max(axis=1) <= col(lam_max)))
