@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from tvtheory import _check
-from tvtheory.specs import TaskSpec, TrainSpec, check_grid, check_shape, grid
+from tvtheory.specs import TaskSpec, TrainSpec, check_grid, check_ood_target, check_shape, grid
 
 
 @dataclass
@@ -84,13 +84,19 @@ class CacheConfig:
 
 
 @dataclass
-class RunConfig:
-    """What every experiment has: seeds, where results go, the model and its training, verdict rules, the cache."""
+class RunBase:
+    """What every experiment has: seeds, where results go, XLA's threads."""
 
     seed: int = 0
     n_seeds: int = 5
     out_dir: Optional[str] = None          # None: the Hydra job's output directory
     threads: Optional[int] = None          # cores for XLA in this process (None: all); for parallel launchers
+
+
+@dataclass
+class RunConfig(RunBase):
+    """The synthetic-task experiments add the data, the model and its training, verdict rules and the cache."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -118,7 +124,6 @@ class OODConfig(RunConfig):
     ood: OODGridConfig = field(default_factory=OODGridConfig)
 
 
-
 @dataclass
 class CorollaryGridConfig:
     ranks: List[int] = field(default_factory=lambda: [1])                 # rank-r task vectors re-checked
@@ -134,7 +139,6 @@ class CorollariesConfig(RunConfig):
     sweep: SweepConfig = field(default_factory=SweepConfig)
     ood: OODGridConfig = field(default_factory=OODGridConfig)
     corollaries: CorollaryGridConfig = field(default_factory=CorollaryGridConfig)
-
 
 
 @dataclass
@@ -192,11 +196,7 @@ class DigitsClaimsConfig:
 
 
 @dataclass
-class DigitsConfig:
-    seed: int = 0
-    n_seeds: int = 5
-    out_dir: Optional[str] = None
-    threads: Optional[int] = None
+class DigitsConfig(RunBase):
     split_seed: int = 0
     vit: ViTConfig = field(default_factory=ViTConfig)
     pretrain: OptConfig = field(default_factory=lambda: OptConfig(steps=400, batch=128, lr=3e-3))
@@ -251,12 +251,12 @@ def _reject_unknown(node: dict, schema, prefix: str) -> None:
 
 def validate(cfg) -> None:
     """Range and cross-field checks; the first violation raises a one-line ValueError naming the field."""
-    if isinstance(cfg, DigitsConfig):
-        return _validate_digits(cfg)
     _check.integer("seed", cfg.seed, lo=0)
     _check.integer("n_seeds", cfg.n_seeds, lo=1)
     if cfg.threads is not None:
         _check.integer("threads", cfg.threads, lo=1)
+    if isinstance(cfg, DigitsConfig):
+        return _validate_digits(cfg)
     n_dirs = len(cfg.ood.gammas) + 1 if hasattr(cfg, "ood") else 2     # sources + mu_perp, or the pair's e_1, e_2
     _validate_data(cfg.data, n_task_dirs=n_dirs)
     _validate_model(cfg.model)
@@ -282,11 +282,7 @@ def _validate_ranges(name: str, ranges) -> None:
 def _validate_digits(c: DigitsConfig) -> None:
     from tvtheory.digits import ColorRule
 
-    _check.integer("seed", c.seed, lo=0)
-    _check.integer("n_seeds", c.n_seeds, lo=1)
     _check.integer("split_seed", c.split_seed, lo=0)
-    if c.threads is not None:
-        _check.integer("threads", c.threads, lo=1)
     if c.vit.patch not in (1, 2, 4, 8):
         _check.fail("vit.patch", c.vit.patch, "must divide 8 (1, 2, 4 or 8)")
     _check.integer("vit.dim", c.vit.dim, lo=1)
@@ -344,8 +340,6 @@ def _validate_corollaries(c: CorollaryGridConfig, d: int, m: int) -> None:
 
 
 def _validate_ood(c: OODGridConfig) -> None:
-    from tvtheory.specs import check_ood_target
-
     if len(c.gammas) == 0:
         _check.fail("ood.gammas", list(c.gammas), "must hold at least one coefficient")
     _prefixed("ood", check_ood_target, list(c.gammas), c.kappa)
