@@ -29,9 +29,7 @@ def main(cfg) -> None:
     point = {"d": c.data.d, "m": c.model.m, "P": c.data.P, "n_rel": c.data.n_rel, "n_conf": c.data.n_conf,
              "sigma": c.data.sigma, "form": c.model.form}
     seeds = np.arange(c.n_seeds)
-    diverged = np.broadcast_to(~np.asarray(r.finite)[:, :, None, None], r.loss.shape)
-    rows = results.tidy({"loss": r.loss, "acc": r.acc, "diverged": diverged},
-                        {"alpha": alphas, "seed": seeds, "lam": lams, "task": ["T1", "T2"]}, **point)
+    rows = results.pair_table(r, alphas, lams, **point)
     diag = results.tidy({"alpha_hat": r.alpha_hat, "tv_cosine": r.tv_cosine, "diverged": ~np.asarray(r.finite),
                          "own_loss_T1": r.single_loss[..., 0], "own_loss_T2": r.single_loss[..., 1],
                          "dW_T1": r.norms[..., 0, 0], "dV_T1": r.norms[..., 0, 1],

@@ -9,7 +9,6 @@ lambda_star.csv, claims.json and the figures corollaries_spectra, corollaries_ro
 import time
 
 import hydra
-import numpy as np
 
 from _cli import CONF_DIR, check_divergence, out_dir, progress, run, save_run, setup_of, store, validated
 
@@ -31,16 +30,11 @@ def main(cfg) -> None:
         r = sweep.pair_sweep(c.seed, c.n_seeds, c.sweep.alphas, c.sweep.lams(), setup, n_test=co.n_test, store=st,
                              comp=comp)
         check_divergence(r.finite, "fine-tune pair")
-        rows = results.tidy({"loss": r.loss, "acc": r.acc,
-                             "diverged": np.broadcast_to(~r.finite[:, :, None, None], r.loss.shape)},
-                            {"alpha": c.sweep.alphas, "seed": np.arange(c.n_seeds), "lam": c.sweep.lams(),
-                             "task": ["T1", "T2"]})
+        rows = results.pair_table(r, c.sweep.alphas, c.sweep.lams())
         o = sweep.ood_sweep(c.seed, c.n_seeds, c.ood.gammas, c.ood.kappa, c.ood.ranges, setup,
                             n_test=c.ood.n_test, store=st, comp=comp)
         grid = results.grid_table(o.loss, o.acc, o.coeffs, ~o.finite)
-        refs = results.tidy({"loss": o.ref_loss, "acc": o.ref_acc},
-                            {"seed": np.arange(c.n_seeds), "model": ["direct"] + [f"T{i + 1}" for i in
-                                                                                  range(o.coeffs.shape[1])]})
+        refs = results.reference_table(o.ref_loss, o.ref_acc)
         recs = claims.arithmetic_claims(rows, c.claims) + claims.ood_claims(grid, refs, c.ood.gammas, c.claims,
                                                                             c.ood.iou_min)
         verdicts += [{"variant": name, "id": x["id"], "verdict": x["verdict"], "measured": x["measured"]}

@@ -24,10 +24,8 @@ def main(cfg) -> None:
     r = sweep.ood_sweep(c.seed, c.n_seeds, c.ood.gammas, c.ood.kappa, c.ood.ranges, setup_of(c),
                         n_test=c.ood.n_test, chunk=c.ood.chunk, store=st, progress=progress)
     check_divergence(r.finite, "seed's fine-tune set")
-    K = r.coeffs.shape[1]
     rows = results.grid_table(r.loss, r.acc, r.coeffs, ~np.asarray(r.finite))
-    models = ["direct"] + [f"T{i + 1}" for i in range(K)]
-    refs = results.tidy({"loss": r.ref_loss, "acc": r.ref_acc}, {"seed": np.arange(c.n_seeds), "model": models})
+    refs = results.reference_table(r.ref_loss, r.ref_acc)
     with results.staged(out) as stage:
         results.write_csv(stage / "metrics.csv", rows)
         results.write_csv(stage / "reference.csv", refs)

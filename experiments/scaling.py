@@ -29,9 +29,7 @@ def main(cfg) -> None:
             r = sweep.pair_sweep(c.seed, c.n_seeds, [0.0], lams, setup_of(c)._replace(d=d, m=m), n_test=sc.n_test,
                                  store=st)
             check_divergence(r.finite, "fine-tune pair")
-            rows = results.tidy({"loss": r.loss, "acc": r.acc,
-                                 "diverged": np.broadcast_to(~r.finite[:, :, None, None], r.loss.shape)},
-                                {"alpha": [0.0], "seed": np.arange(c.n_seeds), "lam": lams, "task": ["T1", "T2"]})
+            rows = results.pair_table(r, [0.0], lams)
             cur = claims.curves(rows)
             M = d - 2
             beta.append({"d": d, "m": m, **claims.beta_hat(cur), "lambda_star": claims.lambda_star(cur, 0.0, eps),

@@ -135,6 +135,21 @@ def tidy(arrays: dict[str, np.ndarray], axes: dict[str, np.ndarray], **constants
     return df
 
 
+def pair_table(r, alphas, lams, **constants) -> pd.DataFrame:
+    """One row per (alpha, seed, lambda, task) of a Theorem 1-2 sweep (sweep.PairSweep): loss, acc, diverged."""
+    finite = np.asarray(r.finite)
+    diverged = np.broadcast_to(~finite[:, :, None, None], np.shape(r.loss))
+    return tidy({"loss": r.loss, "acc": r.acc, "diverged": diverged},
+                {"alpha": alphas, "seed": np.arange(finite.shape[1]), "lam": lams, "task": ["T1", "T2"]}, **constants)
+
+
+def reference_table(ref_loss_SxR, ref_acc_SxR) -> pd.DataFrame:
+    """One row per (seed, reference model) of a Theorem 3 sweep: the direct fine-tune on T', then Psi*_Ti."""
+    S, R = np.shape(ref_loss_SxR)
+    return tidy({"loss": ref_loss_SxR, "acc": ref_acc_SxR},
+                {"seed": np.arange(S), "model": ["direct"] + [f"T{i + 1}" for i in range(R - 1)]})
+
+
 def grid_table(loss_SxG, acc_SxG, coeffs_GxK, diverged_S) -> pd.DataFrame:
     """One row per (seed, grid point): seed, lam1..lamK, loss, acc, diverged."""
     S, G = np.shape(loss_SxG)
