@@ -74,13 +74,12 @@ def main(cfg) -> None:
                          "own_acc_T2": float(score(tv[rel], rel)["acc"])})
         # Out of domain: T' (pure colour rule) from T1 and the contradictory T2.
         stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), tv["T1"], tv["contradictory"])
-        loss, acc = vit.grid_eval(graphdef, p0, stacked, coeffs, *test["target"])
-        ood.append(pd.DataFrame({"seed": s, "lam1": coeffs[:, 0], "lam2": coeffs[:, 1], "loss": np.asarray(loss),
-                                 "acc": np.asarray(acc), "diverged": False}))
+        ood.append(vit.grid_eval(graphdef, p0, stacked, coeffs, *test["target"]))
         for model, delta in (("direct", tv["target"]), ("T1", tv["T1"]), ("T2", tv["contradictory"])):
             ev = score(delta, "target")
             refs.append({"seed": s, "model": model, "loss": float(ev["loss"]), "acc": float(ev["acc"])})
-    rows, ood = pd.concat(rows, ignore_index=True), pd.concat(ood, ignore_index=True)
+    rows = pd.concat(rows, ignore_index=True)
+    ood = results.grid_table(*(np.stack(x) for x in zip(*ood)), coeffs, np.zeros(c.n_seeds, bool))
     with results.staged(out) as stage:
         results.write_csv(stage / "metrics.csv", rows)
         results.write_csv(stage / "alpha_hat.csv", pd.DataFrame(ahat))
