@@ -50,7 +50,7 @@ def setup_of(c):
     from tvtheory import sweep
 
     return sweep.Setup(c.data.d, c.model.m, c.data.task_spec(), c.train.spec(), c.model.form, c.model.sigma_0,
-                       c.model.sigma_w, c.data.irrelevant == "random")
+                       c.model.sigma_w, c.data.irrelevant == "random", c.model.pretrain_tasks, c.model.pretrain_steps)
 
 
 def progress(msg: str) -> None:

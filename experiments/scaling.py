@@ -45,7 +45,7 @@ def main(cfg) -> None:
     for n_rel in sc.n_rels:
         s_n = setup._replace(task=c.data.task_spec()._replace(n_rel=n_rel, n_conf=sc.conv_n_conf), spec=spec)
         irr = sweep.irrelevant(c.seed, s_n, np.eye(c.data.d)[:2])
-        psi0 = sweep.pretrained(c.seed, s_n, seed_ids, st)
+        psi0 = sweep.pretrained(c.seed, s_n, seed_ids, st, np.eye(c.data.d)[:2])
         ft = sweep.finetune_all(c.seed, s_n, seed_ids, psi0, np.eye(c.data.d)[0], 0, irr, st)
         check_divergence(ft.finite, "fine-tune")
         conv += [{"n_rel": n_rel, "delta_star": n_rel / c.data.P, "seed": s,

@@ -59,6 +59,9 @@ def test_unknown_keys_and_wrong_types_are_rejected_by_the_schema():
     ("sweep.lam_step=0", "sweep.lam_step=0.0"),
     ("claims.eps_learned=1.5", "claims.eps_learned=1.5"),
     ("n_seeds=0", "n_seeds=0"),
+    ("model.pretrain_tasks=-1", "model.pretrain_tasks=-1"),
+    ("model.pretrain_tasks=30", "model.pretrain_tasks=30: too many for data.d=32"),
+    ("model.pretrain_steps=0", "model.pretrain_steps=0"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ValueError, match=field.replace("[", r"\[")):

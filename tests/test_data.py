@@ -110,3 +110,16 @@ def test_max_distinct_bounds_the_distinct_tokens_of_every_sample(spec, d):
 def test_bad_input_names_the_argument(call, field):
     with pytest.raises(ValueError, match=field.replace("[", r"\[")):
         call()
+
+
+def test_pretraining_tasks_avoid_the_studied_span():
+    studied = np.vstack([np.asarray(data.pair_patterns(0.5, 12)), np.eye(12)[2]])
+    mus, irr = (np.asarray(x) for x in data.pretraining_tasks(studied, 3))
+    assert mus.shape == (3, 12) and irr.shape == (3, 8, 12)
+    assert np.abs(mus @ studied.T).max() == 0 and np.abs(irr @ studied.T).max() == 0
+    assert mus @ mus.T == pytest.approx(np.eye(3))
+    for j in range(3):            # each task's irrelevant patterns: the other free basis vectors, never its own
+        assert irr[j] @ irr[j].T == pytest.approx(np.eye(8))
+        assert np.abs(irr[j] @ mus[j]).max() == 0
+    with pytest.raises(ValueError, match="pretrain_tasks=9: too many"):
+        data.pretraining_tasks(studied, 9)

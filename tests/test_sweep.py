@@ -81,3 +81,33 @@ def test_grid_eval_on_distinct_tokens_matches_all_tokens():
     reduced = sweep.grid_eval(base, tau, coeffs, X, y, block=32, q=q)
     assert np.allclose(full[0], reduced[0], atol=1e-5) and np.allclose(full[1], reduced[1])
     assert np.all(np.isnan(sweep.grid_eval(base, tau, coeffs, X, y, q=2)[0]))
+
+
+def test_pretrained_psi0_learns_its_tasks_and_leaves_the_studied_directions_alone():
+    from tvtheory import cache
+
+    d, task = 12, data.TaskSpec(10, 3, 1)
+    setup = sweep.Setup(d, 32, task, train.TrainSpec(steps=40, batch=32, log_every=20), pretrain_tasks=2,
+                        pretrain_steps=120)
+    ids = np.arange(2, dtype=np.int32)
+    studied = np.eye(d)[:2]
+    random = sweep.pretrained(0, setup._replace(pretrain_tasks=0), ids, cache.NoStore())
+    pre = sweep.pretrained(0, setup, ids, cache.NoStore(), studied)
+    again = sweep.pretrained(0, setup, ids, cache.NoStore(), studied)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(pre), jax.tree.leaves(again)))
+    # Pre-training starts from the random Psi_0 and never sees a token along e_1 or e_2.
+    np.testing.assert_array_equal(pre["V"][..., :2], random["V"][..., :2])
+    np.testing.assert_array_equal(pre["W"][:, :2], 0.0)
+    np.testing.assert_array_equal(pre["W"][:, :, :2], 0.0)
+    mus, irr = data.pretraining_tasks(studied, 2)
+    for j in range(2):
+        X, y = data.sample(jax.random.key(50 + j), mus[j], irr[j], 500, task)
+        for s in range(2):
+            psi = jax.tree.map(lambda x: x[s], pre)
+            assert float(metrics.evaluate(psi, X, y)["acc"]) > 0.8
+            assert float(metrics.evaluate(psi, X, y)["loss"]) < 0.6
+            assert float(metrics.evaluate(jax.tree.map(lambda x: x[s], random), X, y)["loss"]) > 0.9
+    # The cache keys of the random Psi_0 do not mention pre-training; those of a pre-trained one do.
+    assert "pretrain" not in setup._replace(pretrain_tasks=0).fields() and "pretrain" in setup.fields()
+    with pytest.raises(ValueError, match="patterns of the tasks under study"):
+        sweep.pretrained(0, setup, ids, cache.NoStore())

@@ -71,3 +71,21 @@ def test_divergence_is_detected_not_returned():
 def test_bad_train_spec(spec, field):
     with pytest.raises(ValueError, match=field):
         spec.validate()
+
+
+def test_mixture_step_t_trains_on_task_t_mod_k():
+    """Two steps on a mixture of two tasks equal one step on each task in turn, with the same batch keys."""
+    mus = np.eye(8)[[6, 7]].astype(np.float32)
+    irr = np.stack([np.eye(8)[[2, 3, 4, 5, 7 - j]] for j in range(2)]).astype(np.float32)
+    psi0 = model.init_params(jax.random.key(0), 8, 32, sigma_w=0.1)
+    task, key = data.TaskSpec(10, 3, 1), jax.random.key(5)
+    mix = train.finetune(psi0, key, mus, irr, task, train.TrainSpec(steps=2, batch=16, log_every=1))
+    p = psi0
+    for t in range(2):
+        X, y = data.sample(jax.random.fold_in(key, t), mus[t], irr[t], 16, task)
+        g = jax.grad(lambda q: train.hinge_objective(q, X, y)[0])(p)
+        p = jax.tree.map(lambda a, b: a - b, p, g)
+    for a, b in zip(jax.tree.leaves(mix.params), jax.tree.leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="n_train=32"):
+        train.finetune(psi0, key, mus, irr, task, train.TrainSpec(steps=2, batch=16, log_every=1, n_train=32))

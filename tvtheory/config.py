@@ -34,6 +34,10 @@ class ModelConfig:
     form: str = "merged"                # "merged" (W, V) or "four" (W_Q, W_K, W_V, W_O)
     sigma_0: float = 0.01               # std of V_0 (Psi_0)
     sigma_w: float = 0.0                # std of W_0; must be > 0 for the four-matrix form
+    # The second Psi_0 of theory.md: pre-trained (train.eta, train.batch) on this many tasks whose tokens avoid the
+    # span of the tasks under study; 0: Psi_0 is the random initialisation.
+    pretrain_tasks: int = 0
+    pretrain_steps: int = 100
 
 
 @dataclass
@@ -259,14 +263,14 @@ def validate(cfg) -> None:
         return _validate_digits(cfg)
     n_dirs = len(cfg.ood.gammas) + 1 if hasattr(cfg, "ood") else 2     # sources + mu_perp, or the pair's e_1, e_2
     _validate_data(cfg.data, n_task_dirs=n_dirs)
-    _validate_model(cfg.model)
+    _validate_model(cfg.model, cfg.data.d, n_task_dirs=n_dirs)
     _validate_train(cfg.train)
     if hasattr(cfg, "sweep"):
         _validate_sweep(cfg.sweep)
     if hasattr(cfg, "ood"):
         _validate_ood(cfg.ood)
     if hasattr(cfg, "scaling"):
-        _validate_scaling(cfg.scaling, cfg.data.P)
+        _validate_scaling(cfg.scaling, cfg.data.P, cfg.model.pretrain_tasks)
     if hasattr(cfg, "corollaries"):
         _validate_corollaries(cfg.corollaries, cfg.data.d, cfg.model.m)
     _validate_claims(cfg.claims)
@@ -308,9 +312,9 @@ def _validate_digits(c: DigitsConfig) -> None:
     _check.in_range("claims.forget_acc", c.claims.forget_acc, 0.0, 1.0)
 
 
-def _validate_scaling(c: ScalingGridConfig, P: int) -> None:
+def _validate_scaling(c: ScalingGridConfig, P: int, pretrain_tasks: int = 0) -> None:
     for i, d in enumerate(c.ds):
-        _check.integer(f"scaling.ds[{i}]", d, lo=3)
+        _check.integer(f"scaling.ds[{i}]", d, lo=3 + pretrain_tasks)       # e_1, e_2, pre-training, 1 irrelevant
     for i, m in enumerate(c.ms):
         _check.integer(f"scaling.ms[{i}]", m, lo=1)
     if len(c.ds) < 2:
@@ -368,8 +372,14 @@ def _validate_data(c: DataConfig, n_task_dirs: int) -> None:
                     "irrelevant pattern")
 
 
-def _validate_model(c: ModelConfig) -> None:
+def _validate_model(c: ModelConfig, d: int, n_task_dirs: int) -> None:
     _prefixed("model", check_shape, 1, c.m, c.form)
+    _check.integer("model.pretrain_steps", c.pretrain_steps, lo=1)
+    if _check.integer("model.pretrain_tasks", c.pretrain_tasks, lo=0):
+        if n_task_dirs + c.pretrain_tasks + 1 > d:
+            _check.fail("model.pretrain_tasks", c.pretrain_tasks, f"too many for data.d={d}: the pre-training "
+                        f"patterns and one irrelevant pattern need {c.pretrain_tasks + 1} directions beside the "
+                        f"{n_task_dirs} of the tasks under study")
     _check.in_range("model.sigma_0", c.sigma_0, lo=0.0)
     _check.in_range("model.sigma_w", c.sigma_w, lo=0.0)
     if c.form == "four" and c.sigma_w <= 0:

@@ -78,6 +78,25 @@ def irrelevant_patterns(task_patterns, M: int | None = None, key: jax.Array | No
     return jnp.asarray((q.T @ complement).astype(np.float32))
 
 
+def pretraining_tasks(task_patterns, k: int) -> tuple[jax.Array, jax.Array]:
+    """k tasks for pre-training Psi_0 whose tokens all lie outside the span of the tasks under study (theory.md
+    section 2, the second Psi_0): the patterns are the last k basis vectors e_j with no component along any task
+    pattern, and each one's irrelevant patterns are the other such basis vectors. Returns (patterns (k, d),
+    irrelevant patterns (k, M, d)), M = (free basis vectors) - 1.
+    """
+    T = np.asarray(task_patterns, dtype=np.float64)
+    T = T.reshape(-1, T.shape[-1])
+    free = np.flatnonzero(np.all(np.abs(T) < 1e-7, axis=0))
+    _check.integer("pretrain_tasks", k, lo=1)
+    if k > free.size - 1:
+        _check.fail("pretrain_tasks", k, f"too many: d={T.shape[1]} leaves {free.size} basis vectors outside the "
+                    f"tasks under study, and each pre-training task needs one more as an irrelevant pattern")
+    eye = np.eye(T.shape[1], dtype=np.float32)
+    own = free[free.size - k:]
+    irr = np.stack([eye[free[free != j]] for j in own])
+    return jnp.asarray(eye[own]), jnp.asarray(irr)
+
+
 def sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: TaskSpec = TaskSpec()):
     """Draw n samples of the task with pattern mu. Returns X (n, P, d) float32 and y (n,) in {+1, -1}.
 

@@ -26,7 +26,8 @@ from tvtheory import cache, data, metrics, model, taskvec, train
 from tvtheory.specs import grid
 
 # One PRNG stream per concern, derived from the seed's key (batch t of a fine-tune is fold_in(ft_key, t)).
-PRETRAIN, FINETUNE, TEST = 0, 1, 2
+# PRETRAIN draws Psi_0's weights; PRETRAIN_SGD the batches of its optional pre-training.
+PRETRAIN, FINETUNE, TEST, PRETRAIN_SGD = 0, 1, 2, 3
 
 
 def stream_key(seed_key: jax.Array, concern: int, task_index) -> jax.Array:
@@ -128,17 +129,35 @@ class Setup(NamedTuple):
     sigma_0: float = 0.01
     sigma_w: float = 0.0
     random_irrelevant: bool = False
+    pretrain_tasks: int = 0              # > 0: Psi_0 is SGD-trained briefly on that many tasks outside the studied span
+    pretrain_steps: int = 0
 
     def fields(self) -> dict:
-        return {"d": self.d, "m": self.m, "form": self.form, "sigma_0": self.sigma_0, "sigma_w": self.sigma_w,
-                "task": list(self.task), "train": list(self.spec), "irrelevant": self.random_irrelevant}
+        f = {"d": self.d, "m": self.m, "form": self.form, "sigma_0": self.sigma_0, "sigma_w": self.sigma_w,
+             "task": list(self.task), "train": list(self.spec), "irrelevant": self.random_irrelevant}
+        if self.pretrain_tasks:          # absent otherwise, so that the random Psi_0's cache keys stay as they were
+            f["pretrain"] = [self.pretrain_tasks, self.pretrain_steps]
+        return f
+
+    def pretrain_spec(self) -> train.TrainSpec:
+        """Psi_0's pre-training: the fine-tunes' step size and batch, ``pretrain_steps`` steps of fresh samples."""
+        return self.spec._replace(steps=self.pretrain_steps, log_every=self.pretrain_steps, n_train=0)
 
 
 @partial(jax.jit, static_argnames=("setup",))
-def init_seeds(key, seed_ids, *, setup: Setup):
-    """Psi_0 for each seed index (stream PRETRAIN of the seed's key)."""
-    return jax.vmap(lambda s: model.init_params(streams(_seed_key(key, s), 1)["init"], setup.d, setup.m, setup.form,
-                                                setup.sigma_0, setup.sigma_w))(seed_ids)
+def init_seeds(key, seed_ids, pre_mus=None, pre_irr=None, *, setup: Setup):
+    """Psi_0 for each seed index: weights from stream PRETRAIN of the seed's key; with ``setup.pretrain_tasks``,
+    then SGD on the mixture of the pre-training tasks (pre_mus (K, d), pre_irr (K, M, d); stream PRETRAIN_SGD)."""
+    def init(s):
+        return model.init_params(streams(_seed_key(key, s), 1)["init"], setup.d, setup.m, setup.form, setup.sigma_0,
+                                 setup.sigma_w)
+    if not setup.pretrain_tasks:
+        return jax.vmap(init)(seed_ids)
+
+    def one(s):
+        k = jax.random.fold_in(_seed_key(key, s), PRETRAIN_SGD)
+        return train.finetune(init(s), k, pre_mus, pre_irr, setup.task, setup.pretrain_spec()).params
+    return jax.lax.map(one, seed_ids)
 
 
 @partial(jax.jit, static_argnames=("setup",))
@@ -218,18 +237,38 @@ def irrelevant(seed: int, setup: Setup, task_patterns) -> np.ndarray:
     return np.asarray(data.irrelevant_patterns(np.asarray(task_patterns), key=key))
 
 
+def _digest(*arrays) -> str:
+    """A short hash of arrays' values (rounded to 6 decimals), for cache keys."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(np.round(a, 6), np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _base_fields(seed: int, setup: Setup, irr=None) -> dict:
     f = {"seed": seed, **setup.fields()}
     if irr is not None:      # the irrelevant patterns shape every sample: a fine-tune's key must see them
-        f["irr"] = hashlib.sha256(np.ascontiguousarray(np.round(irr, 6), np.float32).tobytes()).hexdigest()[:16]
+        f["irr"] = _digest(irr)
     return f
 
 
-def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store):
-    """Psi_0 for every seed index, cached per seed."""
-    key = jax.random.key(seed)
-    return _per_seed(store, "psi0", lambda s: {**_base_fields(seed, setup), "s": s}, seed_ids,
-                     lambda ids: init_seeds(key, ids, setup=setup))
+def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store, task_patterns=None):
+    """Psi_0 for every seed index, cached per seed. With ``setup.pretrain_tasks``, Psi_0 is pre-trained on tasks
+    whose tokens avoid the span of ``task_patterns`` (the patterns of the tasks under study, required then)."""
+    key, fields = jax.random.key(seed), _base_fields(seed, setup)
+    if not setup.pretrain_tasks:
+        return _per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
+                         lambda ids: init_seeds(key, ids, setup=setup))
+    if task_patterns is None:
+        raise ValueError("pretrain_tasks > 0: Psi_0's pre-training needs the patterns of the tasks under study")
+    pre_mus, pre_irr = (np.asarray(x) for x in data.pretraining_tasks(task_patterns, setup.pretrain_tasks))
+    fields["pre"] = _digest(pre_mus, pre_irr)
+    psi0 = _per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
+                     lambda ids: init_seeds(key, ids, pre_mus, pre_irr, setup=setup))
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(psi0)):
+        raise train.DivergenceError("Psi_0's pre-training diverged (non-finite parameters); lower train.eta or "
+                                    "model.pretrain_steps")
+    return psi0
 
 
 def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream: int, irr, store: cache.Store):
@@ -257,7 +296,7 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
     # The irrelevant patterns span the complement of (e_1, e_2), which holds mu_T1 and mu_T2 for every alpha.
     irr = irrelevant(seed, setup, np.eye(d)[:2])
     key, base = jax.random.key(seed), _base_fields(seed, setup, irr)
-    psi0 = pretrained(seed, setup, seed_ids, store)
+    psi0 = pretrained(seed, setup, seed_ids, store, np.eye(d)[:2])
     mus = np.asarray(jax.vmap(lambda a: data.pair_patterns(a, d))(alphas))
     finetuned = lambda mu, i: finetune_all(seed, setup, seed_ids, psi0, mu, i, irr, store)  # noqa: E731
     ft1 = finetuned(mus[0, 0], 0)
@@ -321,7 +360,7 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
     K = sources.shape[0]
     irr = irrelevant(seed, setup, np.vstack([sources, target]))
     seed_ids = np.arange(n_seeds, dtype=np.int32)
-    psi0 = pretrained(seed, setup, seed_ids, store)
+    psi0 = pretrained(seed, setup, seed_ids, store, np.vstack([sources, target]))
     fts = [finetune_all(seed, setup, seed_ids, psi0, sources[i], i, irr, store) for i in range(K)]
     direct = finetune_all(seed, setup, seed_ids, psi0, target, K, irr, store)
     taus = jax.tree.map(lambda *t: np.stack(t, axis=1), *[taskvec.task_vector(f.params, psi0) for f in fts])

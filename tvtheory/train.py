@@ -30,14 +30,22 @@ def hinge_objective(params, X, y):
 
 def finetune(params0, key: jax.Array, mu: jax.Array, irr: jax.Array, task: data.TaskSpec = data.TaskSpec(),
              spec: TrainSpec = TrainSpec()) -> TrainResult:
-    """Psi*_T: SGD from Psi_0 on task mu. ``task`` and ``spec`` are static; params0, key, mu, irr may be traced."""
+    """Psi*_T: SGD from Psi_0 on task mu. ``task`` and ``spec`` are static; params0, key, mu, irr may be traced.
+
+    A mixture of K tasks: mu (K, d) and irr (K, M, d); step t trains on task t mod K (fresh samples only)."""
     opt = optax.sgd(spec.eta)
     grad_fn = jax.value_and_grad(hinge_objective, has_aux=True)
+    mu, irr = jnp.asarray(mu), jnp.asarray(irr)
+    mixture = mu.ndim == 2
+    if mixture and spec.n_train:
+        raise ValueError(f"n_train={spec.n_train}: a mixture of tasks trains on fresh samples only (n_train=0)")
     if spec.n_train:
         X_tr, y_tr = data.sample(jax.random.fold_in(key, 2**31 - 1), mu, irr, spec.n_train, task)
 
     def batch(t):
         k = jax.random.fold_in(key, t)
+        if mixture:
+            return data.sample(k, mu[t % mu.shape[0]], irr[t % mu.shape[0]], spec.batch, task)
         if not spec.n_train:
             return data.sample(k, mu, irr, spec.batch, task)
         idx = jax.random.choice(k, spec.n_train, (spec.batch,), replace=spec.batch > spec.n_train)
