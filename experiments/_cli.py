@@ -53,6 +53,14 @@ def setup_of(c):
                        c.model.sigma_w, c.data.irrelevant == "random", c.model.pretrain_tasks, c.model.pretrain_steps)
 
 
+def config_point(c) -> dict:
+    """The config values a multirun varies, as constant columns of a result table (report.gather keys on them)."""
+    return {"d": c.data.d, "m": c.model.m, "P": c.data.P, "n_rel": c.data.n_rel, "n_conf": c.data.n_conf,
+            "sigma": c.data.sigma, "form": c.model.form, **({"pretrain_tasks": c.model.pretrain_tasks,
+                                                              "pretrain_steps": c.model.pretrain_steps}
+                                                             if c.model.pretrain_tasks else {})}
+
+
 def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} {Path(sys.argv[0]).stem}] {msg}", file=sys.stderr, flush=True)
 

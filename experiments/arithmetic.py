@@ -12,7 +12,7 @@ import time
 import hydra
 import numpy as np
 
-from _cli import CONF_DIR, check_divergence, out_dir, progress, run, save_run, setup_of, store, validated
+from _cli import CONF_DIR, check_divergence, config_point, out_dir, progress, run, save_run, setup_of, store, validated
 
 
 @hydra.main(config_path=CONF_DIR, config_name="arithmetic", version_base="1.3")
@@ -26,8 +26,7 @@ def main(cfg) -> None:
     r = sweep.pair_sweep(c.seed, c.n_seeds, alphas, lams, setup_of(c), n_test=c.sweep.n_test, chunk=c.sweep.chunk,
                          store=st, progress=progress)
     check_divergence(r.finite, "fine-tune pair")
-    point = {"d": c.data.d, "m": c.model.m, "P": c.data.P, "n_rel": c.data.n_rel, "n_conf": c.data.n_conf,
-             "sigma": c.data.sigma, "form": c.model.form}
+    point = config_point(c)
     seeds = np.arange(c.n_seeds)
     rows = results.pair_table(r, alphas, lams, **point)
     diag = results.tidy({"alpha_hat": r.alpha_hat, "tv_cosine": r.tv_cosine, "diverged": ~np.asarray(r.finite),

@@ -68,6 +68,28 @@ def test_claims_are_collected_into_one_report(arithmetic_run, tmp_path):
     assert "thm2.aligned_fails" in md and "| id | verdict |" in md
 
 
+def test_psi0_compares_random_and_pretrained_psi0(tmp_path):
+    """The random half reuses the arithmetic sweep's cache entries; the pre-trained half is new."""
+    cache = f"cache.dir={tmp_path / 'cache'}"
+    assert run("arithmetic.py", *TINY, f"out_dir={tmp_path / 'arith'}", cache).returncode == 0
+    p = run("psi0.py", *TINY, "model.pretrain_tasks=2", "model.pretrain_steps=30", f"out_dir={tmp_path / 'psi0'}",
+            cache)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = tmp_path / "psi0"
+    df = pd.read_csv(out / "metrics.csv")
+    random, pre = (df[df["psi0"] == n].drop(columns="psi0").reset_index(drop=True) for n in ("random", "pretrained"))
+    pd.testing.assert_frame_equal(random, pd.read_csv(tmp_path / "arith" / "metrics.csv"))
+    assert len(pre) == len(random) and not pre["loss"].equals(random["loss"])
+    pt = pd.read_csv(out / "pretraining.csv")
+    assert len(pt) == 2 * 2 * 2 and set(pt["task"]) == {"P1", "P2"}
+    assert (pt[pt["psi0"] == "random"]["W_norm"] == 0).all() and (pt[pt["psi0"] == "pretrained"]["W_norm"] > 0).all()
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert [r["id"] for r in verdicts["random"]] == [r["id"] for r in verdicts["pretrained"]]
+    assert "Verdicts changed by pre-training Psi_0:" in (out / "verdicts.md").read_text()
+    assert not (out / "claims.json").exists()             # a robustness check, not one of the paper's claims
+    assert (out / "figure1.png").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("data.n_rel=1", "data.n_rel=1"),
     ("sweep.alphas=[2.0]", "sweep.alphas[0]=2.0"),

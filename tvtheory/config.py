@@ -114,6 +114,11 @@ class ArithmeticConfig(RunConfig):
 
 
 @dataclass
+class Psi0Config(ArithmeticConfig):
+    """Theorems 1-2 with the random Psi_0 and with the pre-trained one of ``model.pretrain_*`` (must be > 0)."""
+
+
+@dataclass
 class OODGridConfig:
     gammas: List[float] = field(default_factory=lambda: [0.75, -0.6])   # mu_T' = sum gamma_i mu_Ti + kappa mu_perp
     kappa: Optional[float] = None                                     # None: unit norm
@@ -217,7 +222,7 @@ class DigitsConfig(RunBase):
 
 
 SCHEMAS = {"digits": DigitsConfig, "arithmetic": ArithmeticConfig, "ood": OODConfig, "corollaries": CorollariesConfig,
-           "scaling": ScalingConfig}
+           "scaling": ScalingConfig, "psi0": Psi0Config}
 
 
 def register_configs() -> None:
@@ -271,6 +276,9 @@ def validate(cfg) -> None:
         _validate_ood(cfg.ood)
     if hasattr(cfg, "scaling"):
         _validate_scaling(cfg.scaling, cfg.data.P, cfg.model.pretrain_tasks)
+    if isinstance(cfg, Psi0Config) and cfg.model.pretrain_tasks == 0:
+        _check.fail("model.pretrain_tasks", 0, "must be >= 1: the psi0 experiment compares a pre-trained Psi_0 with "
+                    "the random one")
     if hasattr(cfg, "corollaries"):
         _validate_corollaries(cfg.corollaries, cfg.data.d, cfg.model.m)
     _validate_claims(cfg.claims)

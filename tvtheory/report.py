@@ -101,6 +101,35 @@ def arithmetic(out: str | Path, cfg: ClaimsConfig, source: str | Path | None = N
     results.write_claims(out, claims.arithmetic_claims(rows, cfg), source=str(source or out / "metrics.csv"))
 
 
+def psi0(out: str | Path, records: dict[str, list[dict]], pretraining: pd.DataFrame, pretrain: tuple[int, int],
+         source: str | Path) -> None:
+    """verdicts.md and verdicts.json of the psi0 experiment: the Theorem 1-2 claims under each Psi_0, side by side."""
+    out = Path(out)
+    results.write_json(out / "verdicts.json", {"source": str(source), **records})
+    pt = pretraining.groupby("psi0")[["loss", "acc", "W_norm", "V_norm"]].mean()
+    K, steps = pretrain
+    lines = ["# Theorems 1-2 with a random and a pre-trained Psi_0", "",
+             f"Pre-trained Psi_0: the random Psi_0 after {steps} SGD steps on a mixture of {K} tasks whose tokens "
+             "avoid the span of mu_T1 and mu_T2 (their patterns are irrelevant patterns of T1 and T2). Seed means "
+             "(pretraining.csv):", "",
+             r"| Psi_0 | hinge on its pre-training tasks | accuracy | \|\|W_0\|\|_F | \|\|V_0\|\|_F |",
+             "|---|---|---|---|---|"]
+    for name in ("random", "pretrained"):
+        r = pt.loc[name]
+        lines.append(f"| {name} | {r['loss']:.3f} | {r['acc']:.3f} | {r['W_norm']:.3f} | {r['V_norm']:.3f} |")
+    lines += ["", f"Verdicts of the Theorem 1-2 claims, same rules as results/CLAIMS.md (from `{source}`):", "",
+              "| claim | random Psi_0 | measured | pre-trained Psi_0 | measured |", "|---|---|---|---|---|"]
+    esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+    mark = lambda r: "pass" if r["verdict"] == "pass" else "**FAIL**"  # noqa: E731
+    changed = []
+    for a, b in zip(records["random"], records["pretrained"]):
+        lines.append(f"| `{a['id']}` | {mark(a)} | {esc(a['measured'])} | {mark(b)} | {esc(b['measured'])} |")
+        if a["verdict"] != b["verdict"]:
+            changed.append(f"`{a['id']}` ({a['verdict']} -> {b['verdict']})")
+    lines += ["", "Verdicts changed by pre-training Psi_0: " + (", ".join(changed) if changed else "none") + "."]
+    results.write_text(out / "verdicts.md", "\n".join(lines) + "\n")
+
+
 PAPER_TABLE2 = {"direct": ("direct fine-tune on T'", None, 92.21), "T1": ("Psi*_T1", (1, 0), 88.10),
                 "T2": ("Psi*_T2", (0, 1), 45.06), "best": ("best searched", (1.2, -0.6), 91.74)}
 

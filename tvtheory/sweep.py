@@ -271,6 +271,28 @@ def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store
     return psi0
 
 
+def pretraining_eval(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store, task_patterns,
+                     n_test: int) -> dict[str, np.ndarray]:
+    """The random and the pre-trained Psi_0 (``setup.pretrain_tasks`` > 0) on a test set of each pre-training task
+    (stream TEST, task index 1000 + j): hinge loss and accuracy (2, S, K), and ||W_0||_F, ||V_0||_F (2, S)."""
+    mus, irr = data.pretraining_tasks(task_patterns, setup.pretrain_tasks)
+    psi0s = [pretrained(seed, setup._replace(pretrain_tasks=0), seed_ids, store),
+             pretrained(seed, setup, seed_ids, store, task_patterns)]
+    key = jax.random.key(seed)
+
+    @jax.jit
+    def one(psi0, s, j):
+        X, y = data.sample(stream_key(_seed_key(key, s), TEST, 1000 + j), mus[j], irr[j], n_test, setup.task)
+        return metrics.evaluate(psi0, X, y)
+
+    ev = [[[one(_select(p, i), s, j) for j in range(len(mus))] for i, s in enumerate(seed_ids)] for p in psi0s]
+    norms = np.array([[[np.linalg.norm(x) for x in model.merged(_select(p, i))] for i in range(len(seed_ids))]
+                      for p in psi0s])
+    return {"loss": np.array([[[float(e["loss"]) for e in r] for r in v] for v in ev]),
+            "acc": np.array([[[float(e["acc"]) for e in r] for r in v] for v in ev]),
+            "W_norm": norms[..., 0], "V_norm": norms[..., 1]}
+
+
 def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream: int, irr, store: cache.Store):
     """Psi*_T for every seed from its Psi_0 (TrainResult with a leading seed axis), cached per seed. ``stream`` is the
     task's index among the fine-tune streams of a seed."""
