@@ -17,9 +17,9 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
 
 # Two lanes of experiments run side by side: each process leaves a core idle while XLA compiles or runs small ops,
-# and psi0 and corollaries (after arithmetic in its lane) reuse the fine-tunes it cached. Each process keeps XLA's
-# default threads, so the numbers are the bytes a one-at-a-time run writes.
-LANE_A := arithmetic psi0 corollaries digits
+# and assumptions and corollaries (after arithmetic in its lane) reuse the fine-tunes it cached. Each process keeps
+# XLA's default threads, so the numbers are the bytes a one-at-a-time run writes.
+LANE_A := arithmetic assumptions corollaries digits
 LANE_B := ood scaling
 
 reproduce: $(STAMP)

@@ -45,20 +45,23 @@ def store(c):
     return cache.Store(c.cache.dir, refresh=c.cache.refresh) if c.cache.dir else cache.NoStore()
 
 
-def setup_of(c):
-    """The static sweep setup (shapes, Psi_0, sampler, SGD) of a validated config."""
+def setup_of(c, model=None):
+    """The static sweep setup (shapes, Psi_0, sampler, SGD) of a validated config, with ``model`` (a ModelConfig)
+    in place of ``c.model`` if given."""
     from tvtheory import sweep
 
-    return sweep.Setup(c.data.d, c.model.m, c.data.task_spec(), c.train.spec(), c.model.form, c.model.sigma_0,
-                       c.model.sigma_w, c.data.irrelevant == "random", c.model.pretrain_tasks, c.model.pretrain_steps)
+    m = model or c.model
+    return sweep.Setup(c.data.d, m.m, c.data.task_spec(), c.train.spec(), m.form, m.sigma_0, m.sigma_w,
+                       c.data.irrelevant == "random", m.pretrain_tasks, m.pretrain_steps)
 
 
-def config_point(c) -> dict:
-    """The config values a multirun varies, as constant columns of a result table (report.gather keys on them)."""
-    return {"d": c.data.d, "m": c.model.m, "P": c.data.P, "n_rel": c.data.n_rel, "n_conf": c.data.n_conf,
-            "sigma": c.data.sigma, "form": c.model.form, **({"pretrain_tasks": c.model.pretrain_tasks,
-                                                              "pretrain_steps": c.model.pretrain_steps}
-                                                             if c.model.pretrain_tasks else {})}
+def config_point(c, model=None) -> dict:
+    """The config values a multirun varies, as constant columns of a result table (report.gather keys on them);
+    ``model`` (a ModelConfig) in place of ``c.model`` if given."""
+    m = model or c.model
+    pretrain = {"pretrain_tasks": m.pretrain_tasks, "pretrain_steps": m.pretrain_steps} if m.pretrain_tasks else {}
+    return {"d": c.data.d, "m": m.m, "P": c.data.P, "n_rel": c.data.n_rel, "n_conf": c.data.n_conf,
+            "sigma": c.data.sigma, "form": m.form, **pretrain}
 
 
 def progress(msg: str) -> None:

@@ -83,7 +83,9 @@ def test_launcher_configs_compose(launcher, target):
     ("digits", "vit.heads=3", "vit.heads=3"),
     ("ood", "ood.ranges=[[-1,2,1],[1,0,1]]", "ood.ranges[1][1]=0"),
     ("corollaries", "corollaries.prune=[1.0]", "corollaries.prune[0]=1.0"),
-    ("psi0", "model.pretrain_tasks=0", "model.pretrain_tasks=0: must be >= 1"),
+    ("assumptions", "models=[merged,fuor]", "models[1]='fuor': no conf/model/fuor.yaml (options: four, merged,"),
+    ("assumptions", "models=[merged]", "models=['merged']: needs a reference"),
+    ("assumptions", "data.d=6", "models[1]='pretrained' (conf/model/pretrained.yaml): model.pretrain_tasks=4"),
     ("scaling", "model.pretrain_tasks=14", "scaling.ds[0]=16"),
 ])
 def test_every_experiment_names_its_own_fields(name, override, field):

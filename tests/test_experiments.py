@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -68,24 +69,33 @@ def test_claims_are_collected_into_one_report(arithmetic_run, tmp_path):
     assert "thm2.aligned_fails" in md and "| id | verdict |" in md
 
 
-def test_psi0_compares_random_and_pretrained_psi0(tmp_path):
-    """The random half reuses the arithmetic sweep's cache entries; the pre-trained half is new."""
+def test_assumptions_compare_model_options_against_the_reference(tmp_path):
+    """The reference (merged, random Psi_0) gives the arithmetic experiment's numbers from its cache; the others not."""
     cache = f"cache.dir={tmp_path / 'cache'}"
-    assert run("arithmetic.py", *TINY, f"out_dir={tmp_path / 'arith'}", cache).returncode == 0
-    p = run("psi0.py", *TINY, "model.pretrain_tasks=2", "model.pretrain_steps=30", f"out_dir={tmp_path / 'psi0'}",
-            cache)
+    tiny = [o for o in TINY if not o.startswith("model.")]
+    assert run("arithmetic.py", *tiny, "model.m=256", f"out_dir={tmp_path / 'arith'}", cache).returncode == 0
+    p = run("assumptions.py", *tiny, f"out_dir={tmp_path / 'as'}", cache)
     assert p.returncode == 0, p.stderr[-3000:]
-    out = tmp_path / "psi0"
+    # the reference's 2 Psi_0, 2 + 6 fine-tunes and 6 evaluated cells, then every model's Psi_0 again for psi0.csv
+    assert "cache: 22 entries reused" in p.stderr
+    out = tmp_path / "as"
     df = pd.read_csv(out / "metrics.csv")
-    random, pre = (df[df["psi0"] == n].drop(columns="psi0").reset_index(drop=True) for n in ("random", "pretrained"))
-    pd.testing.assert_frame_equal(random, pd.read_csv(tmp_path / "arith" / "metrics.csv"))
-    assert len(pre) == len(random) and not pre["loss"].equals(random["loss"])
-    pt = pd.read_csv(out / "pretraining.csv")
-    assert len(pt) == 2 * 2 * 2 and set(pt["task"]) == {"P1", "P2"}
-    assert (pt[pt["psi0"] == "random"]["W_norm"] == 0).all() and (pt[pt["psi0"] == "pretrained"]["W_norm"] > 0).all()
+    assert list(dict.fromkeys(df["model"])) == ["merged", "pretrained", "four"]
+    keys = ["alpha", "seed", "lam", "task"]
+    arith = pd.read_csv(tmp_path / "arith" / "metrics.csv")[keys + ["loss", "acc"]]
+    ref = df[df["model"] == "merged"][keys + ["loss", "acc"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ref, arith)
+    for other in ("pretrained", "four"):
+        assert not np.array_equal(df[df["model"] == other]["loss"], ref["loss"])
+    psi0 = pd.read_csv(out / "psi0.csv").groupby("model").mean(numeric_only=True)
+    assert psi0.loc["merged", "W0_norm"] == 0 and psi0.loc["pretrained", "W0_norm"] > 0
+    assert psi0.loc["pretrained", "pretrain_loss"] < psi0.loc["merged", "pretrain_loss"]
     verdicts = json.loads((out / "verdicts.json").read_text())
-    assert [r["id"] for r in verdicts["random"]] == [r["id"] for r in verdicts["pretrained"]]
-    assert "Verdicts changed by pre-training Psi_0:" in (out / "verdicts.md").read_text()
+    assert verdicts["reference"] == "merged" and verdicts["models"]["four"]["config"]["form"] == "four"
+    ids = [[r["id"] for r in v["claims"]] for v in verdicts["models"].values()]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 7
+    md = (out / "verdicts.md").read_text()
+    assert "Verdicts that `four` changes against `merged`:" in md and "| `thm2.aligned_fails` |" in md
     assert not (out / "claims.json").exists()             # a robustness check, not one of the paper's claims
     assert (out / "figure1.png").exists()
 

@@ -124,3 +124,14 @@ def test_distinct_tokens_report_a_too_small_q():
     X = inputs()                                         # 10 tokens, more than 2 distinct ones in some sample
     _, c = model.distinct_tokens(X, 2)
     assert not bool(jnp.all(model.complete(c, 10)))
+
+
+def test_merged_delta_is_the_change_of_the_merged_weights():
+    d, m = 6, 10
+    for form in ("merged", "four"):
+        psi0 = model.init_params(jax.random.key(0), d, m, form, sigma_0=0.5, sigma_w=0.3)
+        tau = model.init_params(jax.random.key(1), d, m, form, sigma_0=0.5, sigma_w=0.3)
+        after = model.merged({k: psi0[k] + tau[k] for k in psi0})
+        for delta, a, b in zip(model.merged_delta(psi0, tau), after, model.merged(psi0)):
+            np.testing.assert_allclose(delta, a - b, atol=1e-6)
+    np.testing.assert_array_equal(model.merged_delta(psi0, tau)[0], (after[0] - model.merged(psi0)[0]))

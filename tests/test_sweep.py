@@ -8,7 +8,8 @@ from tvtheory import data, metrics, model, sweep, taskvec, train
 
 @pytest.mark.parametrize("form", ["merged", "four"])
 def test_grid_eval_matches_plain_evaluation(form):
-    """The affine reuse of products (merged form) and the fallback (four-matrix form) equal a direct forward pass."""
+    """The affine reuse of products (merged form) and its quadratic expansion (four-matrix form) equal a direct
+    forward pass of base + sum_k c_k tau_k."""
     d, m = 8, 16
     mus = data.pair_patterns(0.3, d)
     irr = data.irrelevant_patterns(mus)

@@ -20,8 +20,9 @@ import numpy as np
 from tvtheory import results
 
 # Bump when the meaning of a cached quantity changes, or when a code change alters the numbers computed (2: the
-# (A X) V^T product order of model.apply), so that entries from older code are never mixed with new ones.
-VERSION = 2
+# (A X) V^T product order of model.apply; 3: the four-matrix form's grids through the quadratic expansion), so that
+# entries from older code are never mixed with new ones.
+VERSION = 3
 
 
 def canonical(fields: dict) -> str:

@@ -7,6 +7,7 @@ Hydra itself is imported only by ``register_configs`` so the rest of the library
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 import numpy as np
@@ -114,8 +115,29 @@ class ArithmeticConfig(RunConfig):
 
 
 @dataclass
-class Psi0Config(ArithmeticConfig):
-    """Theorems 1-2 with the random Psi_0 and with the pre-trained one of ``model.pretrain_*`` (must be > 0)."""
+class AssumptionsConfig(RunBase):
+    """Theorems 1-2 once per model option of conf/model/ (the first is the reference); no ``model`` of its own."""
+
+    models: List[str] = field(default_factory=lambda: ["merged", "pretrained", "four"])
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+MODEL_OPTIONS = Path(__file__).resolve().parent.parent / "conf" / "model"
+
+
+def model_option(name: str) -> ModelConfig:
+    """The ModelConfig of conf/model/<name>.yaml; an unknown name raises a one-line ValueError listing the options."""
+    from omegaconf import OmegaConf
+
+    path = MODEL_OPTIONS / f"{name}.yaml"
+    if not isinstance(name, str) or "/" in name or not path.is_file():
+        options = ", ".join(sorted(p.stem for p in MODEL_OPTIONS.glob("*.yaml")))
+        raise ValueError(f"{name!r}: no conf/model/{name}.yaml (options: {options})")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
 
 
 @dataclass
@@ -222,7 +244,7 @@ class DigitsConfig(RunBase):
 
 
 SCHEMAS = {"digits": DigitsConfig, "arithmetic": ArithmeticConfig, "ood": OODConfig, "corollaries": CorollariesConfig,
-           "scaling": ScalingConfig, "psi0": Psi0Config}
+           "scaling": ScalingConfig, "assumptions": AssumptionsConfig}
 
 
 def register_configs() -> None:
@@ -268,7 +290,10 @@ def validate(cfg) -> None:
         return _validate_digits(cfg)
     n_dirs = len(cfg.ood.gammas) + 1 if hasattr(cfg, "ood") else 2     # sources + mu_perp, or the pair's e_1, e_2
     _validate_data(cfg.data, n_task_dirs=n_dirs)
-    _validate_model(cfg.model, cfg.data.d, n_task_dirs=n_dirs)
+    if isinstance(cfg, AssumptionsConfig):
+        _validate_models(cfg.models, cfg.data.d)
+    else:
+        _validate_model(cfg.model, cfg.data.d, n_task_dirs=n_dirs)
     _validate_train(cfg.train)
     if hasattr(cfg, "sweep"):
         _validate_sweep(cfg.sweep)
@@ -276,9 +301,6 @@ def validate(cfg) -> None:
         _validate_ood(cfg.ood)
     if hasattr(cfg, "scaling"):
         _validate_scaling(cfg.scaling, cfg.data.P, cfg.model.pretrain_tasks)
-    if isinstance(cfg, Psi0Config) and cfg.model.pretrain_tasks == 0:
-        _check.fail("model.pretrain_tasks", 0, "must be >= 1: the psi0 experiment compares a pre-trained Psi_0 with "
-                    "the random one")
     if hasattr(cfg, "corollaries"):
         _validate_corollaries(cfg.corollaries, cfg.data.d, cfg.model.m)
     _validate_claims(cfg.claims)
@@ -392,6 +414,22 @@ def _validate_model(c: ModelConfig, d: int, n_task_dirs: int) -> None:
     _check.in_range("model.sigma_w", c.sigma_w, lo=0.0)
     if c.form == "four" and c.sigma_w <= 0:
         _check.fail("model.sigma_w", c.sigma_w, "must be > 0 for model.form='four' (W_Q = W_K = 0 never trains)")
+
+
+def _validate_models(names: list, d: int) -> None:
+    if len(names) < 2:
+        _check.fail("models", list(names), "needs a reference and at least one model to compare with it")
+    if len(set(names)) != len(names):
+        _check.fail("models", list(names), "must not repeat a model")
+    for i, name in enumerate(names):
+        try:
+            m = model_option(name)
+        except ValueError as e:
+            raise ValueError(f"models[{i}]={e}") from None
+        try:
+            _validate_model(m, d, n_task_dirs=2)
+        except ValueError as e:
+            raise ValueError(f"models[{i}]={name!r} (conf/model/{name}.yaml): {e}") from None
 
 
 def _validate_train(c: TrainConfig) -> None:

@@ -75,6 +75,15 @@ def merged(params: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     return params["W_K"].T @ params["W_Q"], params["W_O"] @ params["W_V"]
 
 
+def merged_delta(psi0: dict[str, jax.Array], tau: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(dW, dV): the change a task vector makes to the merged weights. In the merged form that is the task vector
+    itself; in the four-matrix form it is W(Psi_0 + dPsi) - W(Psi_0), not the product of the deltas."""
+    if "W" in tau:
+        return tau["W"], tau["V"]
+    after = merged({k: psi0[k] + tau[k] for k in psi0})
+    return tuple(a - b for a, b in zip(after, merged(psi0)))
+
+
 def apply(params: dict[str, jax.Array], X: jax.Array) -> jax.Array:
     """f(X; Psi) for X (..., P, d); returns (...,). Pure: jit/vmap/grad freely."""
     W, V = merged(params)

@@ -324,20 +324,20 @@ def digits(out) -> None:
     save(fig, out, "figure2")
 
 
-def psi0(out) -> None:
-    """Figure 1's hinge-loss panels once per Psi_0: random (top) and pre-trained (bottom)."""
+def assumptions(out) -> None:
+    """Figure 1's hinge-loss panels once per model option (rows; the reference on top)."""
     out = Path(out)
     df = pd.read_csv(out / "metrics.csv")
     df = df[~df["diverged"].astype(bool)]
     cc = _claims_cfg(out)
     alphas = _order(df["alpha"].unique())
-    names = ["random", "pretrained"]
-    fig, axes = plt.subplots(2, len(alphas), figsize=(3.1 * len(alphas), 5.6), sharex=True, sharey=True,
-                             squeeze=False)
+    names = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(len(names), len(alphas), figsize=(3.1 * len(alphas), 2.8 * len(names)), sharex=True,
+                             sharey=True, squeeze=False)
     for i, name in enumerate(names):
         for j, a in enumerate(alphas):
             ax = axes[i, j]
-            lambda_curves(ax, df[(df["psi0"] == name) & (df["alpha"] == a)], "loss")
+            lambda_curves(ax, df[(df["model"] == name) & (df["alpha"] == a)], "loss")
             thr = float(theory.addition_threshold(a))
             if np.isfinite(thr):
                 ax.axvline(thr, color="k", ls="--", lw=1, label="1 - alpha")
@@ -345,19 +345,18 @@ def psi0(out) -> None:
             ax.axhline(cc["forget_loss"], color="tab:red", ls=":", lw=1, label="forgotten")
             if i == 0:
                 ax.set_title(f"alpha = {a:g}")
-            else:
+            if i == len(names) - 1:
                 ax.set_xlabel("lambda")
             if j == 0:
-                ax.set_ylabel(f"{name} Psi_0\nhinge loss")
+                ax.set_ylabel(f"model={name}\nhinge loss")
     axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Psi_0 + dPsi_T1 + lambda dPsi_T2 from a random and a pre-trained Psi_0 (seed mean +- std)",
-                 fontsize=10)
+    fig.suptitle("Psi_0 + dPsi_T1 + lambda dPsi_T2 under each model option (seed mean +- std)", fontsize=10)
     fig.tight_layout()
     save(fig, out, "figure1")
 
 
 DRAWERS = {"arithmetic": arithmetic, "ood": ood, "corollaries": corollaries, "scaling": scaling, "digits": digits,
-           "psi0": psi0}
+           "assumptions": assumptions}
 
 
 def main(root: str = "results") -> None:

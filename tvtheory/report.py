@@ -101,32 +101,39 @@ def arithmetic(out: str | Path, cfg: ClaimsConfig, source: str | Path | None = N
     results.write_claims(out, claims.arithmetic_claims(rows, cfg), source=str(source or out / "metrics.csv"))
 
 
-def psi0(out: str | Path, records: dict[str, list[dict]], pretraining: pd.DataFrame, pretrain: tuple[int, int],
-         source: str | Path) -> None:
-    """verdicts.md and verdicts.json of the psi0 experiment: the Theorem 1-2 claims under each Psi_0, side by side."""
+def assumptions(out: str | Path, records: dict[str, list[dict]], models: dict, k_pre: int,
+                source: str | Path) -> None:
+    """verdicts.md and verdicts.json of the assumptions experiment: each model option's Psi_0 and the Theorem 1-2
+    claims under it, side by side; ``records`` and ``models`` (ModelConfigs) are keyed by option, reference first."""
+    import dataclasses
+
     out = Path(out)
-    results.write_json(out / "verdicts.json", {"source": str(source), **records})
-    pt = pretraining.groupby("psi0")[["loss", "acc", "W_norm", "V_norm"]].mean()
-    K, steps = pretrain
-    lines = ["# Theorems 1-2 with a random and a pre-trained Psi_0", "",
-             f"Pre-trained Psi_0: the random Psi_0 after {steps} SGD steps on a mixture of {K} tasks whose tokens "
-             "avoid the span of mu_T1 and mu_T2 (their patterns are irrelevant patterns of T1 and T2). Seed means "
-             "(pretraining.csv):", "",
-             r"| Psi_0 | hinge on its pre-training tasks | accuracy | \|\|W_0\|\|_F | \|\|V_0\|\|_F |",
-             "|---|---|---|---|---|"]
-    for name in ("random", "pretrained"):
-        r = pt.loc[name]
-        lines.append(f"| {name} | {r['loss']:.3f} | {r['acc']:.3f} | {r['W_norm']:.3f} | {r['V_norm']:.3f} |")
-    lines += ["", f"Verdicts of the Theorem 1-2 claims, same rules as results/CLAIMS.md (from `{source}`):", "",
-              "| claim | random Psi_0 | measured | pre-trained Psi_0 | measured |", "|---|---|---|---|---|"]
+    names = list(records)
+    results.write_json(out / "verdicts.json", {"source": str(source), "reference": names[0], "models": {
+        n: {"config": dataclasses.asdict(models[n]), "claims": records[n]} for n in names}})
+    psi0 = pd.read_csv(out / "psi0.csv").groupby("model").mean(numeric_only=True)
     esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
-    mark = lambda r: "pass" if r["verdict"] == "pass" else "**FAIL**"  # noqa: E731
-    changed = []
-    for a, b in zip(records["random"], records["pretrained"]):
-        lines.append(f"| `{a['id']}` | {mark(a)} | {esc(a['measured'])} | {mark(b)} | {esc(b['measured'])} |")
-        if a["verdict"] != b["verdict"]:
-            changed.append(f"`{a['id']}` ({a['verdict']} -> {b['verdict']})")
-    lines += ["", "Verdicts changed by pre-training Psi_0: " + (", ".join(changed) if changed else "none") + "."]
+    pre_cols = f" | hinge / acc on the {k_pre} pre-training tasks" if k_pre else ""
+    lines = ["# Theorems 1-2 under changed assumptions", "",
+             f"The Figure 1 sweep once per model option of conf/model/ (reference: `{names[0]}`), judged by the rules "
+             f"of results/CLAIMS.md, from `{source}`. Psi_0 per model (seed means, psi0.csv):", "",
+             r"| model | form | sigma_0 | sigma_w | Psi_0 | \|\|W_0\|\|_F | \|\|V_0\|\|_F" + pre_cols + " |",
+             "|---|---|---|---|---|---|---" + ("|---" if k_pre else "") + "|"]
+    for n in names:
+        m, p = models[n], psi0.loc[n]
+        init = (f"pre-trained: {m.pretrain_tasks} tasks, {m.pretrain_steps} steps" if m.pretrain_tasks else "random")
+        pre = f" | {p['pretrain_loss']:.3f} / {p['pretrain_acc']:.3f}" if k_pre else ""
+        lines.append(f"| `{n}` | {m.form} | {m.sigma_0:g} | {m.sigma_w:g} | {init} | {p['W0_norm']:.3f} | "
+                     f"{p['V0_norm']:.3f}{pre} |")
+    lines += ["", "| claim | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    mark = lambda r: ("pass" if r["verdict"] == "pass" else "**FAIL**") + ": " + esc(r["measured"])  # noqa: E731
+    for i, r in enumerate(records[names[0]]):
+        lines.append(f"| `{r['id']}` | " + " | ".join(mark(records[n][i]) for n in names) + " |")
+    lines.append("")
+    for n in names[1:]:
+        changed = [f"`{a['id']}` ({a['verdict']} -> {b['verdict']})" for a, b in zip(records[names[0]], records[n])
+                   if a["verdict"] != b["verdict"]]
+        lines.append(f"Verdicts that `{n}` changes against `{names[0]}`: " + (", ".join(changed) or "none") + ".")
     results.write_text(out / "verdicts.md", "\n".join(lines) + "\n")
 
 

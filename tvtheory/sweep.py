@@ -5,11 +5,12 @@ results can be cached per seed and a killed sweep resumes.
 Evaluating Psi_0 + sum_k c_k dPsi_k on a grid of coefficient vectors c reuses the lambda-independent products: in the
 merged form the pre-activations are affine in c,
     X^T W(c) X = X^T W_0 X + sum_k c_k X^T dW_k X,      V(c) X = V_0 X + sum_k c_k dV_k X,
-so each grid point pays only the softmax, the attention-weighted sum and the ReLU. The test set is walked in blocks
-and grid points one (or ``chunk``) at a time, so memory stays bounded whatever the grid size; on CPU one point at a
-time over blocks of ~3200 tokens is fastest, because the per-point work is bound by reading those products. Samples
-whose P tokens come from a few patterns are first reduced to their distinct tokens and counts (exact), which shrinks
-every product by the ratio of distinct tokens to P.
+so each grid point pays only the softmax, the attention-weighted sum and the ReLU (in the four-matrix form the merged
+weights are quadratic in c, which the same loop handles with the products c_k c_l as extra coefficients). The test
+set is walked in blocks and grid points one (or ``chunk``) at a time, so memory stays bounded whatever the grid size;
+on CPU one point at a time over blocks of ~3200 tokens is fastest, because the per-point work is bound by moving
+those products. Samples whose P tokens come from a few patterns are first reduced to their distinct tokens and
+counts (exact), which shrinks every product by the ratio of distinct tokens to P.
 """
 
 from __future__ import annotations
@@ -61,13 +62,8 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     (model.distinct_tokens; exact), which shrinks those products by q/P; a sample with more than q distinct tokens
     turns the result into NaN, never into a wrong number.
     """
-    if "W" not in base:                                       # four-matrix form: not affine in c
-        def point(c):
-            params = jax.tree.map(lambda b, t: b + jnp.tensordot(c, t, axes=1), base, taus)
-            return metrics.evaluate(params, X, y)
-        out = jax.lax.map(point, coeffs_GxK, batch_size=chunk)
-        return out["loss"], out["acc"]
-
+    if "W" not in base:                                       # four-matrix form: quadratic in c
+        base, taus, coeffs_GxK = _four_as_merged(base, taus, coeffs_GxK)
     N, P, D = X.shape
     q = P if q is None else min(q, P)
     nb = min(block or max(1, 3200 // q), N)          # measured on 2 cores: larger blocks spill out of cache
@@ -106,6 +102,23 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     return loss_sum.sum(0) / N * nan_unless_ok, correct.sum(0) / N * nan_unless_ok
 
 
+def _four_as_merged(base, taus, coeffs_GxK):
+    """The four-matrix form's grid as a merged-form grid with K + K^2 terms. With W_Q(c) = W_Q + sum_k c_k dW_Q,k and
+    so on, the merged weights are quadratic in c:
+        W_K(c)^T W_Q(c) = W_0 + sum_k c_k (W_K^T dW_Q,k + dW_K,k^T W_Q) + sum_kl c_k c_l dW_K,k^T dW_Q,l
+    (and V(c) = W_O(c) W_V(c) likewise), so each product with the test set is still computed once and each grid point
+    pays only for its coefficients (c_k, then c_k c_l)."""
+    def expand(A0, B0, dA, dB):                # A(c) B(c): constant, linear and quadratic terms
+        lin = jnp.einsum("kij,jl->kil", dA, B0) + jnp.einsum("ij,kjl->kil", A0, dB)
+        quad = jnp.einsum("kij,ljm->klim", dA, dB).reshape(-1, *lin.shape[1:])
+        return A0 @ B0, jnp.concatenate([lin, quad])
+
+    W0, dW = expand(base["W_K"].T, base["W_Q"], jnp.swapaxes(taus["W_K"], 1, 2), taus["W_Q"])
+    V0, dV = expand(base["W_O"], base["W_V"], taus["W_O"], taus["W_V"])
+    quad_coeffs = jnp.einsum("gk,gl->gkl", coeffs_GxK, coeffs_GxK).reshape(coeffs_GxK.shape[0], -1)
+    return {"W": W0, "V": V0}, {"W": dW, "V": dV}, jnp.concatenate([coeffs_GxK, quad_coeffs], axis=1)
+
+
 class PairSweep(NamedTuple):
     """Theorems 1-2 for every (alpha, seed): Psi_0 + dPsi_T1 + lambda dPsi_T2 on T1's and T2's test sets."""
 
@@ -115,7 +128,7 @@ class PairSweep(NamedTuple):
     single_loss: jax.Array   # (A, S, 2) Psi*_T1 on T1, Psi*_T2 on T2
     alpha_hat: jax.Array     # (A, S) output cosine of Psi*_T1 and Psi*_T2
     tv_cosine: jax.Array     # (A, S) cosine of dPsi_T1 and dPsi_T2 in parameter space
-    norms: jax.Array         # (A, S, 2, 2) ||dW||_F, ||dV||_F for T1, T2
+    norms: jax.Array         # (A, S, 2, 2) ||dW||_F, ||dV||_F for T1, T2 (merged weights: model.merged_delta)
 
 
 class Setup(NamedTuple):
@@ -202,7 +215,7 @@ def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, se
             out_acc.append(ac)
             single.append(metrics.hinge(model.apply(own, X[:n_alpha_hat]), y[:n_alpha_hat]))
             Xmix.append(X[:n_alpha_hat])
-        norms = jnp.array([[jnp.linalg.norm(x) for x in model.merged(t)] for t in (tau1, tau2)])
+        norms = jnp.array([[jnp.linalg.norm(x) for x in model.merged_delta(psi0, t)] for t in (tau1, tau2)])
         return (jnp.stack(out_loss, -1), jnp.stack(out_acc, -1), jnp.stack(single),
                 metrics.alpha_hat(base, psi2, jnp.concatenate(Xmix)), taskvec.cosine(tau1, tau2), norms)
 
@@ -271,26 +284,25 @@ def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store
     return psi0
 
 
-def pretraining_eval(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store, task_patterns,
-                     n_test: int) -> dict[str, np.ndarray]:
-    """The random and the pre-trained Psi_0 (``setup.pretrain_tasks`` > 0) on a test set of each pre-training task
-    (stream TEST, task index 1000 + j): hinge loss and accuracy (2, S, K), and ||W_0||_F, ||V_0||_F (2, S)."""
-    mus, irr = data.pretraining_tasks(task_patterns, setup.pretrain_tasks)
-    psi0s = [pretrained(seed, setup._replace(pretrain_tasks=0), seed_ids, store),
-             pretrained(seed, setup, seed_ids, store, task_patterns)]
-    key = jax.random.key(seed)
+def psi0_eval(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store, task_patterns, n_test: int,
+              k: int = 0) -> dict[str, np.ndarray]:
+    """Psi_0 of ``setup`` per seed: the Frobenius norms of its merged W_0 and V_0 (S,), and, with k > 0, its hinge
+    loss and accuracy on a test set of each of the k pre-training tasks (S, k; stream TEST, task index 1000 + j)."""
+    psi0 = pretrained(seed, setup, seed_ids, store, task_patterns)
+    norms = np.array([[np.linalg.norm(x) for x in model.merged(_select(psi0, i))] for i in range(len(seed_ids))])
+    out = {"W0_norm": norms[:, 0], "V0_norm": norms[:, 1]}
+    if k:
+        mus, irr = data.pretraining_tasks(task_patterns, k)
+        key = jax.random.key(seed)
 
-    @jax.jit
-    def one(psi0, s, j):
-        X, y = data.sample(stream_key(_seed_key(key, s), TEST, 1000 + j), mus[j], irr[j], n_test, setup.task)
-        return metrics.evaluate(psi0, X, y)
+        @jax.jit
+        def one(p, s, j):
+            X, y = data.sample(stream_key(_seed_key(key, s), TEST, 1000 + j), mus[j], irr[j], n_test, setup.task)
+            return metrics.evaluate(p, X, y)
 
-    ev = [[[one(_select(p, i), s, j) for j in range(len(mus))] for i, s in enumerate(seed_ids)] for p in psi0s]
-    norms = np.array([[[np.linalg.norm(x) for x in model.merged(_select(p, i))] for i in range(len(seed_ids))]
-                      for p in psi0s])
-    return {"loss": np.array([[[float(e["loss"]) for e in r] for r in v] for v in ev]),
-            "acc": np.array([[[float(e["acc"]) for e in r] for r in v] for v in ev]),
-            "W_norm": norms[..., 0], "V_norm": norms[..., 1]}
+        ev = [[one(_select(psi0, i), s, j) for j in range(k)] for i, s in enumerate(seed_ids)]
+        out |= {name: np.array([[float(e[name]) for e in row] for row in ev]) for name in ("loss", "acc")}
+    return out
 
 
 def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream: int, irr, store: cache.Store):
