@@ -19,8 +19,8 @@ test: $(STAMP)
 # Two lanes of experiments run side by side: each process leaves a core idle while XLA compiles or runs small ops,
 # and assumptions and corollaries (after arithmetic in its lane) reuse the fine-tunes it cached. Each process keeps
 # XLA's default threads, so the numbers are the bytes a one-at-a-time run writes.
-LANE_A := arithmetic assumptions corollaries digits
-LANE_B := ood scaling
+LANE_A := arithmetic assumptions corollaries
+LANE_B := ood scaling digits
 
 reproduce: $(STAMP)
 	@lane() { for e in "$$@"; do echo "== $$e"; $(PY) experiments/$$e.py out_dir=results/$$e || return 1; done; }; \

@@ -29,11 +29,7 @@ def main(cfg) -> None:
     point = config_point(c)
     seeds = np.arange(c.n_seeds)
     rows = results.pair_table(r, alphas, lams, **point)
-    diag = results.tidy({"alpha_hat": r.alpha_hat, "tv_cosine": r.tv_cosine, "diverged": ~np.asarray(r.finite),
-                         "own_loss_T1": r.single_loss[..., 0], "own_loss_T2": r.single_loss[..., 1],
-                         "dW_T1": r.norms[..., 0, 0], "dV_T1": r.norms[..., 0, 1],
-                         "dW_T2": r.norms[..., 1, 0], "dV_T2": r.norms[..., 1, 1]},
-                        {"alpha": alphas, "seed": seeds}, **point)
+    diag = results.pair_diagnostics(r, alphas, **point)
     with results.staged(out) as stage:               # out/ changes only once everything below has succeeded
         results.write_csv(stage / "metrics.csv", rows[np.isin(rows["alpha"], np.round(c.sweep.alphas, 6))])
         if len(c.sweep.phase_alphas):

@@ -50,11 +50,7 @@ def main(cfg) -> None:
         table = results.pair_table(r, alphas, lams, **point)
         records[name] = claims.arithmetic_claims(table, c.claims)
         rows.append(table)
-        diag.append(results.tidy({"alpha_hat": r.alpha_hat, "tv_cosine": r.tv_cosine, "diverged": ~np.asarray(r.finite),
-                                  "own_loss_T1": r.single_loss[..., 0], "own_loss_T2": r.single_loss[..., 1],
-                                  "dW_T1": r.norms[..., 0, 0], "dV_T1": r.norms[..., 0, 1],
-                                  "dW_T2": r.norms[..., 1, 0], "dV_T2": r.norms[..., 1, 1]},
-                                 {"alpha": alphas, "seed": seeds}, **point))
+        diag.append(results.pair_diagnostics(r, alphas, **point))
         ev = sweep.psi0_eval(c.seed, setup, seeds.astype(np.int32), st, studied, c.sweep.n_test, k_pre)
         per_seed = {"W0_norm": ev["W0_norm"], "V0_norm": ev["V0_norm"]}
         if k_pre:

@@ -143,6 +143,16 @@ def pair_table(r, alphas, lams, **constants) -> pd.DataFrame:
                 {"alpha": alphas, "seed": np.arange(finite.shape[1]), "lam": lams, "task": ["T1", "T2"]}, **constants)
 
 
+def pair_diagnostics(r, alphas, **constants) -> pd.DataFrame:
+    """One row per (alpha, seed) of a Theorem 1-2 sweep: alpha_hat, the task vectors' cosine, divergence, each
+    fine-tune's loss on its own task and the norms of dW and dV."""
+    return tidy({"alpha_hat": r.alpha_hat, "tv_cosine": r.tv_cosine, "diverged": ~np.asarray(r.finite),
+                 "own_loss_T1": r.single_loss[..., 0], "own_loss_T2": r.single_loss[..., 1],
+                 "dW_T1": r.norms[..., 0, 0], "dV_T1": r.norms[..., 0, 1],
+                 "dW_T2": r.norms[..., 1, 0], "dV_T2": r.norms[..., 1, 1]},
+                {"alpha": alphas, "seed": np.arange(np.shape(r.finite)[1])}, **constants)
+
+
 def reference_table(ref_loss_SxR, ref_acc_SxR) -> pd.DataFrame:
     """One row per (seed, reference model) of a Theorem 3 sweep: the direct fine-tune on T', then Psi*_Ti."""
     S, R = np.shape(ref_loss_SxR)
