@@ -45,7 +45,7 @@ def main(cfg) -> None:
         progress(f"variant {name} checked")
     taus = o.taus                      # the source tasks' task vectors, uncompressed whatever the variant
     M = c.data.d - len(c.ood.gammas) - 1                                # irrelevant patterns in play
-    spectra, lowrank, norms = report.task_vector_structure(taus, co.spectrum_ranks, M, c.claims.eps_learned)
+    spectra, lowrank, norms = report.task_vector_structure(taus, o.psi0, co.spectrum_ranks, M, c.claims.eps_learned)
     with results.staged(out) as stage:
         for name, df in (("verdicts", pd.DataFrame(verdicts)), ("lambda_star", pd.DataFrame(stars)),
                          ("spectra", spectra), ("lowrank", lowrank), ("rownorms", norms)):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tvtheory import claims, taskvec
+from tvtheory import claims, model, report, taskvec
 from tvtheory.config import ClaimsConfig
 
 CFG = ClaimsConfig()
@@ -117,3 +117,15 @@ def test_steps_to_eps_and_exponent_fit():
     assert claims.steps_to_eps(curve, 0.05, 5) == pytest.approx(55, abs=3)
     assert np.isnan(claims.steps_to_eps(np.ones(20), 0.05, 5))
     assert claims.fit_exponent([1, 2, 4], [1, 0.25, 1 / 16]) == pytest.approx(-2)
+
+
+def test_task_vector_structure_measures_the_change_of_the_merged_weights():
+    """In the four-matrix form dW and dV are W(Psi_0 + dPsi) - W(Psi_0), not the product of the deltas."""
+    psi0 = model.init_params(jax.random.key(0), 6, 10, "four", sigma_0=0.5, sigma_w=0.3)
+    tau = model.init_params(jax.random.key(1), 6, 10, "four", sigma_0=0.5, sigma_w=0.3)
+    spectra, _, norms = report.task_vector_structure({k: v[None, None] for k, v in tau.items()},
+                                                     {k: v[None] for k, v in psi0.items()}, [1], M=3, eps=0.05)
+    dW, dV = model.merged_delta(psi0, tau)
+    sv = spectra[spectra["matrix"] == "dW"].sort_values("index")["sv"].to_numpy()
+    np.testing.assert_allclose(sv, np.linalg.svd(np.asarray(dW), compute_uv=False), rtol=1e-4)
+    np.testing.assert_allclose(norms["norm"], np.linalg.norm(np.asarray(dV), axis=1), rtol=1e-5)

@@ -184,18 +184,20 @@ def table2(rows: pd.DataFrame, refs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def task_vector_structure(taus, ranks, M: int, eps: float):
-    """Corollaries 1-2's premises, per seed and task: the singular values of dW and dV, the rank-r truncation errors
-    ||d - d_r||_F beside the corollary's bound terms (constants set to 1: M eps + 1/log M for dW, eps for dV), and
-    the norms of dV's rows (one per hidden neuron)."""
+def task_vector_structure(taus, psi0, ranks, M: int, eps: float):
+    """Corollaries 1-2's premises, per seed and task: the singular values of dW and dV (the change of the merged
+    weights, model.merged_delta), the rank-r truncation errors ||d - d_r||_F beside the corollary's bound terms
+    (constants set to 1: M eps + 1/log M for dW, eps for dV), and the norms of dV's rows (one per hidden neuron).
+    ``taus`` has leaves (S, K, ...), ``psi0`` leaves (S, ...)."""
     from tvtheory import model, taskvec
 
     leaves = {k: np.asarray(v) for k, v in taus.items()}
     S, K = next(iter(leaves.values())).shape[:2]
     spectra, lowrank, norms = [], [], []
     for s in range(S):
+        base = {n: np.asarray(v)[s] for n, v in psi0.items()}
         for k in range(K):
-            W, V = (np.asarray(x) for x in model.merged({n: v[s, k] for n, v in leaves.items()}))
+            W, V = (np.asarray(x) for x in model.merged_delta(base, {n: v[s, k] for n, v in leaves.items()}))
             for name, X in (("dW", W), ("dV", V)):
                 sv = np.linalg.svd(X, compute_uv=False)
                 spectra += [{"seed": s, "task": f"T{k + 1}", "matrix": name, "index": i, "sv": x}

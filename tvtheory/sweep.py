@@ -361,6 +361,7 @@ class OODSweep(NamedTuple):
     ref_acc: np.ndarray      # (S, 1 + K)
     finite: np.ndarray       # (S,) every fine-tune of the seed stayed finite
     taus: dict               # task vectors, leaves (S, K, ...)
+    psi0: dict               # Psi_0, leaves (S, ...)
 
 
 def coefficient_grid(ranges) -> np.ndarray:
@@ -411,4 +412,4 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
     finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0)
     if progress:
         progress(f"out-of-domain grid of {len(coeffs)} points x {n_seeds} seeds done")
-    return OODSweep(coeffs, loss, acc, ref_loss, ref_acc, finite, taus)
+    return OODSweep(coeffs, loss, acc, ref_loss, ref_acc, finite, taus, psi0)
