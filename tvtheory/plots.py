@@ -333,7 +333,7 @@ def assumptions(out) -> None:
     alphas = _order(df["alpha"].unique())
     names = list(dict.fromkeys(df["model"]))
     fig, axes = plt.subplots(len(names), len(alphas), figsize=(3.1 * len(alphas), 2.8 * len(names)), sharex=True,
-                             sharey=True, squeeze=False)
+                             sharey="row", squeeze=False)
     for i, name in enumerate(names):
         for j, a in enumerate(alphas):
             ax = axes[i, j]
