@@ -46,6 +46,13 @@ def ood_patterns(gammas, kappa: float | None, d: int) -> tuple[jax.Array, jax.Ar
     return jnp.asarray(sources), jnp.asarray(target)
 
 
+def _free_basis(task_patterns) -> tuple[np.ndarray, np.ndarray]:
+    """The task patterns as rows (n, d), and the indices j of the basis vectors e_j with no component along any."""
+    T = np.asarray(task_patterns, dtype=np.float64)
+    T = T.reshape(-1, T.shape[-1])
+    return T, np.flatnonzero(np.all(np.abs(T) < 1e-7, axis=0))
+
+
 def irrelevant_patterns(task_patterns, M: int | None = None, key: jax.Array | None = None) -> jax.Array:
     """M orthonormal patterns v_j orthogonal to every task pattern in play. Returns (M, d).
 
@@ -53,12 +60,10 @@ def irrelevant_patterns(task_patterns, M: int | None = None, key: jax.Array | No
     theory.md: e_3..e_d for a pair). With a key: a random orthonormal basis of the orthogonal complement of the
     task patterns' span. ``M=None`` takes as many as the complement holds.
     """
-    T = np.asarray(task_patterns, dtype=np.float64)
-    T = T.reshape(-1, T.shape[-1])
+    T, free = _free_basis(task_patterns)
     d = T.shape[1]
     rank = int(np.linalg.matrix_rank(T, tol=1e-6))
     if key is None:
-        free = np.flatnonzero(np.all(np.abs(T) < 1e-7, axis=0))
         available = free.size
     else:
         available = d - rank
@@ -84,9 +89,7 @@ def pretraining_tasks(task_patterns, k: int) -> tuple[jax.Array, jax.Array]:
     pattern, and each one's irrelevant patterns are the other such basis vectors. Returns (patterns (k, d),
     irrelevant patterns (k, M, d)), M = (free basis vectors) - 1.
     """
-    T = np.asarray(task_patterns, dtype=np.float64)
-    T = T.reshape(-1, T.shape[-1])
-    free = np.flatnonzero(np.all(np.abs(T) < 1e-7, axis=0))
+    T, free = _free_basis(task_patterns)
     _check.integer("pretrain_tasks", k, lo=1)
     if k > free.size - 1:
         _check.fail("pretrain_tasks", k, f"too many: d={T.shape[1]} leaves {free.size} basis vectors outside the "
