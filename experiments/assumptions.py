@@ -51,7 +51,7 @@ def main(cfg) -> None:
         records[name] = claims.arithmetic_claims(table, c.claims)
         rows.append(table)
         diag.append(results.pair_diagnostics(r, alphas, **point))
-        ev = sweep.psi0_eval(c.seed, setup, seeds.astype(np.int32), st, studied, c.sweep.n_test, k_pre)
+        ev = sweep.psi0_eval(c.seed, setup, seeds, r.psi0, studied, c.sweep.n_test, k_pre)
         per_seed = {"W0_norm": ev["W0_norm"], "V0_norm": ev["V0_norm"]}
         if k_pre:
             per_seed |= {"pretrain_loss": ev["loss"].mean(1), "pretrain_acc": ev["acc"].mean(1)}

@@ -37,7 +37,7 @@ def tiny_sweep(seed=0, **kw):
 def test_pair_sweep_shapes_and_determinism():
     a, b = tiny_sweep(), tiny_sweep()
     assert a.loss.shape == (3, 2, 4, 2) and a.finite.shape == (3, 2) and a.norms.shape == (3, 2, 2, 2)
-    for x, y in zip(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     c = tiny_sweep(seed=1)
     assert not np.array_equal(np.asarray(a.loss), np.asarray(c.loss))

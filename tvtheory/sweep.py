@@ -129,6 +129,7 @@ class PairSweep(NamedTuple):
     alpha_hat: jax.Array     # (A, S) output cosine of Psi*_T1 and Psi*_T2
     tv_cosine: jax.Array     # (A, S) cosine of dPsi_T1 and dPsi_T2 in parameter space
     norms: jax.Array         # (A, S, 2, 2) ||dW||_F, ||dV||_F for T1, T2 (merged weights: model.merged_delta)
+    psi0: dict               # Psi_0, leaves (S, ...)
 
 
 class Setup(NamedTuple):
@@ -284,11 +285,11 @@ def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store
     return psi0
 
 
-def psi0_eval(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store, task_patterns, n_test: int,
+def psi0_eval(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, task_patterns, n_test: int,
               k: int = 0) -> dict[str, np.ndarray]:
-    """Psi_0 of ``setup`` per seed: the Frobenius norms of its merged W_0 and V_0 (S,), and, with k > 0, its hinge
-    loss and accuracy on a test set of each of the k pre-training tasks (S, k; stream TEST, task index 1000 + j)."""
-    psi0 = pretrained(seed, setup, seed_ids, store, task_patterns)
+    """Psi_0 per seed (leaves (S, ...), as a sweep returns it): the Frobenius norms of its merged W_0 and V_0 (S,),
+    and, with k > 0, its hinge loss and accuracy on a test set of each of the k pre-training tasks of
+    ``task_patterns`` (S, k; stream TEST, task index 1000 + j)."""
     norms = np.array([[np.linalg.norm(x) for x in model.merged(_select(psi0, i))] for i in range(len(seed_ids))])
     out = {"W0_norm": norms[:, 0], "V0_norm": norms[:, 1]}
     if k:
@@ -348,7 +349,7 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
         if progress:
             progress(f"alpha {i + 1}/{len(alphas)} ({float(a):g}) done")
     loss, acc, single, ahat, cos, norms, finite = (np.stack(x) for x in zip(*cells))
-    return PairSweep(loss, acc, finite, single, ahat, cos, norms)
+    return PairSweep(loss, acc, finite, single, ahat, cos, norms, psi0)
 
 
 class OODSweep(NamedTuple):
