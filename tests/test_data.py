@@ -123,3 +123,10 @@ def test_pretraining_tasks_avoid_the_studied_span():
         assert np.abs(irr[j] @ mus[j]).max() == 0
     with pytest.raises(ValueError, match="pretrain_tasks=9: too many"):
         data.pretraining_tasks(studied, 9)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 80), st.integers(1, 5))
+def test_argsort_rows_is_a_stable_argsort_ties_included(seed, P, levels):
+    u = jax.random.uniform(jax.random.key(seed), (7, P))
+    for keys in (u, jnp.floor(u * levels) / levels):          # the second has many ties
+        assert np.array_equal(data.argsort_rows(keys), jnp.argsort(keys, axis=-1, stable=True))

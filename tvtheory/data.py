@@ -111,10 +111,25 @@ def sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: TaskSpec
     y = jnp.where(jax.random.bernoulli(k_y, 0.5, (n,)), 1.0, -1.0)
     # Token sign before shuffling: +1 label-relevant (y mu), -1 confusion (-y mu), 0 irrelevant.
     sign_P = jnp.concatenate([jnp.ones(n_rel), -jnp.ones(n_conf), jnp.zeros(n_irr)])
-    perm_NxP = jnp.argsort(jax.random.uniform(k_pos, (n, P)), axis=1)
+    perm_NxP = argsort_rows(jax.random.uniform(k_pos, (n, P)))
     sign_NxP = sign_P[perm_NxP]
     j_NxP = jax.random.randint(k_irr, (n, P), 0, irr.shape[0])
     X = (sign_NxP * y[:, None])[..., None] * mu + jnp.where((sign_NxP == 0)[..., None], irr[j_NxP], 0.0)
     if sigma > 0:
         X = X + sigma * jax.random.normal(k_noise, X.shape)
     return X.astype(jnp.float32), y
+
+
+def argsort_rows(u_NxP: jax.Array) -> jax.Array:
+    """jnp.argsort(u, axis=-1, stable=True) for short rows, by counting: the rank of u_i is the number of entries
+    before it in a stable order (smaller, or equal with a smaller index), and the sorted position r holds the i of
+    rank r. P^2 comparisons per row, exactly the same permutation, ties included; on CPU ~10x faster than a sort at
+    P = 20 (a sort was ~10% of an SGD step). Rows longer than 64 use the sort."""
+    P = u_NxP.shape[-1]
+    if P > 64:
+        return jnp.argsort(u_NxP, axis=-1, stable=True)
+    i = jnp.arange(P)
+    ui, uj = u_NxP[..., :, None], u_NxP[..., None, :]
+    before = (uj < ui) | ((uj == ui) & (i[None, :] < i[:, None]))            # before[i, j]: j sorts before i
+    rank = before.sum(-1)
+    return jnp.argmax(rank[..., None, :] == i[:, None], axis=-1)
