@@ -182,7 +182,7 @@ class ScalingGridConfig:
     n_test: int = 1000
     n_rels: List[int] = field(default_factory=lambda: [2, 3, 4, 6, 8])   # delta_* = n_rel / P for convergence
     conv_n_conf: int = 1
-    conv_steps: int = 1000
+    conv_steps: int = 600
     conv_window: int = 10               # steps averaged before comparing the training loss with eps
     exponent_tol: float = 0.5           # |fitted exponent - predicted| allowed
 
