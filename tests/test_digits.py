@@ -50,6 +50,24 @@ def test_colouring_is_deterministic_per_stream(splits):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def test_vit_evaluations_match_their_definitions(splits):
+    """vit.evaluate and vit.output_cosine (one compiled call each) equal the plain expressions."""
+    import jax
+    import jax.numpy as jnp
+
+    from tvtheory import metrics, taskvec, vit
+    X, y = (jnp.asarray(a[:64]) for a in digits.colorize(splits["test"], digits.ColorRule(0.9, 0.1), 0)[:2])
+    graphdef, p0 = vit.init(jax.random.key(0))
+    tau1, tau2 = (jax.tree.map(lambda x, k=k: 0.1 * jax.random.normal(jax.random.key(k), x.shape), p0)
+                  for k in (1, 2))
+    f = lambda t: vit.apply(graphdef, taskvec.add(p0, t), X)  # noqa: E731
+    got = vit.evaluate(graphdef, p0, tau1, X, y)
+    assert np.allclose(got["loss"], metrics.hinge(f(tau1), y), atol=1e-6)
+    assert float(got["acc"]) == float(metrics.accuracy(f(tau1), y))
+    assert np.isclose(vit.output_cosine(graphdef, p0, tau1, tau2, X), metrics.cosine(f(tau1), f(tau2)), atol=1e-6)
+    assert np.isclose(vit.output_cosine(graphdef, p0, tau1, tau1, X), 1.0, atol=1e-6)
+
+
 def fake(rel_curves, ood_best=0.99, t1=0.95):
     lams = np.round(np.arange(-2, 3.0001, 0.5), 2)
     rows = []

@@ -114,3 +114,16 @@ def grid_eval(graphdef, psi0, taus, coeffs_GxK, X, y, chunk: int = 16):
                   X)
         return metrics.hinge(f, y), metrics.accuracy(f, y)
     return jax.lax.map(point, coeffs_GxK, batch_size=chunk)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def evaluate(graphdef, psi0, tau, X, y):
+    """Hinge loss and accuracy of Psi_0 + tau on (X, y)."""
+    return metrics.evaluate_with(lambda p, Xb: apply(graphdef, p, Xb), taskvec.add(psi0, tau), X, y)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def output_cosine(graphdef, psi0, tau1, tau2, X):
+    """The paper's alpha_hat: the cosine of the outputs of Psi_0 + tau1 and Psi_0 + tau2 on X."""
+    f1, f2 = (apply(graphdef, taskvec.add(psi0, t), X) for t in (tau1, tau2))
+    return metrics.cosine(f1, f2)
