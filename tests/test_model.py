@@ -138,8 +138,9 @@ def test_merged_delta_is_the_change_of_the_merged_weights():
 
 
 @pytest.mark.parametrize("d, m", [(8, 16), (4, 64)])
-def test_readout_relu_gradient_equals_autodiff_of_the_plain_expression(d, m):
-    """The hand-written VJP of model.readout_relu: same values and gradients, for any leading axes and under vmap."""
+def test_readout_relu_derivatives_equal_autodiff_of_the_plain_expression(d, m):
+    """The hand-written JVP of model.readout_relu: same values, gradients and forward-mode derivatives, for any
+    leading axes and under vmap."""
     k = jax.random.split(jax.random.key(7), 3)
     T = jax.random.normal(k[0], (3, 5, 10, d))
     V = jax.random.normal(k[1], (m, d))
@@ -151,10 +152,13 @@ def test_readout_relu_gradient_equals_autodiff_of_the_plain_expression(d, m):
             lambda T, V: jnp.sum(w * plain(T, V)), (0, 1))(T, V)
         for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             assert np.allclose(g, e, rtol=1e-5, atol=1e-6)
+    tangents = (jnp.ones_like(T), jnp.full_like(V, 0.5))
+    _, jvp = jax.jvp(model.readout_relu, (T, V), tangents)
+    assert np.allclose(jvp, jax.jvp(plain, (T, V), tangents)[1], rtol=1e-5, atol=1e-6)
 
 
 def test_fine_tune_with_the_hand_written_gradient_is_autodiffs_bit_for_bit():
-    """A whole fine-tune through model.apply's hand-written V gradient equals one through plain autodiff (CPU)."""
+    """A whole fine-tune through model.apply's hand-written derivative equals one through plain autodiff (CPU)."""
     from tvtheory import train
     d, m = 8, 32
     mus = data.pair_patterns(0.0, d)
