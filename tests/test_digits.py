@@ -60,7 +60,7 @@ def test_vit_evaluations_match_their_definitions(splits):
     graphdef, p0 = vit.init(jax.random.key(0))
     tau1, tau2 = (jax.tree.map(lambda x, k=k: 0.1 * jax.random.normal(jax.random.key(k), x.shape), p0)
                   for k in (1, 2))
-    f = lambda t: vit.apply(graphdef, taskvec.add(p0, t), X)  # noqa: E731
+    f = jax.jit(lambda t: vit.apply(graphdef, taskvec.add(p0, t), X))
     got = vit.evaluate(graphdef, p0, tau1, X, y)
     assert np.allclose(got["loss"], metrics.hinge(f(tau1), y), atol=1e-6)
     assert float(got["acc"]) == float(metrics.accuracy(f(tau1), y))
