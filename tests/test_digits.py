@@ -104,11 +104,17 @@ def test_digits_claims_pass_and_fail():
                  "digits.ood": "fail"}
 
 
-def test_digits_experiment_end_to_end(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "digits.py"), "n_seeds=2", "pretrain.steps=20",
-                        "finetune.steps=10", "lam_step=1.0", "ood_ranges=[[-1,2,1],[-1,1,1]]", f"out_dir={tmp_path}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+def test_digits_experiment_end_to_end_and_rerun_from_its_cache(tmp_path):
+    def run(out):
+        p = subprocess.run([sys.executable, str(ROOT / "experiments" / "digits.py"), "n_seeds=2", "pretrain.steps=20",
+                            "finetune.steps=10", "lam_step=1.0", "ood_ranges=[[-1,2,1],[-1,1,1]]", f"out_dir={out}",
+                            f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stderr
+    assert "0 entries reused, 4 computed" in run(tmp_path)
+    assert "4 entries reused, 0 computed" in run(tmp_path / "again")      # models and evaluations, per seed
+    assert all((tmp_path / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
+               for f in ("metrics.csv", "alpha_hat.csv", "ood.csv", "reference.csv"))
     df = pd.read_csv(tmp_path / "metrics.csv")
     assert {"relation", "seed", "lam", "task", "loss", "acc"} <= set(df.columns)
     assert len(df) == 3 * 2 * 6 * 2

@@ -238,6 +238,7 @@ class DigitsConfig(RunBase):
     lam_step: float = 0.1
     ood_ranges: List[Any] = field(default_factory=lambda: [[-2.0, 3.0, 0.2], [-2.0, 2.0, 0.2]])
     claims: DigitsClaimsConfig = field(default_factory=DigitsClaimsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def lams(self) -> np.ndarray:
         return grid(self.lam_min, self.lam_max, self.lam_step)

@@ -231,9 +231,14 @@ def _select(tree, ids):
     return jax.tree.map(lambda x: jnp.asarray(x)[ids], tree)
 
 
-def _per_seed(store: cache.Store, kind: str, fields_of, seed_ids: np.ndarray, compute):
-    """Load each seed's entry; compute the missing seeds in one batched call and store them one by one."""
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(compute, seed_ids[:1]))
+def per_seed(store: cache.Store, kind: str, fields_of, seed_ids: np.ndarray, compute, like=None):
+    """Each seed's entry of ``kind`` (fields ``fields_of(s)``), stacked along a leading seed axis: loaded where cached,
+    the missing seeds computed in one call ``compute(ids)`` (a pytree with a leading axis over ids) and stored one by
+    one. Results stay the same bits whichever seeds were cached, as long as ``compute`` treats each seed alone.
+    ``like``: one seed's entry (arrays or ShapeDtypeStructs); by default traced from ``compute`` on one seed."""
+    if like is None:
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                            jax.eval_shape(compute, seed_ids[:1]))
     got = {int(s): store.load(kind, fields_of(int(s)), like) for s in seed_ids}
     missing = np.array([s for s in seed_ids if got[int(s)] is None], dtype=np.int32)
     if missing.size:
@@ -271,13 +276,13 @@ def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store
     whose tokens avoid the span of ``task_patterns`` (the patterns of the tasks under study, required then)."""
     key, fields = jax.random.key(seed), _base_fields(seed, setup)
     if not setup.pretrain_tasks:
-        return _per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
+        return per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
                          lambda ids: init_seeds(key, ids, setup=setup))
     if task_patterns is None:
         raise ValueError("pretrain_tasks > 0: Psi_0's pre-training needs the patterns of the tasks under study")
     pre_mus, pre_irr = (np.asarray(x) for x in data.pretraining_tasks(task_patterns, setup.pretrain_tasks))
     fields["pre"] = _digest(pre_mus, pre_irr)
-    psi0 = _per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
+    psi0 = per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
                      lambda ids: init_seeds(key, ids, pre_mus, pre_irr, setup=setup))
     if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(psi0)):
         raise train.DivergenceError("Psi_0's pre-training diverged (non-finite parameters); lower train.eta or "
@@ -312,7 +317,7 @@ def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream
     key, base = jax.random.key(seed), _base_fields(seed, setup, irr)
     mu = np.asarray(mu, np.float32)
     f = lambda s: {**base, "s": s, "mu": np.round(mu.astype(float), 7), "stream": stream}  # noqa: E731
-    return _per_seed(store, "finetune", f, seed_ids, lambda ids: finetune_seeds(
+    return per_seed(store, "finetune", f, seed_ids, lambda ids: finetune_seeds(
         key, ids, _select(psi0, ids), mu, irr, stream, setup=setup))
 
 
@@ -342,7 +347,7 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
         tau2 = taskvec.task_vector(ft2.params, psi0)
         f = lambda s: {**base, "s": s, "alpha": float(a), "lams": lams, "n_test": n_test,  # noqa: E731
                        "n_alpha_hat": n_alpha_hat, **_comp_fields(comp)}
-        ev = _per_seed(store, "pair_eval", f, seed_ids, lambda ids: pair_eval(
+        ev = per_seed(store, "pair_eval", f, seed_ids, lambda ids: pair_eval(
             key, ids, mus[i], irr, _select(psi0, ids), _select(tau1, ids), _select(tau2, ids), lams, setup=setup,
             n_test=n_test, n_alpha_hat=n_alpha_hat, chunk=chunk, comp=comp))
         cells.append((*ev, np.asarray(ft1.finite) & np.asarray(ft2.finite)))
@@ -406,7 +411,7 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
     fields = {**_base_fields(seed, setup, irr), "gammas": np.round(np.asarray(gammas, float), 7), "kappa": kappa,
               "coeffs": coeffs, "n_test": n_test, **_comp_fields(comp)}
     key = jax.random.key(seed)
-    loss, acc, ref_loss, ref_acc = _per_seed(
+    loss, acc, ref_loss, ref_acc = per_seed(
         store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids,
         lambda ids: ood_eval(key, ids, target, irr, _select(psi0, ids), _select(taus, ids), _select(direct.params, ids),
                              coeffs, setup=setup, n_test=n_test, chunk=chunk, comp=comp))
