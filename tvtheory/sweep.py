@@ -277,13 +277,13 @@ def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store
     key, fields = jax.random.key(seed), _base_fields(seed, setup)
     if not setup.pretrain_tasks:
         return per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
-                         lambda ids: init_seeds(key, ids, setup=setup))
+                        lambda ids: init_seeds(key, ids, setup=setup))
     if task_patterns is None:
         raise ValueError("pretrain_tasks > 0: Psi_0's pre-training needs the patterns of the tasks under study")
     pre_mus, pre_irr = (np.asarray(x) for x in data.pretraining_tasks(task_patterns, setup.pretrain_tasks))
     fields["pre"] = _digest(pre_mus, pre_irr)
     psi0 = per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
-                     lambda ids: init_seeds(key, ids, pre_mus, pre_irr, setup=setup))
+                    lambda ids: init_seeds(key, ids, pre_mus, pre_irr, setup=setup))
     if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(psi0)):
         raise train.DivergenceError("Psi_0's pre-training diverged (non-finite parameters); lower train.eta or "
                                     "model.pretrain_steps")
