@@ -65,7 +65,7 @@ def main(cfg) -> None:
         plots.assumptions(stage)
     ref = c.models[0]
     for name in c.models[1:]:
-        changed = [a["id"] for a, b in zip(records[ref], records[name]) if a["verdict"] != b["verdict"]]
+        changed = [i for i, _, _ in report.changed_verdicts(records[ref], records[name])]
         progress(f"verdicts that {name} changes against {ref}: {', '.join(changed) or 'none'}")
     progress(f"wrote {out} in {time.time() - started:.1f} s (cache: {st.hits} entries reused, {st.misses} computed)")
 

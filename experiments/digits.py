@@ -75,11 +75,12 @@ def main(cfg) -> None:
         # Out of domain: T' (pure colour rule) from T1 and the contradictory T2.
         ood_loss, ood_acc = vit.grid_eval(graphdef, p0, pair(tv["T1"], tv["contradictory"]), coeffs, *test["target"])
         refs = [score(tv[n], "target") for n in ("target", "T1", "contradictory")]
+        own_T1 = score(tv["T1"], "T1")["acc"]                      # T1's own accuracy, the same for every relation
         return {"loss": jnp.array([[lo for lo, _ in c] for c in curves]),
                 "acc": jnp.array([[ac for _, ac in c] for c in curves]),
                 "alpha_hat": jnp.stack([vit.output_cosine(graphdef, p0, tv["T1"], tv[r], X_mix[r]) for r in RELATIONS]),
                 "tv_cosine": jnp.stack([tv_cosine(tv["T1"], tv[r]) for r in RELATIONS]),
-                "own_acc": jnp.array([[score(tv["T1"], "T1")["acc"], score(tv[r], r)["acc"]] for r in RELATIONS]),
+                "own_acc": jnp.array([[own_T1, score(tv[r], r)["acc"]] for r in RELATIONS]),
                 "ood_loss": ood_loss, "ood_acc": ood_acc,
                 "ref_loss": jnp.stack([e["loss"] for e in refs]), "ref_acc": jnp.stack([e["acc"] for e in refs])}
 

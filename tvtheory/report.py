@@ -101,6 +101,12 @@ def arithmetic(out: str | Path, cfg: ClaimsConfig, source: str | Path | None = N
     results.write_claims(out, claims.arithmetic_claims(rows, cfg), source=str(source or out / "metrics.csv"))
 
 
+def changed_verdicts(reference: list[dict], other: list[dict]) -> list[tuple[str, str, str]]:
+    """(claim id, reference verdict, other verdict) for each claim whose verdict differs between two record lists
+    of the same claims."""
+    return [(a["id"], a["verdict"], b["verdict"]) for a, b in zip(reference, other) if a["verdict"] != b["verdict"]]
+
+
 def assumptions(out: str | Path, records: dict[str, list[dict]], models: dict, k_pre: int,
                 source: str | Path) -> None:
     """verdicts.md and verdicts.json of the assumptions experiment: each model option's Psi_0 and the Theorem 1-2
@@ -131,8 +137,7 @@ def assumptions(out: str | Path, records: dict[str, list[dict]], models: dict, k
         lines.append(f"| `{r['id']}` | " + " | ".join(mark(records[n][i]) for n in names) + " |")
     lines.append("")
     for n in names[1:]:
-        changed = [f"`{a['id']}` ({a['verdict']} -> {b['verdict']})" for a, b in zip(records[names[0]], records[n])
-                   if a["verdict"] != b["verdict"]]
+        changed = [f"`{i}` ({a} -> {b})" for i, a, b in changed_verdicts(records[names[0]], records[n])]
         lines.append(f"Verdicts that `{n}` changes against `{names[0]}`: " + (", ".join(changed) or "none") + ".")
     results.write_text(out / "verdicts.md", "\n".join(lines) + "\n")
 
