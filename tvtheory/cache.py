@@ -20,9 +20,10 @@ import numpy as np
 from tvtheory import results
 
 # Bump when the meaning of a cached quantity changes, or when a code change alters the numbers computed (2: the
-# (A X) V^T product order of model.apply; 3: the four-matrix form's grids through the quadratic expansion), so that
+# (A X) V^T product order of model.apply; 3: the four-matrix form's grids through the quadratic expansion; 4: the
+# four-matrix form's dW and dV norms in pair_eval are the change of the merged weights, model.merged_delta), so that
 # entries from older code are never mixed with new ones.
-VERSION = 3
+VERSION = 4
 
 
 def canonical(fields: dict) -> str:
