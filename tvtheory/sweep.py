@@ -81,13 +81,17 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
         H0_NxQxM = U @ base["V"].T
         Sk_KxNxQxQ = jnp.einsum("nsd,knld->knls", U, jnp.einsum("npd,ked->knpe", U, taus["W"]))
         Hk_KxNxQxM = jnp.einsum("npd,kmd->knpm", U, taus["V"])
+        # Split by task vector here, once per block: indexing the stacked products inside ``point`` made XLA copy
+        # each (N, Q, M) slice once per grid point, which doubled the cost of a point at K = 3.
+        Sk = [Sk_KxNxQxQ[k] for k in range(Sk_KxNxQxQ.shape[0])]
+        Hk = [Hk_KxNxQxM[k] for k in range(Hk_KxNxQxM.shape[0])]
         weight_NxQ = c / P                                     # query j stands for c_j of the P positions
 
         def point(c_K):
             # An unrolled sum over the K task vectors fuses into the attention kernel; a tensordot over K does not.
             S, H = S0_NxQxQ, H0_NxQxM
             for k in range(c_K.shape[0]):
-                S, H = S + c_K[k] * Sk_KxNxQxQ[k], H + c_K[k] * Hk_KxNxQxM[k]
+                S, H = S + c_K[k] * Sk[k], H + c_K[k] * Hk[k]
             # c_j ReLU(z) = ReLU(c_j z) for c_j >= 0: weighting the rows of the attention keeps ReLU and the sum
             # over queries inside the attention kernel.
             G = jax.nn.relu((jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]) @ H)
