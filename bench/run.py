@@ -37,15 +37,25 @@ def main() -> None:
     ap.add_argument("--workloads", default="W1,W2,W3")
     ap.add_argument("--seeds", type=int, default=5, help="seeds per workload (the GPU check uses 50 for W1)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument("--tiny", action="store_true", help="check that the benchmark runs end to end, at a size whose "
+                    "numbers measure nothing (the report says so)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "bench.json"))
     a = ap.parse_args()
-    py = sys.executable
+    for w in a.workloads.split(","):
+        if w not in ("W1", "W2", "W3"):
+            raise SystemExit(f"--workloads: {w!r} is not one of W1, W2, W3")
+    for name in ("seeds", "repeats", "repeats_large"):
+        if getattr(a, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}: {getattr(a, name)} must be >= 1")
+    py, tiny = sys.executable, ["--tiny"] if a.tiny else []
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "repeats": {"W1": a.repeats, "W2": a.repeats_large, "W3": a.repeats_large}}
-    peak, _ = timed([py, "bench/workloads.py", "peak"])
+    if a.tiny:
+        report["tiny"] = "a smoke run at tiny size: these numbers measure nothing"
+    peak, _ = timed([py, "bench/workloads.py", "peak", *tiny])
     report["matmul_peak_gflops_per_s"] = peak["gflops_per_s"]
     for w in a.workloads.split(","):
-        runs = [timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds)])
+        runs = [timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds), *tiny])
                 for _ in range(a.repeats if w == "W1" else a.repeats_large)]
         secs = [r["seconds"] for r, _ in runs]
         first = runs[0][0]
@@ -56,7 +66,7 @@ def main() -> None:
                      "flops_per_unit": first["flops_per_unit"], "device": first["device"], "jax": first["jax"]}
         print(w, json.dumps(report[w]), flush=True)
     try:
-        if a.no_baseline:
+        if a.no_baseline or a.tiny:
             raise ImportError
         import torch  # noqa: F401
         base, mem = timed([py, "bench/torch_baseline.py"])
@@ -65,7 +75,7 @@ def main() -> None:
             report["W1_speedup_vs_torch"] = base["seconds"] / report["W1"]["seconds_median"]
         print("torch", json.dumps(report["W1_torch_baseline"]), flush=True)
     except ImportError:
-        report["W1_torch_baseline"] = ("skipped (--no-baseline)" if a.no_baseline else
+        report["W1_torch_baseline"] = ("skipped (--no-baseline or --tiny)" if a.no_baseline or a.tiny else
                                        "torch not installed (pip install torch==2.13.0): baseline not run")
     results.write_json(a.out, report)
     print(f"wrote {a.out}")

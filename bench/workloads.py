@@ -1,21 +1,37 @@
-"""The benchmark workloads, one per process call: `python bench/workloads.py W1 [--seeds 5]`.
+"""The benchmark workloads, one per process call: `python bench/workloads.py W1 [--seeds 5] [--tiny]`.
 
-Each call runs one workload from a cold start (compilation included, no cache) and prints one JSON line with its
-wall time, its FLOP count and the device. The count is the arithmetic executed: SGD steps from XLA's cost analysis of
-one step (times the step count: XLA counts a loop body once), grid points and test-set forward passes analytically
-(a forward pass is cross-checked against XLA's count in the output).
+Each call runs one workload from a cold start (compilation included, no cache) and prints one JSON line with its wall
+time, its FLOP count and the device. ``--tiny`` shrinks steps, test sets and grids to check that the benchmark runs end
+to end (its numbers measure nothing). The count is the arithmetic executed: SGD steps from XLA's cost analysis of one
+step (times the step count: XLA counts a loop body once), grid points and test-set forward passes analytically (a
+forward pass is cross-checked against XLA's count in the output).
 """
 
 import argparse
 import json
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from tvtheory.specs import TaskSpec
 
-D, P, M, N_REL, N_CONF, STEPS, BATCH, N_TEST = 32, 20, 256, 4, 2, 300, 64, 2000
-LAMS = np.round(np.arange(-2, 3.0001, 0.1), 2)
+D, P, M, N_REL, N_CONF, BATCH = 32, 20, 256, 4, 2, 64
+
+
+class Size(NamedTuple):
+    """What a workload runs: SGD steps per fine-tune, test samples per task, and the grids (range steps)."""
+
+    steps: int = 300
+    n_test: int = 2000
+    lam_step: float = 0.1                 # W1, W3: lambda in [-2, 3]; W2: lambda_1 in [-2, 3] x lambda_2 in [-2, 2]
+    w3_alphas: int = 21
+
+    def lams(self) -> np.ndarray:
+        return np.round(np.arange(-2, 3 + self.lam_step / 1000, self.lam_step), 2)
+
+
+FULL, TINY = Size(), Size(steps=20, n_test=200, lam_step=1.0, w3_alphas=3)
 
 
 def forward_flops(n: int) -> float:
@@ -48,47 +64,44 @@ def xla_flops() -> dict:
             "sgd_step": cost(jax.value_and_grad(train.hinge_objective, has_aux=True), p, X, y)}
 
 
-def train_flops(runs: int, sgd_step: float) -> float:
-    return runs * STEPS * sgd_step
-
-
-def run(workload: str, seeds: int) -> dict:
+def run(workload: str, seeds: int, size: Size = FULL) -> dict:
     import jax
 
     from tvtheory import data, sweep, train
 
-    task, spec = data.TaskSpec(P, N_REL, N_CONF), train.TrainSpec(1.0, BATCH, STEPS, 10, 0)
-    t0 = time.perf_counter()
-    if workload in ("W1", "W3"):
-        alphas = [-0.9, -0.5, 0.0, 0.5, 0.9] if workload == "W1" else np.round(np.linspace(-1, 1, 21), 2)
-        r = sweep.pair_sweep(0, seeds, alphas, LAMS, sweep.Setup(D, M, task, spec), n_test=N_TEST)
-        jax.block_until_ready(r.loss)
-    elif workload == "W2":
-        setup = sweep.Setup(D, M, task, spec)
-        r = sweep.ood_sweep(0, seeds, [0.75, -0.6], None, [(-2, 3, 0.1), (-2, 2, 0.1)], setup, n_test=N_TEST)
-    else:
+    if workload not in ("W1", "W2", "W3"):
         raise SystemExit(f"workload={workload!r}: must be W1, W2 or W3")
+    task, spec = data.TaskSpec(P, N_REL, N_CONF), train.TrainSpec(1.0, BATCH, size.steps, 10, 0)
+    lams, n_test = size.lams(), size.n_test
+    t0 = time.perf_counter()
+    if workload == "W2":
+        ranges = [(-2, 3, size.lam_step), (-2, 2, size.lam_step)]
+        r = sweep.ood_sweep(0, seeds, [0.75, -0.6], None, ranges, sweep.Setup(D, M, task, spec), n_test=n_test)
+    else:
+        alphas = [-0.9, -0.5, 0.0, 0.5, 0.9] if workload == "W1" else np.round(np.linspace(-1, 1, size.w3_alphas), 2)
+        r = sweep.pair_sweep(0, seeds, alphas, lams, sweep.Setup(D, M, task, spec), n_test=n_test)
+        jax.block_until_ready(r.loss)
     wall = time.perf_counter() - t0
     xla = xla_flops()                                       # after the clock: not part of the workload
+    train_flops = lambda runs: runs * size.steps * xla["sgd_step"]  # noqa: E731
     if workload == "W2":
-        G = len(r.coeffs)
-        flops = train_flops(seeds * 3, xla["sgd_step"]) + seeds * (G * grid_point_flops(N_TEST)
-                                                                   + 6 * forward_flops(N_TEST))
+        flops = train_flops(seeds * 3) + seeds * (len(r.coeffs) * grid_point_flops(n_test) + 6 * forward_flops(n_test))
     else:
         A = len(alphas)
-        flops = (train_flops(seeds * (1 + A), xla["sgd_step"])
-                 + A * seeds * 2 * (len(LAMS) * grid_point_flops(N_TEST) + 3 * forward_flops(N_TEST)))
-    return {"workload": workload, "seeds": seeds, "seconds": wall, "flops": flops, "gflops_per_s": flops / wall / 1e9,
+        flops = (train_flops(seeds * (1 + A))
+                 + A * seeds * 2 * (len(lams) * grid_point_flops(n_test) + 3 * forward_flops(n_test)))
+    return {"workload": workload, "seeds": seeds, "size": size._asdict(), "seconds": wall, "flops": flops,
+            "gflops_per_s": flops / wall / 1e9,
             "device": str(jax.devices()[0]), "jax": jax.__version__,
             "flops_per_unit": {"sgd_step_xla": xla["sgd_step"], "forward_batch_xla": xla["forward_batch"],
                                "forward_batch_analytic": forward_flops(BATCH)}}
 
 
-def matmul_peak() -> dict:
+def matmul_peak(n: int = 4096) -> dict:
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     times = []
@@ -96,12 +109,15 @@ def matmul_peak() -> dict:
         t = time.perf_counter()
         f(a).block_until_ready()
         times.append(time.perf_counter() - t)
-    return {"workload": "matmul_peak", "gflops_per_s": 2 * 4096**3 / min(times) / 1e9, "device": str(jax.devices()[0])}
+    return {"workload": "matmul_peak", "gflops_per_s": 2 * n**3 / min(times) / 1e9, "device": str(jax.devices()[0])}
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("workload")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--tiny", action="store_true", help="a smoke run at tiny size (its numbers measure nothing)")
     a = ap.parse_args()
-    print(json.dumps(matmul_peak() if a.workload == "peak" else run(a.workload, a.seeds)))
+    out = (matmul_peak(512 if a.tiny else 4096) if a.workload == "peak"
+           else run(a.workload, a.seeds, TINY if a.tiny else FULL))
+    print(json.dumps(out))

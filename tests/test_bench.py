@@ -1,0 +1,38 @@
+"""`make bench` end to end at tiny size: the report it writes, not the speed (speed is measured, never tested)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_writes_its_report_and_counts_flops_like_xla(tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "bench/run.py", "--tiny", "--seeds", "1", "--workloads", "W1", "--repeats", "1",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "measure nothing" in report["tiny"]                  # a smoke run cannot pass for a measurement
+    assert report["matmul_peak_gflops_per_s"] > 0
+    w1 = report["W1"]
+    assert len(w1["seconds_all"]) == 1 and w1["seconds_median"] > 0
+    assert 0 < w1["peak_rss_gb"] < 2                             # the issue's memory bound, here at tiny size
+    assert abs(w1["gflops_per_s"] * w1["seconds_median"] - w1["gflop"]) < 1e-6 * w1["gflop"]
+    units = w1["flops_per_unit"]
+    # The analytic forward count (used for the grid's references) agrees with XLA's cost analysis.
+    assert abs(units["forward_batch_analytic"] / units["forward_batch_xla"] - 1) < 0.05
+    # A gradient step costs more than a forward pass; the total covers at least 6 fine-tunes of 20 steps.
+    assert units["sgd_step_xla"] > units["forward_batch_xla"]
+    assert w1["gflop"] * 1e9 > 6 * 20 * units["sgd_step_xla"]
+    assert "skipped" in report["W1_torch_baseline"]
+
+
+def test_bench_rejects_a_bad_workload_before_running_anything(tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "bench/run.py", "--workloads", "W1,W4", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == ["--workloads: 'W4' is not one of W1, W2, W3"]
+    assert not out.exists()
