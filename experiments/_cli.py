@@ -14,6 +14,11 @@ from tvtheory import config
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notice on every run
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# A launcher that runs each job in a fresh interpreter from a pickle (submitit: locally, or through sbatch, which
+# exports the submitting environment) must be able to import this module, which the entry points' code refers to.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, os.environ.get("PYTHONPATH")) if p)
 config.register_configs()
 
 

@@ -142,11 +142,13 @@ def test_corollaries_and_scaling_run_end_to_end(tmp_path):
     assert (tmp_path / "sc" / "scaling.png").exists()
 
 
-def test_multirun_through_a_real_launcher_then_gather(tmp_path):
-    """Two jobs in parallel local processes (joblib/loky), one XLA thread each; their rows gather into one table."""
-    p = run("arithmetic.py", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "threads=1", "sweep=tiny",
-            "train=tiny", "n_seeds=2", "model.m=16", "data.d=6,8", f"hydra.sweep.dir={tmp_path / 'mr'}",
-            f"cache.dir={tmp_path / 'cache'}")
+@pytest.mark.parametrize("launcher", [["hydra/launcher=local", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=slurm_local"]], ids=["joblib", "submitit_local"])
+def test_multirun_through_a_real_launcher_then_gather(tmp_path, launcher):
+    """Two jobs in parallel local processes, one XLA thread each, through joblib/loky or through submitit's Slurm code
+    path (each job unpickled in a fresh interpreter); their rows gather into one table."""
+    p = run("arithmetic.py", "-m", *launcher, "threads=1", "sweep=tiny", "train=tiny", "n_seeds=2", "model.m=16",
+            "data.d=6,8", f"hydra.sweep.dir={tmp_path / 'mr'}", f"cache.dir={tmp_path / 'cache'}")
     assert p.returncode == 0, p.stderr[-3000:]
     from tvtheory import report
     rows = report.gather(tmp_path / "mr")
