@@ -88,6 +88,29 @@ def test_rerun_is_byte_identical_with_and_without_cache_and_refresh_recomputes(t
     assert all(t == tables[0] for t in tables) and len(tables[0]) == 3
 
 
+def test_a_killed_writers_leftovers_go_when_the_file_is_written_again_and_no_live_writers_do(tmp_path):
+    from tvtheory import results
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                      # a pid that no longer runs
+    host = results._host()
+    target, out = tmp_path / "abc.npz", tmp_path / "run"
+    left = {"dead": tmp_path / f".abc.npz.{host}-{dead.pid}.x1y2z3ab.tmp",
+            "live": tmp_path / f".abc.npz.{host}-{os.getpid()}.q9w8e7rt.tmp",             # a writer still running
+            "other host": tmp_path / f".abc.npz.elsewhere_{host}-{dead.pid}.k3j4h5g6.tmp",
+            "other file": tmp_path / f".abd.npz.{host}-{dead.pid}.m1n2b3v4.tmp",
+            "stage": tmp_path / f".run.staging.{host}-{dead.pid}.p0o9i8u7"}
+    for name, p in left.items():
+        p.mkdir() if name == "stage" else p.write_bytes(b"half")
+    results.write_text(target, "whole")
+    assert target.read_text() == "whole"
+    assert {n for n, p in left.items() if p.exists()} == {"live", "other host", "other file", "stage"}
+    with results.staged(out) as stage:
+        (stage / "t.csv").write_text("x")
+    assert {n for n, p in left.items() if p.exists()} == {"live", "other host", "other file"}
+    assert (out / "t.csv").read_text() == "x" and not list(tmp_path.glob(f".run.staging.{host}-{os.getpid()}.*"))
+
+
 def test_sigkill_mid_sweep_then_resume_finishes_without_redoing_work(tmp_path):
     out, cdir = tmp_path / "out", tmp_path / "cache"
     args = [*TINY, "sweep.alphas=[-0.8,-0.4,0.0,0.4,0.8,1.0]", "sweep.lam_step=0.1", "sweep.n_test=2000",

@@ -8,10 +8,13 @@ experiment's claims into results/claims.json and results/CLAIMS.md.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -25,12 +28,42 @@ import pandas as pd
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib")
 
 
+def _host() -> str:
+    return re.sub(r"\W", "_", socket.gethostname())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's process
+        return True
+    return True
+
+
+def orphans(directory: Path, prefix: str) -> list[Path]:
+    """The temporary files and folders ``<prefix><host>-<pid>.<random>[.tmp]`` in ``directory`` whose writer ran on
+    this host and no longer runs: a killed writer (SIGKILL skips every cleanup) leaves them behind. Those of a live
+    writer, or of another host sharing the directory, are never counted."""
+    pattern = re.compile(re.escape(prefix) + r"(\w+)-(\d+)\.\w+(\.tmp)?")
+    found = []
+    for p in directory.glob(f"{glob.escape(prefix)}*"):
+        m = pattern.fullmatch(p.name)
+        if m and m.group(1) == _host() and not _alive(int(m.group(2))):
+            found.append(p)
+    return found
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds. Temporary copies
+    of ``path`` left by killed writers are removed first (rewriting an entry is how a killed sweep resumes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    for p in orphans(path.parent, f".{path.name}."):
+        p.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -44,11 +77,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def staged(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Write a run's files into a hidden staging folder; move them into ``out_dir`` only when the block succeeds.
 
-    A run that crashes or is killed leaves the previous results in ``out_dir`` untouched and complete.
+    A run that crashes or is killed leaves the previous results in ``out_dir`` untouched and complete; the next run
+    into ``out_dir`` removes the stage a killed run left.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    for p in orphans(out.parent, f".{out.name}.staging."):          # the stages of killed runs
+        shutil.rmtree(p, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.{_host()}-{os.getpid()}.", dir=out.parent))
     try:
         yield stage
         out.mkdir(exist_ok=True)
