@@ -14,7 +14,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Two lanes of experiments run side by side: each process leaves a core idle while XLA compiles or runs small ops,
 # and assumptions and corollaries (after arithmetic in its lane) reuse the fine-tunes it cached. Each process keeps

@@ -1,6 +1,7 @@
 """The experiments end to end at tiny size, through the real command line, in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["sweep=tiny", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32"]
 
 
-def run(script, *overrides, cwd=ROOT):
+def run(script, *overrides, cwd=ROOT, env=None):
     return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *overrides], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +143,20 @@ def test_corollaries_and_scaling_run_end_to_end(tmp_path):
     assert (tmp_path / "sc" / "scaling.png").exists()
 
 
+@pytest.fixture(scope="module")
+def shared_xla_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("xla")
+
+
 @pytest.mark.parametrize("launcher", [["hydra/launcher=local", "hydra.launcher.n_jobs=2"],
                                       ["hydra/launcher=slurm_local"]], ids=["joblib", "submitit_local"])
-def test_multirun_through_a_real_launcher_then_gather(tmp_path, launcher):
+def test_multirun_through_a_real_launcher_then_gather(tmp_path, launcher, shared_xla_cache):
     """Two jobs in parallel local processes, one XLA thread each, through joblib/loky or through submitit's Slurm code
-    path (each job unpickled in a fresh interpreter); their rows gather into one table."""
+    path (each job unpickled in a fresh interpreter); their rows gather into one table. Each launcher computes every
+    cell itself; only the compiled programs are shared between the two."""
     p = run("arithmetic.py", "-m", *launcher, "threads=1", "sweep=tiny", "train=tiny", "n_seeds=2", "model.m=16",
-            "data.d=6,8", f"hydra.sweep.dir={tmp_path / 'mr'}", f"cache.dir={tmp_path / 'cache'}")
+            "data.d=6,8", f"hydra.sweep.dir={tmp_path / 'mr'}", f"cache.dir={tmp_path / 'cache'}",
+            env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(shared_xla_cache)})
     assert p.returncode == 0, p.stderr[-3000:]
     from tvtheory import report
     rows = report.gather(tmp_path / "mr")
