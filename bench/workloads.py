@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tvtheory.specs import TaskSpec
+from tvtheory.specs import TaskSpec, grid
 
 D, P, M, N_REL, N_CONF, BATCH = 32, 20, 256, 4, 2, 64
 
@@ -28,7 +28,7 @@ class Size(NamedTuple):
     w3_alphas: int = 21
 
     def lams(self) -> np.ndarray:
-        return np.round(np.arange(-2, 3 + self.lam_step / 1000, self.lam_step), 2)
+        return grid(-2, 3, self.lam_step)
 
 
 FULL, TINY = Size(), Size(steps=20, n_test=200, lam_step=1.0, w3_alphas=3)
