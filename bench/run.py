@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--tiny", action="store_true", help="check that the benchmark runs end to end, at a size whose "
                     "numbers measure nothing (the report says so)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "bench.json"))
+    ap.add_argument("--out", help="default: results/bench/bench.json, or bench_tiny.json with --tiny (so that a smoke "
+                    "run never overwrites the measured numbers)")
     a = ap.parse_args()
     for w in a.workloads.split(","):
         if w not in ("W1", "W2", "W3"):
@@ -47,6 +48,7 @@ def main() -> None:
     for name in ("seeds", "repeats", "repeats_large"):
         if getattr(a, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}: {getattr(a, name)} must be >= 1")
+    a.out = a.out or str(ROOT / "results" / "bench" / ("bench_tiny.json" if a.tiny else "bench.json"))
     py, tiny = sys.executable, ["--tiny"] if a.tiny else []
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "repeats": {"W1": a.repeats, "W2": a.repeats_large, "W3": a.repeats_large}}
