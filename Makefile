@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: test reproduce figures bench lint clean
+.PHONY: test test-fast reproduce claims figures bench lint clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,30 +13,33 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# The whole suite on both cores: whole files per worker, the longest end-to-end files first (tests/conftest.py).
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
-# Two lanes of experiments run side by side: each process leaves a core idle while XLA compiles or runs small ops,
-# and assumptions and corollaries (after arithmetic in its lane) reuse the fine-tunes it cached. Each process keeps
-# XLA's default threads, so the numbers are the bytes a one-at-a-time run writes.
-LANE_A := arithmetic assumptions corollaries
-LANE_B := ood scaling digits
+# The unit tests alone (no experiment run end to end), about 2.5 minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -m "not slow"
 
+# Every experiment of the registry into results/, scheduled on two lanes (tvtheory/reproduce.py), then every verdict
+# merged into results/claims.json, results/CLAIMS.md and the README's table.
 reproduce: $(STAMP)
-	@lane() { for e in "$$@"; do echo "== $$e"; $(PY) experiments/$$e.py out_dir=results/$$e || return 1; done; }; \
-	lane $(LANE_A) & a=$$!; lane $(LANE_B) & b=$$!; \
-	wait $$a; ra=$$?; wait $$b; rb=$$?; [ $$ra -eq 0 ] && [ $$rb -eq 0 ]
-	$(PY) -m tvtheory.results results
+	$(PY) -m tvtheory.reproduce results
+
+claims: $(STAMP)
+	$(PY) -m tvtheory.claims results
 
 figures: $(STAMP)
 	$(PY) -m tvtheory.plots results
 
+# W1-W3 against the PyTorch baseline in one run (torch is installed here when missing, so the ratio is always there),
+# the matmul peak and each workload's share of it.
 bench: $(STAMP)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) bench/run.py
 
 lint: $(STAMP)
-	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check tvtheory experiments tests; \
-	else echo "lint: ruff is not installed (pip install ruff); nothing to run"; fi
+	$(PY) -m ruff check tvtheory experiments tests bench conf
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .hypothesis

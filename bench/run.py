@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tvtheory import results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tvtheory import results  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[dict, float]:
@@ -79,6 +79,11 @@ def main() -> None:
     except ImportError:
         report["W1_torch_baseline"] = ("skipped (--no-baseline or --tiny)" if a.no_baseline or a.tiny else
                                        "torch not installed (pip install torch==2.13.0): baseline not run")
+    timings = ROOT / "results" / "timings.json"
+    if timings.exists() and not a.tiny:           # the latest `make reproduce` (its own run, on its own spell)
+        t = json.loads(timings.read_text())
+        report["make_reproduce"] = {"wall_seconds": t.get("wall"), "lanes": t.get("lanes"),
+                                    "source": "results/timings.json, written by the latest make reproduce"}
     results.write_json(a.out, report)
     print(f"wrote {a.out}")
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tvtheory.specs import TaskSpec, grid
+from tvtheory.config import Data, Model, Train, grid
 
 D, P, M, N_REL, N_CONF, BATCH = 32, 20, 256, 4, 2, 64
 
@@ -40,7 +40,7 @@ def forward_flops(n: int) -> float:
     return float(n * (2 * P * D * D + 2 * P * P * D + values + P * M))
 
 
-Q = TaskSpec(P, N_REL, N_CONF).max_distinct(D - 3)     # distinct tokens per sample (16 of 20), pair and OOD
+Q = Data(D, P, N_REL, N_CONF).max_distinct(D - 3)     # distinct tokens per sample (16 of 20), pair and OOD
 
 
 def grid_point_flops(n: int) -> float:
@@ -58,7 +58,7 @@ def xla_flops() -> dict:
 
     p = model.init_params(jax.random.key(0), D, M)
     mus = data.pair_patterns(0.0, D)
-    X, y = data.sample(jax.random.key(1), mus[0], data.irrelevant_patterns(mus), BATCH, data.TaskSpec(P, N_REL, N_CONF))
+    X, y = data.sample(jax.random.key(1), mus[0], data.irrelevant_patterns(mus), BATCH, Data(D, P, N_REL, N_CONF))
     cost = lambda f, *a: float(jax.jit(f).lower(*a).compile().cost_analysis()["flops"])  # noqa: E731
     return {"forward_batch": cost(model.apply, p, X),
             "sgd_step": cost(jax.value_and_grad(train.hinge_objective, has_aux=True), p, X, y)}
@@ -67,25 +67,26 @@ def xla_flops() -> dict:
 def run(workload: str, seeds: int, size: Size = FULL) -> dict:
     import jax
 
-    from tvtheory import data, sweep, train
+    from tvtheory import sweep
 
     if workload not in ("W1", "W2", "W3"):
         raise SystemExit(f"workload={workload!r}: must be W1, W2 or W3")
-    task, spec = data.TaskSpec(P, N_REL, N_CONF), train.TrainSpec(1.0, BATCH, size.steps, 10, 0)
-    lams, n_test = size.lams(), size.n_test
+    setup = sweep.Setup(Data(D, P, N_REL, N_CONF), Model(M), Train(1.0, BATCH, size.steps, 10, 0))
+    lams, n_test, n_val = size.lams(), size.n_test, size.n_test // 4
     t0 = time.perf_counter()
     if workload == "W2":
         ranges = [(-2, 3, size.lam_step), (-2, 2, size.lam_step)]
-        r = sweep.ood_sweep(0, seeds, [0.75, -0.6], None, ranges, sweep.Setup(D, M, task, spec), n_test=n_test)
+        r = sweep.ood_sweep(0, seeds, [0.75, -0.6], None, ranges, setup, n_test=n_test, n_val=n_val)
     else:
         alphas = [-0.9, -0.5, 0.0, 0.5, 0.9] if workload == "W1" else np.round(np.linspace(-1, 1, size.w3_alphas), 2)
-        r = sweep.pair_sweep(0, seeds, alphas, lams, sweep.Setup(D, M, task, spec), n_test=n_test)
+        r = sweep.pair_sweep(0, seeds, alphas, lams, setup, n_test=n_test)
         jax.block_until_ready(r.loss)
     wall = time.perf_counter() - t0
     xla = xla_flops()                                       # after the clock: not part of the workload
     train_flops = lambda runs: runs * size.steps * xla["sgd_step"]  # noqa: E731
     if workload == "W2":
-        flops = train_flops(seeds * 3) + seeds * (len(r.coeffs) * grid_point_flops(n_test) + 6 * forward_flops(n_test))
+        flops = train_flops(seeds * 3) + seeds * (len(r.coeffs) * grid_point_flops(n_test + n_val)
+                                                  + 6 * forward_flops(n_test))
     else:
         A = len(alphas)
         flops = (train_flops(seeds * (1 + A))

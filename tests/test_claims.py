@@ -1,101 +1,134 @@
-"""Each claim function on a table that satisfies the theorems and on tables that violate them."""
+"""Each verdict rule on tables built to satisfy the theorems, and perturbed to break them: every rule passes, fails and
+is inconclusive where it should (the mutation suite, tests/test_mutations.py, does the same on the committed results).
+"""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tvtheory import claims
-from tvtheory.config import ClaimsConfig
+from tvtheory import analysis, claims
+from tvtheory.claims import Tri
+from tvtheory.config import OOD, Claims
 
-CFG = ClaimsConfig()
+CFG = Claims()
+D = 32                                      # declared beta = 1/32
 LAMS = np.round(np.arange(-2, 3.0001, 0.1), 2)
 ALPHAS = [-0.9, -0.5, 0.0, 0.5, 0.9]
+SEEDS = (0, 1, 2)
 
 
 def ideal(alpha, lam):
-    """Losses shaped like the theory: T2 learned from 1 - alpha, T1 kept unless contradictory; beta = 0.3."""
+    """Losses shaped like the theory: T2 learned from 1 - alpha, forgotten under negation unless aligned; T1 kept within
+    eps + |lambda| / d (beta = 0.02 under negation of an irrelevant task), lost when aligned tasks are negated or
+    contradictory ones added."""
     L2 = np.where(lam >= 1 - alpha, 0.0, np.maximum(1.0 - lam * 0.9 / max(1 - alpha, 0.1), 0.0))
-    # negation: forgotten (>= 1) unless aligned, where T2's loss grows only slowly
     L2 = np.where(lam < 0, 1.0 + 0.5 * np.abs(lam) if alpha <= 0 else 0.5 + 0.2 * np.abs(lam), L2)
     if alpha >= 0:
-        L1 = np.where(lam < 0, 0.3 * np.abs(lam) * (1 + 3 * alpha), 0.0)
+        L1 = np.where(lam < 0, (0.02 if alpha == 0 else 0.3 * (1 + 3 * alpha)) * np.abs(lam), 0.0)
     else:
         L1 = np.where(lam > 0, 0.8 * lam * abs(alpha) * 2, 0.0)
     return L1, L2
 
 
-def table(fn=ideal, alphas=ALPHAS, seeds=(0, 1)):
+def table(fn=ideal, alphas=ALPHAS, seeds=SEEDS, lams=LAMS, noise=0.0):
     rows = []
     for a in alphas:
-        L1, L2 = fn(a, LAMS)
+        L1, L2 = fn(a, lams)
         for s in seeds:
+            jitter = noise * (s - np.mean(seeds))
             for task, L in (("T1", L1), ("T2", L2)):
-                L = np.broadcast_to(L, LAMS.shape)
+                L = np.maximum(np.broadcast_to(L, lams.shape) + jitter, 0.0)
                 acc = np.where(L < 0.5, 1.0, np.where(L > 1.0, 0.0, 0.5))
-                rows.append(pd.DataFrame({"alpha": a, "seed": s, "lam": LAMS, "task": task, "loss": L, "acc": acc}))
+                rows.append(pd.DataFrame({"alpha": a, "seed": s, "lam": lams, "task": task, "loss": L, "acc": acc,
+                                          "diverged": False}))
     return pd.concat(rows, ignore_index=True)
 
 
-def verdicts(df):
-    return {r["id"]: r["verdict"] for r in claims.arithmetic_claims(df, CFG)}
+def verdicts(df, cfg=CFG, **kw):
+    return {r.id: r.verdict for r in claims.pair_claims(df, cfg, D, **kw)}
 
 
-def test_ideal_table_passes_every_claim():
-    v = verdicts(table())
-    assert v == {k: "pass" for k in v} and len(v) == 7
+def with_(changes: dict):
+    """``ideal`` with some alphas' curves changed: alpha -> f(lam, L1, L2) -> (L1, L2)."""
+    def f(a, lam):
+        L1, L2 = ideal(a, lam)
+        return changes[a](lam, L1, L2) if a in changes else (L1, L2)
+    return f
 
 
-def test_records_have_the_required_fields():
-    for r in claims.arithmetic_claims(table(), CFG):
-        assert {"id", "statement", "predicted", "measured", "verdict", "n_seeds", "details"} <= set(r)
-        assert r["n_seeds"] == 2
+def test_ideal_table_passes_every_claim_and_records_are_complete():
+    recs = claims.pair_claims(table(), CFG, D)
+    assert {r.id: r.verdict for r in recs} == {r.id: "pass" for r in recs} and len(recs) == 7
+    for r in recs:
+        assert r.n_seeds == 3 and r.statement and r.predicted and r.measured and r.details
 
 
-def test_beta_is_measured_on_the_irrelevant_pair():
-    beta = claims.beta_hat(claims.curves(table()))
-    assert beta["beta_neg"] == pytest.approx(0.3, abs=1e-6)
-    assert beta["beta_add"] == pytest.approx(0.0, abs=1e-9)
+def test_kept_bound_uses_the_declared_beta_not_one_fitted_on_the_curve():
+    """Finding 1: T1's damage under negation of an irrelevant task multiplied by 3 or 9 must not be absorbed by a beta
+    measured on the same curve."""
+    for factor in (3, 9):
+        bad = with_({0.0: lambda lam, L1, L2: (np.where(lam < 0, factor * 0.02 * np.abs(lam) * 2, L1), L2)})
+        v = verdicts(table(bad))
+        assert v["thm2.irrelevant"] == "fail", factor
+        assert v["thm1.irrelevant"] == "pass" and v["thm2.contradictory"] == "pass"
+    # the measured beta is reported, not used: 0.02 on the ideal table
+    c = analysis.curves(table())
+    assert analysis.beta_hat(c)["beta_neg"] == pytest.approx(0.02, abs=1e-6)
+    # a larger declared beta (a config value, set before seeing the data) accepts the larger damage
+    bad = with_({0.0: lambda lam, L1, L2: (np.where(lam < 0, 0.12 * np.abs(lam), L1), L2)})
+    assert verdicts(table(bad), Claims(beta_d=8.0))["thm2.irrelevant"] == "pass"
 
 
 def test_threshold_curve_fails_when_lambda_star_is_shifted():
-    def shifted(a, lam):
-        L1, L2 = ideal(a, lam)
-        return L1, np.where((lam >= 0) & (lam < 1 - a + 0.5), 0.5, L2)
-    assert verdicts(table(shifted))["thm1.threshold_curve"] == "fail"
-    assert verdicts(table(shifted))["thm1.irrelevant"] == "fail"
+    shifted = with_({a: (lambda a: lambda lam, L1, L2: (L1, np.where((lam >= 0) & (lam < 1 - a + 0.5), 0.5,
+                                                                              L2)))(a) for a in (0.0, 0.5, 0.9)})
+    v = verdicts(table(shifted))
+    assert v["thm1.threshold_curve"] == "fail" and v["thm1.irrelevant"] == "fail"
 
 
-def test_contradictory_addition_claim_fails_when_both_tasks_are_learned():
-    def both(a, lam):
-        L1, L2 = ideal(a, lam)
-        return (np.where(lam > 0, 0.0, L1), L2) if a < 0 else (L1, L2)
+def test_contradictory_addition_fails_when_both_tasks_are_learned():
+    both = with_({-0.5: lambda lam, L1, L2: (np.zeros_like(lam), L2)})
     assert verdicts(table(both))["thm1.contradictory_fails"] == "fail"
 
 
 def test_aligned_addition_fails_when_t1_is_lost():
-    def lost(a, lam):
-        L1, L2 = ideal(a, lam)
-        return (np.where(lam > 1.5, 0.9, L1), L2) if a > 0 else (L1, L2)
+    lost = with_({0.5: lambda lam, L1, L2: (np.where(lam > 1.5, 0.9, L1), L2)})
     assert verdicts(table(lost))["thm1.aligned"] == "fail"
 
 
 def test_negation_claims_fail_on_violating_tables():
-    def no_forgetting(a, lam):
-        L1, L2 = ideal(a, lam)
-        return L1, np.where(lam < 0, 0.2, L2)           # T2 never forgotten
+    no_forgetting = lambda a, lam: (ideal(a, lam)[0], np.where(lam < 0, 0.2, ideal(a, lam)[1]))  # noqa: E731
     v = verdicts(table(no_forgetting))
-    assert v["thm2.irrelevant"] == "fail" and v["thm2.contradictory"] == "fail"
-    assert v["thm2.aligned_fails"] == "pass"
-
-    def aligned_forgets(a, lam):
-        L1, L2 = ideal(a, lam)
-        return (np.where(lam < 0, 0.0, L1), np.where(lam < 0, 1.5, L2)) if a > 0 else (L1, L2)
-    assert verdicts(table(aligned_forgets))["thm2.aligned_fails"] == "fail"
+    assert v["thm2.irrelevant"] == "fail" and v["thm2.contradictory"] == "fail" and v["thm2.aligned_fails"] == "pass"
+    forgets = with_({0.9: lambda lam, L1, L2: (np.where(lam < 0, 0.0, L1), np.where(lam < 0, 1.5, L2))})
+    assert verdicts(table(forgets))["thm2.aligned_fails"] == "fail"
 
 
-def test_missing_relation_fails_rather_than_passing_vacuously():
+def test_a_missing_relation_or_a_grid_without_the_needed_lambdas_is_inconclusive_never_pass():
     v = verdicts(table(alphas=[0.0]))
-    assert v["thm1.aligned"] == "fail" and v["thm2.contradictory"] == "fail"
+    assert v["thm1.aligned"] == "inconclusive" and v["thm2.contradictory"] == "inconclusive"
+    positive = LAMS[LAMS >= 0]                    # no lambda < 0: nothing about negation can be decided
+    v = verdicts(table(lams=positive))
+    assert v["thm2.aligned_fails"] == "inconclusive" and v["thm2.irrelevant"] == "inconclusive"
+    short = LAMS[LAMS <= 1.0]                     # stops before 1 - alpha + tol for alpha <= 0
+    v = verdicts(table(lams=short))
+    assert v["thm1.contradictory_fails"] == "inconclusive" and v["thm1.irrelevant"] == "inconclusive"
+
+
+def test_too_few_seeds_or_a_smoke_run_is_inconclusive():
+    assert set(verdicts(table(seeds=(0, 1))).values()) == {"inconclusive"}
+    recs = claims.pair_claims(table(), CFG, D, too_small="200 test samples")
+    assert {r.verdict for r in recs} == {"inconclusive"}
+    assert all("the rule alone would say pass" in r.details for r in recs)
+
+
+def test_a_margin_inside_the_seed_spread_is_undecided():
+    """T1 just under its bound on average, the seeds spread around it: the rule cannot say; without spread it can."""
+    def edge(a, lam):
+        L1, L2 = ideal(a, lam)
+        return (np.where(lam < 0, CFG.eps_learned + np.abs(lam) / D - 0.002, L1), L2) if a == 0 else (L1, L2)
+    assert verdicts(table(edge, noise=0.01))["thm2.irrelevant"] == "inconclusive"
+    assert verdicts(table(edge, noise=0.01), Claims(spread_k=0.0))["thm2.irrelevant"] == "pass"
 
 
 def test_diverged_rows_are_ignored():
@@ -104,16 +137,98 @@ def test_diverged_rows_are_ignored():
     bad["seed"] += 10
     bad["loss"] = 99.0
     bad["diverged"] = True
-    df["diverged"] = False
     v = verdicts(pd.concat([df, bad], ignore_index=True))
     assert v == {k: "pass" for k in v}
 
 
-def test_theory_predictions():
-    from tvtheory import theory
-    assert np.allclose(theory.addition_threshold([0.0, 0.5, 0.9]), [1.0, 0.5, 0.1])
-    assert np.isnan(theory.addition_threshold(-0.5))
-    assert theory.negation_lower_bound(-0.5) == pytest.approx(-4.0) and theory.negation_lower_bound(0.0) == -np.inf
-    assert np.allclose(theory.kept_tolerance([-2.0, 1.0], 0.05, 0.1, 0.5, cap=0.6), [0.6, 0.15])
-    region = theory.ood_region(np.array([[2.0, 0.0], [0.0, 2.0], [4.0, 0.0]]), [0.75, -0.6], 1.0, lam_max=3.0)
-    assert region.tolist() == [True, False, False]
+def test_three_valued_logic():
+    t = Tri([True, False, False], [False, False, True])          # yes, undecided, no
+    assert t.all() is False and t.any() is True and t[:2].all() is None and t[1:2].any() is None
+    assert (~t).yes.tolist() == [False, False, True] and Tri([], []).all() is None
+    assert claims.all3([True, None]) is None and claims.all3([True, False, None]) is False and claims.all3([]) is None
+    assert claims.any3([False, None]) is None and claims.any3([None, True]) is True
+    assert claims.at_most(0.04, 0.02, 0.05, 1.0).all() is None and claims.at_most(0.02, 0.02, 0.05, 1.0).all()
+    assert claims.at_least(np.nan, 0.0, 1.0, 1.0).all() is False
+
+
+# ------------------------------------------------------------------------------------------------- Theorem 3
+G = [0.75, -0.6]
+
+
+def ood_table(success_fn, seeds=SEEDS, step=0.1):
+    l1, l2 = np.round(np.arange(-2, 3.0001, step), 6), np.round(np.arange(-2, 2.0001, step), 6)
+    L1, L2 = (x.ravel() for x in np.meshgrid(l1, l2, indexing="ij"))
+    rows = []
+    for s in seeds:
+        loss = success_fn(L1, L2)
+        rows.append(pd.DataFrame({"seed": s, "lam1": L1, "lam2": L2, "loss": loss, "acc": (loss < 1) * 1.0,
+                                  "val_loss": loss, "val_acc": (loss < 1) * 1.0, "diverged": False}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def wide_region(l1, l2):
+    """Success wherever sum lambda gamma >= 0.9 and sum lambda gamma^2 >= 0.28 (the measured shape)."""
+    return np.where((0.75 * l1 - 0.6 * l2 >= 0.9) & (0.5625 * l1 + 0.36 * l2 >= 0.28), 0.0, 1.0)
+
+
+def ood_verdicts(df, ood=OOD()):
+    return {r.id: r for r in claims.ood_region_claims(df, None, G, CFG, ood, D)}
+
+
+def test_theorem3_region_is_judged_as_a_sufficient_condition():
+    """Finding 3: the theorem's region (declared c) inside a wider success region passes, whatever the IoU."""
+    v = ood_verdicts(ood_table(wide_region))
+    assert v["thm3.region"].verdict == "pass"
+    assert "IoU" in v["thm3.region"].measured and "not tested by this grid" in v["thm3.region"].details
+    narrow = lambda l1, l2: np.where(l1 * 0.75 - 0.6 * l2 >= 2.2, 0.0, 1.0)  # noqa: E731
+    assert ood_verdicts(ood_table(narrow))["thm3.region"].verdict == "fail"
+    nothing = lambda l1, l2: np.ones_like(l1)  # noqa: E731
+    assert ood_verdicts(ood_table(nothing))["thm3.region"].verdict == "fail"
+    # a c whose region the grid does not hold decides nothing
+    small = ood_table(wide_region)
+    small = small[(small["lam1"] <= 1.0)]
+    assert ood_verdicts(small, OOD(c=0.9))["thm3.region"].verdict == "inconclusive"
+
+
+def test_beats_single_compares_with_the_best_rescaled_single_task_vector():
+    """Finding 4: T1 alone, rescaled, reaches T' as well as any combination: the claim fails."""
+    assert ood_verdicts(ood_table(wide_region))["thm3.beats_single"].verdict == "fail"
+    # only combinations with lambda_2 < 0 succeed; every point on the axes stays at hinge 0.6
+    combo = lambda l1, l2: np.where((l2 < -0.5) & (l1 > 1), 0.0, 0.6)  # noqa: E731
+    v = ood_verdicts(ood_table(combo))["thm3.beats_single"]
+    assert v.verdict == "pass" and "best (" in v.measured
+
+
+# ------------------------------------------------------------------------------------------------- scaling
+def test_power_law_rule():
+    d = np.array([16, 32, 64, 128.0])
+    ok, slope, local, _ = claims.power_law(d, 5 / d, [5 / d, 5.1 / d, 4.9 / d], -1.0, 0.25, 0.5, 1.0)
+    assert ok is True and slope == pytest.approx(-1.0)
+    ok, slope, _, _ = claims.power_law(d, 5 / d**0.5, [5 / d**0.5] * 3, -1.0, 0.25, 0.5, 1.0)
+    assert ok is False and slope == pytest.approx(-0.5)             # finding 2: d^-1/2 is rejected
+    flat_then_drop = np.array([0.464, 0.482, 0.372, 0.0948])       # the measured local slopes 0.05, -0.37, -1.97
+    ok, slope, local, _ = claims.power_law(d, flat_then_drop, [flat_then_drop] * 3, -1.0, 0.5, 0.5, 1.0)
+    assert ok is False and np.round(local, 2).tolist() == [0.05, -0.37, -1.97]
+    assert claims.power_law(d[:2], 5 / d[:2], [5 / d[:2]] * 3, -1.0, 0.25, 0.5, 1.0)[0] is None
+    seeds = [5 / d**0.8, 5 / d**1.2, 5 / d]                         # per-seed exponents straddle the tolerance
+    assert claims.power_law(d, 5 / d**1.0, seeds, -1.0, 0.1, 0.5, 1.0)[0] is None
+
+
+def test_steps_to_eps_does_not_add_the_window():
+    """Finding 6: the count is where the averaged window starts."""
+    curve = np.r_[np.ones(50), np.zeros(100)]
+    assert analysis.steps_to_eps(curve, 0.05, 10) == 50
+    assert np.isnan(analysis.steps_to_eps(np.ones(30), 0.05, 10))
+
+
+def test_an_alpha_whose_seeds_all_diverged_makes_its_claims_inconclusive_and_leaves_the_others():
+    """Finding 2 of the reliability pass: such an alpha used to drop out and read 'fail: cannot be checked'."""
+    df = table()
+    df.loc[df["alpha"] == 0.5, "diverged"] = True
+    df.loc[df["alpha"] == 0.5, "loss"] = 4e27
+    v = verdicts(df)
+    assert v["thm1.aligned"] == "inconclusive" and v["thm2.aligned_fails"] == "inconclusive"
+    assert v["thm1.threshold_curve"] == "inconclusive"                  # alpha >= 0 includes 0.5
+    assert v["thm2.contradictory"] == "pass" and v["thm1.irrelevant"] == "pass"
+    df.loc[(df["alpha"] == -0.9) & (df["seed"] > 0), "diverged"] = True   # one valid seed left there
+    assert verdicts(df)["thm2.contradictory"] == "inconclusive"

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tvtheory import data
+from tvtheory.config import Data
+
+# Compiled once per shape: op-by-op sampling costs twice the CPU time (test_same_key_... checks both agree).
+sample = jax.jit(data.sample, static_argnums=(3, 4))
 
 
 @given(st.floats(-1, 1), st.integers(3, 64))
@@ -37,10 +43,10 @@ def test_ood_patterns_k_sources():
 @given(st.integers(0, 1000), st.sampled_from([(20, 4, 2), (10, 3, 0), (6, 3, 2)]))
 def test_sample_counts_match_label(seed, shape):
     P, n_rel, n_conf = shape
-    spec = data.TaskSpec(P, n_rel, n_conf)
+    spec = Data(d=8, P=P, n_rel=n_rel, n_conf=n_conf)
     mus = data.pair_patterns(0.0, 8)
     irr = data.irrelevant_patterns(mus)
-    X, y = data.sample(jax.random.key(seed), mus[0], irr, 64, spec)
+    X, y = sample(jax.random.key(seed), mus[0], irr, 64, spec)
     assert X.shape == (64, P, 8) and y.shape == (64,)
     proj = np.asarray(X @ mus[0])
     n_plus, n_minus = (np.isclose(proj, 1)).sum(1), (np.isclose(proj, -1)).sum(1)
@@ -55,7 +61,7 @@ def test_sample_counts_match_label(seed, shape):
 
 def test_sample_positions_are_shuffled_and_labels_balanced():
     mus = data.pair_patterns(0.0, 8)
-    X, y = data.sample(jax.random.key(0), mus[0], data.irrelevant_patterns(mus), 4000)
+    X, y = sample(jax.random.key(0), mus[0], data.irrelevant_patterns(mus), 4000)
     first = np.abs(np.asarray(X[:, 0] @ mus[0]))
     assert 0.2 < first.mean() < 0.4            # 6 of 20 tokens carry mu: position 0 does so ~30% of the time
     assert abs(float(jnp.mean(y))) < 0.06
@@ -64,11 +70,11 @@ def test_sample_positions_are_shuffled_and_labels_balanced():
 def test_same_key_same_sample_and_vmap_over_keys():
     mus = data.pair_patterns(0.5, 8)
     irr = data.irrelevant_patterns(mus)
-    a = data.sample(jax.random.key(7), mus[1], irr, 16)
-    b = jax.jit(data.sample, static_argnums=(3, 4))(jax.random.key(7), mus[1], irr, 16, data.TaskSpec())
+    a = data.sample(jax.random.key(7), mus[1], irr, 5)
+    b = sample(jax.random.key(7), mus[1], irr, 5, Data())
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     keys = jax.random.split(jax.random.key(0), 3)
-    Xs, ys = jax.vmap(lambda k: data.sample(k, mus[0], irr, 5))(keys)
+    Xs, ys = jax.jit(jax.vmap(lambda k: data.sample(k, mus[0], irr, 5)))(keys)
     assert Xs.shape == (3, 5, 20, 8)
     assert np.array_equal(Xs[1], data.sample(keys[1], mus[0], irr, 5)[0])
 
@@ -76,31 +82,68 @@ def test_same_key_same_sample_and_vmap_over_keys():
 def test_noise_is_added_when_sigma_positive():
     mus = data.pair_patterns(0.0, 8)
     irr = data.irrelevant_patterns(mus)
-    X0, _ = data.sample(jax.random.key(1), mus[0], irr, 8)
-    X1, _ = data.sample(jax.random.key(1), mus[0], irr, 8, data.TaskSpec(sigma=0.1))
+    X0, _ = sample(jax.random.key(1), mus[0], irr, 8, Data())
+    X1, _ = sample(jax.random.key(1), mus[0], irr, 8, Data(sigma=0.1))
     diff = np.asarray(X1 - X0)
     assert 0.05 < diff.std() < 0.15
 
 
-
-@pytest.mark.parametrize("spec, d", [(data.TaskSpec(), 32), (data.TaskSpec(20, 4, 2), 8), (data.TaskSpec(10, 3, 0), 6),
-                                     (data.TaskSpec(6, 4, 2), 8)])
-def test_max_distinct_bounds_the_distinct_tokens_of_every_sample(spec, d):
-    mus = data.pair_patterns(0.5, d)
+@pytest.mark.parametrize("spec", [Data(), Data(d=8, P=20, n_rel=4, n_conf=2), Data(d=6, P=10, n_rel=3, n_conf=0),
+                                  Data(d=8, P=6, n_rel=4, n_conf=2)])
+def test_max_distinct_bounds_the_distinct_tokens_of_every_sample(spec):
+    mus = data.pair_patterns(0.5, spec.d)
     irr = data.irrelevant_patterns(mus)
-    X, _ = data.sample(jax.random.key(3), mus[1], irr, 500, spec)
-    distinct = [len({tuple(np.asarray(x)) for x in sample}) for sample in X]
+    X, _ = sample(jax.random.key(3), mus[1], irr, 500, spec)
+    distinct = [len({tuple(x) for x in one}) for one in np.asarray(X)]
     bound = spec.max_distinct(irr.shape[0])
     assert max(distinct) <= bound <= spec.P
     assert max(distinct) == bound                        # 500 samples reach the bound in these settings
-    assert spec._replace(sigma=0.1).max_distinct(irr.shape[0]) == spec.P
+    assert dataclasses.replace(spec, sigma=0.1).max_distinct(irr.shape[0]) == spec.P
+
+
+@pytest.mark.parametrize("spec, M, bound", [
+    (Data(P=20, n_rel=4, n_conf=2), 6, 8),          # +mu, -mu and all 6 patterns fit in the 14 irrelevant slots
+    (Data(P=20, n_rel=4, n_conf=2), 100, 16),       # at most 14 irrelevant tokens, whatever M
+    (Data(P=10, n_rel=3, n_conf=0), 4, 5),          # no confusion token: -mu never appears
+    (Data(P=6, n_rel=4, n_conf=2), 6, 2),           # no irrelevant slot at all
+    (Data(P=3, n_rel=1, n_conf=0), 50, 3),          # never more than P
+    (Data(P=20, n_rel=4, n_conf=2, sigma=0.01), 1, 20),     # noise makes every token unique
+])
+def test_max_distinct_hand_computed(spec, M, bound):
+    assert spec.max_distinct(M) == bound
+
+
+def test_data_block_is_an_immutable_static_argument():
+    """Equal blocks hash alike and share one compiled program; a different block compiles its own."""
+    a, b = Data(d=8, P=10, n_rel=3, n_conf=1), Data(d=8, P=10, n_rel=3, n_conf=1)
+    assert a == b and hash(a) == hash(b) and a is not b
+    c = dataclasses.replace(a, n_conf=0)
+    assert c != a and (c.n_conf, a.n_conf) == (0, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.P = 12
+    mus = data.pair_patterns(0.0, 8)
+    irr = data.irrelevant_patterns(mus)
+    traces = []
+
+    def draw(key, spec):
+        traces.append(spec)
+        return data.sample(key, mus[0], irr, 4, spec)
+
+    f = jax.jit(draw, static_argnames="spec")
+    Xa, _ = f(jax.random.key(0), spec=a)
+    Xb, _ = f(jax.random.key(0), spec=b)
+    assert traces == [a] and np.array_equal(Xa, Xb)
+    Xc, _ = f(jax.random.key(0), spec=c)
+    assert traces == [a, c]
+    assert (np.abs(np.asarray(Xc) @ np.asarray(mus[0])) > 0.5).sum(1).tolist() == [3] * 4
+
 
 @pytest.mark.parametrize("call, field", [
     (lambda: data.pair_patterns(1.5, 8), "alpha=1.5"),
     (lambda: data.pair_patterns(float("nan"), 8), "alpha=nan"),
-    (lambda: data.TaskSpec(20, 2, 2).validate(), "n_rel=2"),
-    (lambda: data.TaskSpec(5, 4, 2).validate(), "n_rel=4"),
-    (lambda: data.TaskSpec(20, 4, 2, -1.0).validate(), "sigma=-1.0"),
+    (lambda: Data(P=20, n_rel=2, n_conf=2).check(), "n_rel=2"),
+    (lambda: Data(P=5, n_rel=4, n_conf=2).check(), "n_rel=4"),
+    (lambda: Data(P=20, n_rel=4, n_conf=2, sigma=-1.0).check(), "sigma=-1.0"),
     (lambda: data.ood_patterns([0.9, 0.9], None, 8), "gammas="),
     (lambda: data.ood_patterns([0.0, 0.0], None, 8), "gammas="),
     (lambda: data.ood_patterns([0.6], 0.1, 8), "kappa=0.1"),

@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tvtheory import data, model
+from tvtheory import data, metrics, model, taskvec
+from tvtheory.config import Data, Model, Train
 
 
 def inputs(d=8, n=6, seed=0):
     mus = data.pair_patterns(0.0, d)
-    return data.sample(jax.random.key(seed), mus[0], data.irrelevant_patterns(mus), n, data.TaskSpec(10, 3, 1))[0]
+    spec = Data(d=d, P=10, n_rel=3, n_conf=1)
+    return data.sample(jax.random.key(seed), mus[0], data.irrelevant_patterns(mus), n, spec)[0]
 
 
 def test_output_shape_and_batch_axes():
@@ -76,6 +78,27 @@ def test_bad_model_arguments(kw, field):
         model.init_params(jax.random.key(0), args.pop("d"), args.pop("m"), **args)
 
 
+@pytest.mark.parametrize("args, field", [((0, 16, "merged"), "d=0"), ((8, 0, "merged"), "m=0"),
+                                         ((8, 16, "three"), "form='three'")])
+def test_check_shape_names_the_argument(args, field):
+    model.check_shape(8, 16, "four")
+    with pytest.raises(ValueError, match=field):
+        model.check_shape(*args)
+
+
+@pytest.mark.parametrize("cfg", [Model(m=16, sigma_0=0.5, sigma_w=0.3), Model(m=16, form="four", sigma_0=0.5,
+                                                                              sigma_w=0.3)])
+def test_init_from_a_model_block_is_init_params_with_its_fields(cfg):
+    """model.init is init_params with the block's fields, bit for bit (both compiled: eager and jitted normal draws
+    may differ in the last bit), and the block is a static jit argument."""
+    key = jax.random.key(11)
+    want = jax.jit(model.init_params, static_argnums=range(1, 6))(key, 8, cfg.m, cfg.form, cfg.sigma_0, cfg.sigma_w)
+    got = jax.jit(model.init, static_argnums=(1, 2))(key, 8, cfg)
+    assert set(got) == set(want)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+
+
 def eq4(params, X):
     """Eq. 4 written out position by position, with no choice of product order."""
     W, V = model.merged(params)
@@ -103,7 +126,7 @@ def multiset_apply(params, U, c, P):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_distinct_tokens_keep_the_multiset_and_the_output(seed):
-    d, spec = 8, data.TaskSpec(12, 3, 1)
+    d, spec = 8, Data(d=8, P=12, n_rel=3, n_conf=1)
     mus = data.pair_patterns(0.4, d)
     irr = data.irrelevant_patterns(mus)
     X = data.sample(jax.random.key(seed), mus[1], irr, 40, spec)[0]
@@ -111,11 +134,12 @@ def test_distinct_tokens_keep_the_multiset_and_the_output(seed):
     U, c = model.distinct_tokens(X, q)
     assert U.shape == (40, q, d) and c.shape == (40, q)
     assert bool(jnp.all(model.complete(c, spec.P)))
+    U_np, c_np, X_np = np.asarray(U), np.asarray(c), np.asarray(X)
     for n in range(40):
-        rows = [tuple(np.asarray(u)) for u, k in zip(U[n], c[n]) if k > 0]
+        rows = [tuple(u) for u, k in zip(U_np[n], c_np[n]) if k > 0]
         assert len(set(rows)) == len(rows)                                  # no token listed twice
-        rebuilt = sorted(r for r, k in zip(rows, np.asarray(c[n])[np.asarray(c[n]) > 0]) for _ in range(int(k)))
-        assert rebuilt == sorted(tuple(np.asarray(x)) for x in X[n])        # same multiset of tokens
+        rebuilt = sorted(r for r, k in zip(rows, c_np[n][c_np[n] > 0]) for _ in range(int(k)))
+        assert rebuilt == sorted(tuple(x) for x in X_np[n])                 # same multiset of tokens
     p = model.init_params(jax.random.key(seed + 10), d, 16, sigma_0=0.5, sigma_w=0.5)
     assert np.allclose(multiset_apply(p, U, c, spec.P), model.apply(p, X), atol=1e-5)
 
@@ -163,17 +187,61 @@ def test_fine_tune_with_the_hand_written_gradient_is_autodiffs_bit_for_bit():
     mus = data.pair_patterns(0.0, d)
     irr = data.irrelevant_patterns(mus)
     p0 = model.init_params(jax.random.key(0), d, m)
-    spec = train.TrainSpec(steps=40, batch=16, log_every=40)
-    fast = jax.jit(lambda p: train.finetune(p, jax.random.key(1), mus[0], irr, data.TaskSpec(), spec).params)(p0)
+    spec = Train(steps=40, batch=16, log_every=40)
+    fast = jax.jit(lambda p: train.finetune(p, jax.random.key(1), mus[0], irr, Data(), spec).params)(p0)
 
     def plain(params, X):
         A = jax.nn.softmax(jnp.einsum("...sd,...ld->...ls", X, X @ params["W"].T), axis=-1)
         return jax.nn.relu((A @ X) @ params["V"].T).mean(-2) @ model.readout(m)
 
     def step(p, t):
-        X, y = data.sample(jax.random.fold_in(jax.random.key(1), t), mus[0], irr, 16, data.TaskSpec())
+        X, y = data.sample(jax.random.fold_in(jax.random.key(1), t), mus[0], irr, 16, Data())
         g = jax.grad(lambda p: jnp.mean(jax.nn.relu(1 - y * plain(p, X))))(p)
         return jax.tree.map(lambda a, b: a - spec.eta * b, p, g), None
     ref = jax.jit(lambda p: jax.lax.scan(step, p, jnp.arange(spec.steps))[0])(p0)
     for k in p0:
         assert np.array_equal(fast[k], ref[k]), k
+
+
+# ------------------------------------------------------------------------- model.grid_eval
+grid_eval = jax.jit(model.grid_eval, static_argnames=("chunk", "block", "q"))
+
+
+@pytest.mark.parametrize("form", ["merged", "four"])
+def test_grid_eval_matches_plain_evaluation(form):
+    """The affine reuse of products (merged form) and its quadratic expansion (four-matrix form) equal a direct
+    forward pass of base + sum_k c_k tau_k."""
+    d, m = 8, 16
+    mus = data.pair_patterns(0.3, d)
+    irr = data.irrelevant_patterns(mus)
+    spec = Data(d=d, P=10, n_rel=3, n_conf=1)
+    X, y = data.sample(jax.random.key(0), mus[0], irr, 50, spec)
+    base = model.init_params(jax.random.key(1), d, m, form, sigma_0=0.5, sigma_w=0.3)
+    taus = [model.init_params(jax.random.key(k), d, m, form, sigma_0=0.5, sigma_w=0.3) for k in (2, 3)]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *taus)
+    coeffs = jnp.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 3.0], [0.3, 0.7], [1.5, 1.5]])
+    loss, acc = grid_eval(base, stacked, coeffs, X, y, chunk=2)
+    assert loss.shape == acc.shape == (5,)
+    direct = jax.jit(lambda c: metrics.evaluate(taskvec.apply(base, taus, c), X, y))
+    for i, c in enumerate(coeffs):
+        ref = direct(c)
+        assert float(loss[i]) == pytest.approx(float(ref["loss"]), abs=1e-4)
+        assert float(acc[i]) == pytest.approx(float(ref["acc"]), abs=1e-6)
+
+
+def test_grid_eval_on_distinct_tokens_matches_all_tokens():
+    """Reducing each sample to its distinct tokens is exact; a q too small for the data gives NaN, not a number."""
+    d, m = 8, 16
+    mus = data.pair_patterns(0.3, d)
+    irr = data.irrelevant_patterns(mus)
+    spec = Data(d=d, P=12, n_rel=3, n_conf=1)
+    X, y = data.sample(jax.random.key(0), mus[0], irr, 90, spec)
+    base = model.init_params(jax.random.key(1), d, m, sigma_0=0.5, sigma_w=0.3)
+    tau = jax.tree.map(lambda t: t[None], model.init_params(jax.random.key(2), d, m, sigma_0=0.5, sigma_w=0.3))
+    coeffs = jnp.linspace(-2, 3, 7)[:, None]
+    q = spec.max_distinct(irr.shape[0])
+    assert q < spec.P
+    full = grid_eval(base, tau, coeffs, X, y, block=32)
+    reduced = grid_eval(base, tau, coeffs, X, y, block=32, q=q)
+    assert np.allclose(full[0], reduced[0], atol=1e-5) and np.allclose(full[1], reduced[1])
+    assert np.all(np.isnan(model.grid_eval(base, tau, coeffs, X, y, q=2)[0]))

@@ -1,21 +1,23 @@
-"""Validation through the real command line, bit-for-bit reruns, cache and resume after SIGKILL, divergence."""
+"""What a user can get wrong, and what can go wrong under them, through the real command line: bad values and paths
+stop before compute with one line; reruns are byte-identical; a damaged cache heals; a killed run resumes; a result
+folder belongs to one experiment and is replaced as a whole; divergence is caught."""
 
+import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
-from tvtheory import cache, model
-
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = str(ROOT / "experiments" / "arithmetic.py")
 TINY = ["sweep=tiny", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32"]
 
 BAD = [  # (override, text the one-line message must contain)
@@ -26,96 +28,163 @@ BAD = [  # (override, text the one-line message must contain)
     ("n_seeds=1.5", "n_seeds"),
     ("sweep=nope", "sweep/nope"),                         # missing option
     ("sweep.alphas=[0.2,1.5]", "sweep.alphas[1]=1.5"),    # |alpha| <= 1
-    ("sweep.phase_alphas=[-2.0]", "sweep.phase_alphas[0]=-2.0"),
     ("data.n_rel=2", "data.n_rel=2"),                     # n_rel > n_conf
-    ("data.n_conf=-1", "data.n_conf=-1"),
-    ("data.n_rel=19", "data.n_rel=19"),                   # n_rel + n_conf <= P
     ("data.d=2", "data.d=2"),                             # room for the patterns
-    ("data.sigma=-0.1", "data.sigma=-0.1"),
-    ("data.irrelevant=spiral", "data.irrelevant='spiral'"),
-    ("model.m=0", "model.m=0"),
-    ("model.form=five", "model.form='five'"),
     ("model.form=four", "model.sigma_w=0.0"),
-    ("train.eta=0", "train.eta=0.0"),
     ("train.eta=nan", "train.eta=nan"),
-    ("train.steps=0", "train.steps=0"),
-    ("train.batch=0", "train.batch=0"),
     ("train.log_every=1000", "train.log_every=1000"),
-    ("sweep.lam_max=-5", "sweep.lam_max=-5.0"),
-    ("sweep.lam_step=0", "sweep.lam_step=0.0"),
-    ("sweep.lam_min=inf", "sweep.lam_min=inf"),
-    ("sweep.n_test=0", "sweep.n_test=0"),
-    ("sweep.alphas=[]", "sweep.alphas=[]"),
-    ("claims.eps_learned=0", "claims.eps_learned=0.0"),
-    ("claims.kept_cap=2", "claims.kept_cap=2.0"),
-    ("n_seeds=0", "n_seeds=0"),
-    ("seed=-1", "seed=-1"),
+    ("sweep.lam_step=0.8", "sweep.lam_step=0.8: must divide"),          # used to run past lam_max
+    ("sweep.lam_step=1e-7", "sweep.lam_step=1e-07: gives"),            # used to hang
+    ("sweep.lam_step=1e-300", "sweep.lam_step=1e-300: gives"),         # used to fail allocating
+    ("n_seeds=100000000", "n_seeds=100000000"),                         # used to hang
+    ("train.steps=1000000000", "train.steps=1000000000: the run would need"),
+    ("sweep.n_test=100000000", "sweep.n_test=100000000: the run would need"),
+    ("sweep.lam_min=2", "sweep.lam_max=2.0: gives 1 grid point"),         # used to 'pass' with nothing tested
+    ("out_dir=/proc/nope", "out_dir='/proc/nope': /proc is not writable"),
+    ("cache.dir=/proc/nope", "cache.dir='/proc/nope': /proc is not writable"),
+    ("hydra.run.dir=/proc/nope/run", "hydra.run.dir (or hydra.sweep.dir)="),
 ]
 
 
-def run(*overrides, **kw):
-    return subprocess.Popen([sys.executable, SCRIPT, *overrides], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+def run(script, *overrides, **kw):
+    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), *overrides], cwd=kw.pop("cwd", ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_bad_overrides_stop_with_one_line_naming_the_field(tmp_path):
+def one_line_error(p, code=2):
+    """A bad input's one line (exit 2: before any compute, so nothing else is printed); a run stopped later (exit 3)
+    ends with one such line after its log."""
+    _, err = p.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert p.returncode == code, err[-2000:]
+    assert len(lines) == 1 or (code != 2 and "[tvtheory]" not in lines[-1]), lines
+    return lines[-1]
+
+
+def test_bad_values_and_paths_stop_with_one_line_naming_the_field(tmp_path):
     out, cache_dir = tmp_path / "results", tmp_path / "cache"
-    procs = [(o, msg, run(*TINY, o, f"out_dir={out}", f"cache.dir={cache_dir}")) for o, msg in BAD]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = BAD + [(f"out_dir={a_file}", f"out_dir='{a_file}': is a file"),
+                   (f"out_dir={a_file}/sub", f"out_dir='{a_file}/sub': {a_file} is a file"),
+                   (f"cache.dir={a_file}", f"cache.dir='{a_file}': {a_file} is a file")]
+    procs = [(o, msg, run("arithmetic.py", *TINY, f"out_dir={out}", f"cache.dir={cache_dir}", o, cwd=tmp_path))
+             for o, msg in cases]
     for override, msg, p in procs:
-        _, err = p.communicate(timeout=300)
-        lines = err.strip().splitlines()
-        assert p.returncode == 2, (override, err[-2000:])
-        assert len(lines) == 1 and lines[0].startswith("config error: ") and msg in lines[0], (override, lines)
-    assert not out.exists() and not cache_dir.exists()
-    assert not list(tmp_path.glob(".*staging*"))
+        line = one_line_error(p)
+        assert line.startswith("config error: ") and msg in line, (override, line)
+    assert not out.exists() and not cache_dir.exists() and not list(tmp_path.glob(".*staging*"))
+    assert not (tmp_path / "outputs").exists()                # not even Hydra's run folder
 
 
-def files(d: Path) -> dict:
+def test_a_multirun_checks_every_job_before_the_first_starts(tmp_path):
+    p = run("arithmetic.py", "-m", *TINY, "data.d=8,2", f"hydra.sweep.dir={tmp_path / 'mr'}",
+            f"cache.dir={tmp_path / 'cache'}")
+    line = one_line_error(p)
+    assert line.startswith("config error: job 1 (") and line.endswith("data.d=2: must be an integer >= 3")
+    assert not list((tmp_path / "mr").rglob("metrics.csv")) and not (tmp_path / "cache").exists()
+    p = run("arithmetic.py", "-m", *TINY, "data.d=6,8", f"out_dir={tmp_path / 'same'}",
+            f"hydra.sweep.dir={tmp_path / 'mr2'}")
+    assert "shared by several jobs" in one_line_error(p)
+    # with the default sweep folder (it interpolates the experiment's name, resolvable only once Hydra is set up)
+    p = run("arithmetic.py", "-m", *TINY, "data.d=8,2", cwd=tmp_path)
+    assert one_line_error(p).startswith("config error: job 1 (")
+
+
+def tables(d: Path) -> dict:
     return {f.name: f.read_bytes() for f in d.glob("*.csv")}
 
 
-def test_rerun_is_byte_identical_with_and_without_cache_and_refresh_recomputes(tmp_path):
+def test_reruns_are_byte_identical_with_and_without_cache_refresh_recomputes_and_the_folder_is_replaced(tmp_path):
     cdir = f"cache.dir={tmp_path / 'cache'}"
     outs = {name: tmp_path / name for name in ("plain", "cold", "warm", "refresh")}
     extra = {"plain": ["cache.dir=null"], "cold": [cdir], "warm": [cdir], "refresh": [cdir, "cache.refresh=true"]}
+    (tmp_path / "warm").mkdir()
     logs = {}
     for name, out in outs.items():                     # in order: the warm run reads what the cold run stored
-        _, logs[name] = (p := run(*TINY, f"out_dir={out}", *extra[name])).communicate(timeout=300)
+        if name == "warm":                             # a previous run's leftover must not survive the replacement
+            (out / "provenance.json").write_text(json.dumps({"experiment": "arithmetic"}))
+            (out / "old_figure.png").write_text("stale")
+        _, logs[name] = (p := run("arithmetic.py", *TINY, f"out_dir={out}", *extra[name])).communicate(timeout=300)
         assert p.returncode == 0, logs[name]
     assert " 0 computed" in logs["warm"] and " 0 entries reused" in logs["refresh"]
-    assert any((tmp_path / "cache" / "xla").iterdir())            # compiled programs are kept beside the cache
-    tables = [files(out) for out in outs.values()]
-    assert all(t == tables[0] for t in tables) and len(tables[0]) == 3
+    assert not (outs["warm"] / "old_figure.png").exists()
+    got = [tables(out) for out in outs.values()]
+    assert all(t == got[0] for t in got) and len(got[0]) == 5         # 4 measurement tables, summary
+    prov = json.loads((outs["warm"] / "provenance.json").read_text())
+    assert prov["experiment"] == "arithmetic" and prov["cache"]["reused"] > 0
+    assert all(Path(e).exists() for e in prov["cache"]["entries"]) and prov["cache"]["written_by"]
+    claims = json.loads((outs["warm"] / "claims.json").read_text())
+    assert all({"commit", "dirty", "source"} <= set(r) for r in claims)
+    assert {r["verdict"] for r in claims} == {"inconclusive"}      # a tiny config decides nothing
+    mode = stat.S_IMODE((outs["cold"] / "metrics.csv").stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
 
 
-def test_a_killed_writers_leftovers_go_when_the_file_is_written_again_and_no_live_writers_do(tmp_path):
-    from tvtheory import results
+def test_a_result_folder_belongs_to_one_experiment_and_the_results_root_is_refused(tmp_path):
+    ood = tmp_path / "results" / "ood"
+    ood.mkdir(parents=True)
+    (ood / "provenance.json").write_text(json.dumps({"experiment": "ood"}))
+    (ood / "metrics.csv").write_text("keep me")
+    (tmp_path / "results" / "claims.json").write_text("[]")
+    for target, msg in ((ood, "belongs to the 'ood' experiment"), (tmp_path / "results", "not a result folder")):
+        line = one_line_error(run("arithmetic.py", *TINY, f"out_dir={target}", "cache.dir=null"))
+        assert msg in line, line
+    assert (ood / "metrics.csv").read_text() == "keep me"
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()                                                      # a pid that no longer runs
-    host = results._host()
-    target, out = tmp_path / "abc.npz", tmp_path / "run"
-    left = {"dead": tmp_path / f".abc.npz.{host}-{dead.pid}.x1y2z3ab.tmp",
-            "live": tmp_path / f".abc.npz.{host}-{os.getpid()}.q9w8e7rt.tmp",             # a writer still running
-            "other host": tmp_path / f".abc.npz.elsewhere_{host}-{dead.pid}.k3j4h5g6.tmp",
-            "other file": tmp_path / f".abd.npz.{host}-{dead.pid}.m1n2b3v4.tmp",
-            "stage": tmp_path / f".run.staging.{host}-{dead.pid}.p0o9i8u7"}
-    for name, p in left.items():
-        p.mkdir() if name == "stage" else p.write_bytes(b"half")
-    results.write_text(target, "whole")
-    assert target.read_text() == "whole"
-    assert {n for n, p in left.items() if p.exists()} == {"live", "other host", "other file", "stage"}
-    with results.staged(out) as stage:
-        (stage / "t.csv").write_text("x")
-    assert {n for n, p in left.items() if p.exists()} == {"live", "other host", "other file"}
-    assert (out / "t.csv").read_text() == "x" and not list(tmp_path.glob(f".run.staging.{host}-{os.getpid()}.*"))
+
+def test_two_runs_without_out_dir_in_the_same_second_get_their_own_folders(tmp_path):
+    procs = [run("arithmetic.py", *TINY, "sweep.n_test=50", "train.steps=20", "cache.dir=null", cwd=tmp_path)
+             for _ in range(2)]
+    for p in procs:
+        assert p.wait(300) == 0
+    folders = sorted((tmp_path / "outputs" / "arithmetic").iterdir())
+    assert len(folders) == 2 and all((f / "metrics.csv").exists() for f in folders)
+
+
+def test_a_damaged_cache_heals_with_a_cold_runs_numbers(tmp_path):
+    cdir, args = tmp_path / "cache", [*TINY, "n_seeds=1", "sweep.alphas=[0.0]"]
+    assert run("arithmetic.py", *args, f"out_dir={tmp_path / 'cold'}", f"cache.dir={cdir}").wait(300) == 0
+    entries = sorted(cdir.glob("finetune/*.npz"))
+    evals = sorted(cdir.glob("pair_eval/*.npz"))
+    assert len(entries) == 2 and len(evals) == 1
+    data = entries[0].read_bytes()
+    entries[0].write_bytes(data[:3000])                                   # truncated
+    raw = bytearray(entries[1].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF                                            # one flipped byte
+    entries[1].write_bytes(bytes(raw))
+    import io
+
+    with np.load(evals[0]) as z:                                          # well-formed, values edited
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k != "__meta__")
+    arrays[key] = arrays[key] + 1.0
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    evals[0].write_bytes(buf.getvalue())
+    p = run("arithmetic.py", *args, f"out_dir={tmp_path / 'healed'}", f"cache.dir={cdir}")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    warnings = [line for line in err.splitlines() if "is damaged" in line]
+    assert len(warnings) == 3 and all("moved to" in w for w in warnings)
+    assert "3 damaged entries recomputed" in err
+    assert len(list((cdir / "quarantine").iterdir())) == 3
+    assert tables(tmp_path / "healed") == tables(tmp_path / "cold")
+    copied = sorted(cdir.glob("finetune/*.npz"))                          # an entry copied over another
+    copied[1].write_bytes(copied[0].read_bytes())
+    p = run("arithmetic.py", *args, f"out_dir={tmp_path / 'again'}", f"cache.dir={cdir}")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and "fields differ" in err
+    assert tables(tmp_path / "again") == tables(tmp_path / "cold")
 
 
 def test_sigkill_mid_sweep_then_resume_finishes_without_redoing_work(tmp_path):
     out, cdir = tmp_path / "out", tmp_path / "cache"
     args = [*TINY, "sweep.alphas=[-0.8,-0.4,0.0,0.4,0.8,1.0]", "sweep.lam_step=0.1", "sweep.n_test=2000",
             f"out_dir={out}", f"cache.dir={cdir}"]
-    p = run(*args, start_new_session=True)
+    p = run("arithmetic.py", *args, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((cdir / "pair_eval").glob("*.npz"))) < 4:
         assert p.poll() is None, p.stderr.read()
@@ -125,36 +194,86 @@ def test_sigkill_mid_sweep_then_resume_finishes_without_redoing_work(tmp_path):
     done = len(list((cdir / "pair_eval").glob("*.npz")))
     assert 4 <= done < 12, "the kill should land mid-sweep"
     assert not out.exists()                                         # nothing half-written in the results
-    p = run(*args)
-    _, err = p.communicate(timeout=300)
+    _, err = (p := run("arithmetic.py", *args)).communicate(timeout=300)
     assert p.returncode == 0, err
     reused = int(err.split("cache: ")[1].split(" entries reused")[0])
     assert reused >= done + 2 + 2                                   # finished cells, Psi_0 and T1 fine-tunes
-    rows = __import__("pandas").read_csv(out / "metrics.csv")
+    rows = pd.read_csv(out / "metrics.csv")
     assert len(rows) == 6 * 2 * 31 * 2 and not rows.duplicated(["alpha", "seed", "lam", "task"]).any()
     assert not list(cdir.rglob("*.tmp")) and not list(tmp_path.glob(".*staging*"))
-    ref = run(*args[:-2], f"out_dir={tmp_path / 'ref'}", "cache.dir=null")
+    ref = run("arithmetic.py", *args[:-2], f"out_dir={tmp_path / 'ref'}", "cache.dir=null")
     assert ref.wait(300) == 0
     assert (tmp_path / "ref" / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
 
 
-def test_all_diverged_stops_with_a_message_and_writes_nothing(tmp_path):
-    out = tmp_path / "o"
-    _, err = (p := run(*TINY, "train.eta=1e30", "model.sigma_w=1.0", f"out_dir={out}", "cache.dir=null")).communicate(
-        timeout=300)
-    assert p.returncode == 3 and "diverged" in err.strip().splitlines()[-1]
-    assert not out.exists()
+def test_divergence_is_caught_in_every_quantity(tmp_path):
+    """Finding 2: step size 1e30 used to leave a seed with infinite norms marked valid; now every seed is caught (exit
+    3, nothing written); in Colored-Digits too."""
+    line = one_line_error(run("arithmetic.py", *TINY, "n_seeds=4", "train.eta=1e30", f"out_dir={tmp_path / 'a'}",
+                              "cache.dir=null"), code=3)
+    assert "diverged" in line and "Nothing was written" in line and not (tmp_path / "a").exists()
+    dig = ["n_seeds=2", "pretrain.steps=5", "map_steps=[0,5]", "finetune.steps=5", "lam_step=1.0",
+           "ood_ranges=[[-1,2,1],[-1,1,1]]", "cache.dir=null"]
+    line = one_line_error(run("digits.py", *dig, "setting.finetune_lr=1e30", f"out_dir={tmp_path / 'd'}"), code=3)
+    assert "diverged" in line and not (tmp_path / "d").exists()
 
 
-def test_cache_checks_shapes_and_dtypes(tmp_path):
-    store = cache.Store(tmp_path)
-    p = model.init_params(jax.random.key(0), 8, 16)
-    fields = {"seed": 0, "d": 8}
-    store.save("psi0", fields, p)
-    back = store.load("psi0", fields, p)
-    assert all(np.array_equal(back[k], p[k]) for k in p)
-    wrong = {"W": jnp.zeros((8, 8)), "V": jnp.zeros((32, 8))}
-    with pytest.raises(cache.CacheMismatch, match=r"\['V'\]: stored float32\[16, 8\], expected float32\[32, 8\]"):
-        store.load("psi0", fields, wrong)
-    assert store.load("psi0", {**fields, "d": 9}, p) is None        # another config, another key
-    assert cache.Store(tmp_path, refresh=True).load("psi0", fields, p) is None
+def test_a_run_derives_its_verdicts_from_the_tables_as_written(tmp_path):
+    """analyse sees the numbers the CSVs give back (6 significant digits), so a run's claims are exactly what
+    ``python -m tvtheory.claims`` recomputes from its folder."""
+    import types
+
+    from tvtheory import claims as rules, config as C, runner
+
+    seen = {}
+    exp = types.ModuleType("tvtheory.experiments.fake")
+    exp.TABLES = ("metrics",)
+    exp.run = lambda cfg, ctx: {"metrics": pd.DataFrame({"x": [0.123456789, 1 / 3], "seed": [0, 1]})}
+    exp.analyse = lambda tables, cfg: seen.setdefault(len(seen), {"_x": tables["metrics"]["x"].tolist()})
+    exp.claims = lambda a, cfg: [rules.Claim("fake.x", "x is written", "x > 0", str(a["_x"]), "pass", 2, "")]
+    exp.plot = lambda tables, a, cfg, out: None
+    runner.execute(exp, C.Run(), tmp_path / "run", raw_config={})
+    assert seen[0]["_x"] == [0.123457, 0.333333]
+
+
+@pytest.mark.parametrize("damage", ["config", "provenance", "table", "experiment"])
+def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_change_nothing(tmp_path, damage):
+    folder = tmp_path / "ood"
+    shutil.copytree(ROOT / "results" / "ood", folder)
+    if damage == "config":
+        (folder / "config.yaml").write_text("n_seeds: [unclosed\n")
+    elif damage == "provenance":
+        (folder / "provenance.json").write_text("{not json")
+    elif damage == "table":
+        (folder / "metrics.csv").unlink()
+    else:
+        (folder / "provenance.json").write_text(json.dumps({"experiment": "nope"}))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for module in ("tvtheory.claims", "tvtheory.plots"):
+        p = subprocess.run([sys.executable, "-m", module, str(folder)], capture_output=True, text=True, timeout=300)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: folder="), p.stderr[-2000:]
+        assert {"config": "config.yaml", "provenance": "provenance.json", "table": "metrics.csv",
+                "experiment": "nope"}[damage] in lines[0]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_failing_recompute_leaves_every_file_as_it_was(tmp_path):
+    """A table that loads but breaks the analysis (a header-only table): no derived file is rewritten."""
+    folder = tmp_path / "ood"
+    shutil.copytree(ROOT / "results" / "ood", folder)
+    (folder / "reference.csv").write_text("seed,model\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    p = subprocess.run([sys.executable, "-m", "tvtheory.claims", str(folder)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: folder="), p.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_result_folder_inside_another_is_refused(tmp_path):
+    run_dir = tmp_path / "arith"
+    run_dir.mkdir()
+    (run_dir / "provenance.json").write_text(json.dumps({"experiment": "arithmetic"}))
+    p = run("ood.py", f"out_dir={run_dir / 'sub'}")
+    assert "lies inside the result folder" in one_line_error(p)
+    assert sorted(x.name for x in run_dir.iterdir()) == ["provenance.json"]

@@ -1,114 +1,212 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvtheory import data, metrics, model, sweep, taskvec, train
+from tvtheory import cache, data, metrics, model, streams, sweep, taskvec, train
+from tvtheory.config import Data, Model, Train
 
-
-@pytest.mark.parametrize("form", ["merged", "four"])
-def test_grid_eval_matches_plain_evaluation(form):
-    """The affine reuse of products (merged form) and its quadratic expansion (four-matrix form) equal a direct
-    forward pass of base + sum_k c_k tau_k."""
-    d, m = 8, 16
-    mus = data.pair_patterns(0.3, d)
-    irr = data.irrelevant_patterns(mus)
-    spec = data.TaskSpec(10, 3, 1)
-    X, y = data.sample(jax.random.key(0), mus[0], irr, 50, spec)
-    base = model.init_params(jax.random.key(1), d, m, form, sigma_0=0.5, sigma_w=0.3)
-    taus = [model.init_params(jax.random.key(k), d, m, form, sigma_0=0.5, sigma_w=0.3) for k in (2, 3)]
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *taus)
-    coeffs = jnp.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 3.0], [0.3, 0.7], [1.5, 1.5]])
-    loss, acc = sweep.grid_eval(base, stacked, coeffs, X, y, chunk=2)
-    for i, c in enumerate(coeffs):
-        ref = metrics.evaluate(taskvec.apply(base, taus, c), X, y)
-        assert float(loss[i]) == pytest.approx(float(ref["loss"]), abs=1e-4)
-        assert float(acc[i]) == pytest.approx(float(ref["acc"]), abs=1e-6)
+D = 8
+SETUP = sweep.Setup(Data(d=D, P=10, n_rel=3, n_conf=1), Model(m=16), Train(steps=40, batch=16, log_every=20))
+ALPHAS, LAMS = [-0.5, 0.0, 0.5], [-1.0, 0.0, 1.0, 2.0]
 
 
 def tiny_sweep(seed=0, **kw):
-    setup = sweep.Setup(8, 16, data.TaskSpec(10, 3, 1), train.TrainSpec(steps=40, batch=16, log_every=20))
-    args = dict(n_seeds=2, alphas=[-0.5, 0.0, 0.5], lams=[-1.0, 0.0, 1.0, 2.0], setup=setup, n_test=64,
-                n_alpha_hat=32, chunk=2)
+    args = dict(n_seeds=2, alphas=ALPHAS, lams=LAMS, setup=SETUP, n_test=64, n_alpha_hat=32, chunk=2)
     args.update(kw)
     return sweep.pair_sweep(seed, **args)
 
 
-def test_pair_sweep_shapes_and_determinism():
-    a, b = tiny_sweep(), tiny_sweep()
-    assert a.loss.shape == (3, 2, 4, 2) and a.finite.shape == (3, 2) and a.norms.shape == (3, 2, 2, 2)
+@pytest.fixture(scope="module")
+def swept():
+    """The tiny sweep, with the progress reports it made."""
+    calls = []
+    r = tiny_sweep(progress=lambda *a: calls.append(a))
+    return r, calls
+
+
+def test_pair_sweep_shapes_and_determinism(swept):
+    a, calls = swept
+    assert a.loss.shape == a.acc.shape == (3, 2, 4, 2) and a.finite.shape == (3, 2) and a.norms.shape == (3, 2, 2, 2)
+    assert a.own.shape == (3, 2, 2, 2) and a.alpha_hat.shape == a.tv_cosine.shape == (3, 2)
+    assert a.curves.shape == (3, 2, 2, 2)                             # steps // log_every = 2 points per fine-tune
+    assert a.psi0["V"].shape == (2, 16, D) and a.psi0["W"].shape == (2, D, D)
+    assert calls == [(1, 3, "alpha -0.5"), (2, 3, "alpha 0"), (3, 3, "alpha 0.5")]
+    b = tiny_sweep()
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
     c = tiny_sweep(seed=1)
     assert not np.array_equal(np.asarray(a.loss), np.asarray(c.loss))
 
 
-def test_pair_sweep_matches_the_unbatched_pipeline():
-    """One (alpha, seed) cell recomputed step by step with the streams the sweep documents."""
-    r = tiny_sweep()
-    d, m, task = 8, 16, data.TaskSpec(10, 3, 1)
-    spec = train.TrainSpec(steps=40, batch=16, log_every=20)
-    seed_key = jax.random.fold_in(jax.random.key(0), 1)                # seed index 1
-    ks = sweep.streams(seed_key, 2)
-    mus = data.pair_patterns(0.5, d)
-    irr = data.irrelevant_patterns(jnp.eye(d)[:2])
-    psi0 = model.init_params(ks["init"], d, m)
-    t1 = taskvec.task_vector(train.finetune(psi0, ks["ft"][0], mus[0], irr, task, spec).params, psi0)
-    t2 = taskvec.task_vector(train.finetune(psi0, ks["ft"][1], mus[1], irr, task, spec).params, psi0)
-    X, y = data.sample(ks["test"][1], mus[1], irr, 64, task)
-    ref = metrics.evaluate(taskvec.apply(psi0, [t1, t2], [1.0, 2.0]), X, y)
-    assert float(r.loss[2, 1, 3, 1]) == pytest.approx(float(ref["loss"]), abs=1e-4)
+def test_pair_sweep_matches_the_unbatched_pipeline(swept):
+    """One (alpha, seed) cell recomputed step by step with the streams that streams.py documents."""
+    r, _ = swept
+    task, spec = SETUP.data, SETUP.train
+    seed_key = streams.seed_key(streams.run_key(0), 1)                   # seed index 1
+    mus = data.pair_patterns(0.5, D)
+    irr = data.irrelevant_patterns(jnp.eye(D)[:2])
+    psi0 = model.init(streams.concern(seed_key, streams.PSI0), D, SETUP.model)
+    for k in psi0:
+        np.testing.assert_allclose(r.psi0[k][1], psi0[k], rtol=1e-6, atol=1e-9)
+    # Compiled once and called for each task (op by op, each task's calls would compile again).
+    finetune = jax.jit(train.finetune, static_argnames=("task", "spec"))
+    sample = jax.jit(data.sample, static_argnums=(3, 4))
+    evaluate = jax.jit(metrics.evaluate)
+    fts = [finetune(psi0, streams.task(seed_key, streams.FINETUNE, i), mus[i], irr, task, spec) for i in range(2)]
+    t1, t2 = (taskvec.task_vector(f.params, psi0) for f in fts)
+    tests = [sample(streams.task(seed_key, streams.TEST, i), mus[i], irr, 64, task) for i in range(2)]
+    for i, (X, y) in enumerate(tests):
+        ref = evaluate(taskvec.apply(psi0, [t1, t2], [1.0, 2.0]), X, y)              # lam = 2.0: index 3
+        assert float(r.loss[2, 1, 3, i]) == pytest.approx(float(ref["loss"]), abs=1e-4)
+        assert float(r.acc[2, 1, 3, i]) == pytest.approx(float(ref["acc"]), abs=1e-6)
+        own = evaluate(fts[i].params, X[:32], y[:32])                                 # n_alpha_hat = 32
+        assert r.own[2, 1, i] == pytest.approx([float(own["loss"]), float(own["acc"])], abs=1e-4)
+        np.testing.assert_allclose(r.curves[2, 1, i], fts[i].curve_loss, atol=1e-4)
+    X_mix = jnp.concatenate([X[:32] for X, _ in tests])
+    assert float(r.alpha_hat[2, 1]) == pytest.approx(float(metrics.alpha_hat(fts[0].params, fts[1].params, X_mix)),
+                                                     abs=1e-4)
+    assert float(r.tv_cosine[2, 1]) == pytest.approx(float(taskvec.cosine(t1, t2)), abs=1e-5)
+    norms = [[float(jnp.linalg.norm(x)) for x in (t["W"], t["V"])] for t in (t1, t2)]
+    np.testing.assert_allclose(r.norms[2, 1], norms, rtol=1e-4)
 
 
-def test_t1_finetune_is_shared_across_alphas():
-    r = tiny_sweep()
-    # T1's own loss (Psi*_T1 on T1) cannot depend on alpha.
-    assert np.allclose(r.single_loss[:, :, 0], r.single_loss[:1, :, 0])
+def test_t1_finetune_is_shared_across_alphas(swept):
+    r, _ = swept
+    # T1's fine-tune cannot depend on alpha: nor its own loss and accuracy, nor its training curve.
+    assert np.array_equal(r.own[:, :, 0], np.broadcast_to(r.own[:1, :, 0], r.own[:, :, 0].shape))
+    assert np.array_equal(r.curves[:, :, 0], np.broadcast_to(r.curves[:1, :, 0], r.curves[:, :, 0].shape))
+    # At lambda = 0 the merged model is Psi*_T1 whatever alpha: T1's loss there is the same at every alpha.
+    np.testing.assert_allclose(r.loss[:, :, 1, 0], np.broadcast_to(r.loss[:1, :, 1, 0], (3, 2)), atol=1e-6)
 
 
-def test_grid_eval_on_distinct_tokens_matches_all_tokens():
-    """Reducing each sample to its distinct tokens is exact; a q too small for the data gives NaN, not a number."""
-    d, m = 8, 16
-    mus = data.pair_patterns(0.3, d)
-    irr = data.irrelevant_patterns(mus)
-    spec = data.TaskSpec(12, 3, 1)
-    X, y = data.sample(jax.random.key(0), mus[0], irr, 90, spec)
-    base = model.init_params(jax.random.key(1), d, m, sigma_0=0.5, sigma_w=0.3)
-    tau = jax.tree.map(lambda t: t[None], model.init_params(jax.random.key(2), d, m, sigma_0=0.5, sigma_w=0.3))
-    coeffs = jnp.linspace(-2, 3, 7)[:, None]
-    q = spec.max_distinct(irr.shape[0])
-    assert q < spec.P
-    full = sweep.grid_eval(base, tau, coeffs, X, y, block=32)
-    reduced = sweep.grid_eval(base, tau, coeffs, X, y, block=32, q=q)
-    assert np.allclose(full[0], reduced[0], atol=1e-5) and np.allclose(full[1], reduced[1])
-    assert np.all(np.isnan(sweep.grid_eval(base, tau, coeffs, X, y, q=2)[0]))
+def test_each_fine_tune_learns_its_own_task(swept):
+    """``own``: (hinge, accuracy) of Psi*_T on T; a trained tiny setup learns both tasks at every alpha."""
+    r, _ = swept
+    assert r.finite.all()
+    assert r.own[..., 1].min() >= 0.9, r.own[..., 1]
+    assert r.own[..., 0].max() < 0.5, r.own[..., 0]
+    assert np.all((r.own[..., 1] >= 0) & (r.own[..., 1] <= 1))
+
+
+def test_valid_is_per_leading_index():
+    nan, inf = float("nan"), float("inf")
+    a = np.array([[1.0, 2.0], [nan, 0.0], [3.0, 4.0]])
+    b = np.array([0.0, 1.0, inf])
+    assert sweep.valid(a).tolist() == [True, False, True]
+    assert sweep.valid(a, b).tolist() == [True, False, False]
+    c = np.ones((2, 3, 4))
+    c[1, 2, 0] = nan
+    assert sweep.valid(c).tolist() == [True, False]
+    assert sweep.valid(c, axis_count=2).tolist() == [[True] * 3, [True, True, False]]
+    assert sweep.valid(np.array([[1, 2], [3, 4]], np.int32)).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("comp, name, fields", [
+    (sweep.Compression(), "dense", {}),
+    (sweep.Compression(rank=1), "rank1", {"rank": 1, "keep": 1.0}),
+    (sweep.Compression(keep=0.75), "prune0.25", {"rank": 0, "keep": 0.75}),
+    (sweep.Compression(keep=round(1 - 0.9, 9)), "prune0.9", {"rank": 0, "keep": 0.1}),
+    (sweep.Compression(rank=2, keep=0.5), "rank2_prune0.5", {"rank": 2, "keep": 0.5}),
+])
+def test_compression_name_and_cache_fields(comp, name, fields):
+    assert comp.name == name and comp.fields() == fields
+
+
+def test_compression_names_are_distinct():
+    comps = [sweep.Compression()] + [sweep.Compression(rank=r) for r in (1, 2, 4)] + [
+        sweep.Compression(keep=round(1.0 - f, 9)) for f in (0.25, 0.5, 0.75, 0.9, 0.95)] + [
+        sweep.Compression(rank=1, keep=0.5)]
+    assert len({c.name for c in comps}) == len(comps)
+
+
+def test_stream_keys_are_all_distinct():
+    """Every concern of every seed, and every task of a per-task concern, draws from its own key."""
+    concerns = (streams.PSI0, streams.FINETUNE, streams.TEST, streams.PRETRAIN_SGD, streams.VAL)
+    assert len(set(concerns)) == len(concerns)
+    keys = {}
+    for s in range(3):
+        sk = streams.seed_key(streams.run_key(0), s)
+        keys[("seed", s)] = sk
+        for c in concerns:
+            keys[("concern", s, c)] = streams.concern(sk, c)
+        for c in (streams.FINETUNE, streams.TEST, streams.VAL):
+            for i in (0, 1, 2, streams.PRETRAIN_TASK_TEST):
+                keys[("task", s, c, i)] = streams.task(sk, c, i)
+    keys["run"] = streams.run_key(0)
+    keys["run1"] = streams.run_key(1)
+    keys["irrelevant"] = jax.random.fold_in(streams.run_key(0), streams.RUN_IRRELEVANT)
+    data_of = {name: tuple(np.asarray(jax.random.key_data(k)).ravel()) for name, k in keys.items()}
+    assert len(set(data_of.values())) == len(data_of)
+    # The documented composition, and the batched seed keys.
+    sk = streams.seed_key(streams.run_key(5), 2)
+    assert np.array_equal(jax.random.key_data(streams.task(sk, streams.TEST, 1)),
+                          jax.random.key_data(jax.random.fold_in(jax.random.fold_in(sk, streams.TEST), 1)))
+    batched = streams.seed_keys(5, 3)
+    assert np.array_equal(jax.random.key_data(batched[2]), jax.random.key_data(sk))
+
+
+def test_random_irrelevant_patterns_come_from_the_run_seed():
+    studied = np.eye(D)[:2]
+    basis = sweep.irrelevant(0, SETUP, studied)
+    np.testing.assert_array_equal(basis, np.eye(D)[2:])
+    rnd = sweep.Setup(dataclasses.replace(SETUP.data, irrelevant="random"), SETUP.model, SETUP.train)
+    a, b, c = (sweep.irrelevant(s, rnd, studied) for s in (0, 0, 1))
+    assert a.shape == (D - 2, D) and np.array_equal(a, b) and not np.allclose(a, c)
+    assert a @ a.T == pytest.approx(np.eye(D - 2), abs=1e-5) and np.abs(a @ studied.T).max() < 1e-5
+
+
+class Recording(cache.NoStore):
+    """Computes everything, and records the fields of every entry asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def load(self, kind, fields, like):
+        self.asked.append((kind, fields))
+        return super().load(kind, fields, like)
 
 
 def test_pretrained_psi0_learns_its_tasks_and_leaves_the_studied_directions_alone():
-    from tvtheory import cache
-
-    d, task = 12, data.TaskSpec(10, 3, 1)
-    setup = sweep.Setup(d, 32, task, train.TrainSpec(steps=40, batch=32, log_every=20), pretrain_tasks=2,
-                        pretrain_steps=120)
+    d = 12
+    task = Data(d=d, P=10, n_rel=3, n_conf=1)
+    setup = sweep.Setup(task, Model(m=32, pretrain_tasks=2, pretrain_steps=120),
+                        Train(steps=40, batch=32, log_every=20))
+    plain = setup._replace(model=dataclasses.replace(setup.model, pretrain_tasks=0))
     ids = np.arange(2, dtype=np.int32)
     studied = np.eye(d)[:2]
-    random = sweep.pretrained(0, setup._replace(pretrain_tasks=0), ids, cache.NoStore())
-    pre = sweep.pretrained(0, setup, ids, cache.NoStore(), studied)
-    again = sweep.pretrained(0, setup, ids, cache.NoStore(), studied)
+    stores = [Recording() for _ in range(3)]
+    random = sweep.pretrained(0, plain, ids, stores[0], studied)
+    pre = sweep.pretrained(0, setup, ids, stores[1], studied)
+    again = sweep.pretrained(0, setup, ids, stores[2], studied)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(pre), jax.tree.leaves(again)))
     # Pre-training starts from the random Psi_0 and never sees a token along e_1 or e_2.
     np.testing.assert_array_equal(pre["V"][..., :2], random["V"][..., :2])
     np.testing.assert_array_equal(pre["W"][:, :2], 0.0)
     np.testing.assert_array_equal(pre["W"][:, :, :2], 0.0)
+    assert not np.array_equal(pre["V"], random["V"])
+    # Psi_0 on the pre-training tasks' test sets (stream TEST, task PRETRAIN_TASK_TEST + j): learned, or not at all.
+    ev_pre = sweep.psi0_eval(0, setup, ids, pre, studied, n_test=500, k=2)
+    assert ev_pre["acc"].shape == ev_pre["loss"].shape == (2, 2)
+    assert ev_pre["acc"].min() > 0.8 and ev_pre["loss"].max() < 0.6
+    ev_random = sweep.psi0_eval(0, plain, ids, random, studied, n_test=500)
+    assert set(ev_random) == {"W0_norm", "V0_norm"} and ev_random["V0_norm"].min() > 0
+    np.testing.assert_array_equal(ev_random["W0_norm"], 0.0)              # sigma_w = 0: W_0 = 0
+    assert ev_pre["W0_norm"].min() > 0
     mus, irr = data.pretraining_tasks(studied, 2)
-    for j in range(2):
-        X, y = data.sample(jax.random.key(50 + j), mus[j], irr[j], 500, task)
-        for s in range(2):
-            psi = jax.tree.map(lambda x: x[s], pre)
-            assert float(metrics.evaluate(psi, X, y)["acc"]) > 0.8
-            assert float(metrics.evaluate(psi, X, y)["loss"]) < 0.6
-            assert float(metrics.evaluate(jax.tree.map(lambda x: x[s], random), X, y)["loss"]) > 0.9
-    # The cache keys of the random Psi_0 do not mention pre-training; those of a pre-trained one do.
-    assert "pretrain" not in setup._replace(pretrain_tasks=0).fields() and "pretrain" in setup.fields()
-    with pytest.raises(ValueError, match="patterns of the tasks under study"):
-        sweep.pretrained(0, setup, ids, cache.NoStore())
+    X, y = data.sample(streams.task(streams.seed_key(streams.run_key(0), 1), streams.TEST,
+                                    streams.PRETRAIN_TASK_TEST + 1), mus[1], irr[1], 500, task)
+    evaluate = jax.jit(metrics.evaluate)
+    ref = evaluate(jax.tree.map(lambda x: x[1], pre), X, y)
+    assert ev_pre["loss"][1, 1] == pytest.approx(float(ref["loss"]), abs=1e-5)
+    for s in range(2):
+        assert float(evaluate(jax.tree.map(lambda x: x[s], random), X, y)["loss"]) > 0.9
+    # A random Psi_0's cache key holds the seed, d and the model only (so a new training setup reuses it); a
+    # pre-trained one's also holds the training setup and the pre-training tasks.
+    (kind, f_random), (_, f_pre) = stores[0].asked[0], stores[1].asked[0]
+    assert kind == "psi0" and set(f_random) == {"seed", "d", "model", "s"}
+    assert f_random["model"]["pretrain_tasks"] == 0 and f_pre["model"]["pretrain_tasks"] == 2
+    assert f_pre["train"]["steps"] == 40 and "pre" in f_pre

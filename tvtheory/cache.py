@@ -1,10 +1,15 @@
-"""A content-addressed store for parameters and per-cell results, so sweeps resume and reuse fine-tunes.
+"""A content-addressed store of stages (Psi_0, fine-tunes, evaluated cells), so sweeps resume and reuse fine-tunes.
 
-An entry's key is a hash of exactly the fields that determine it (``fields``: plain JSON values), e.g. Psi_0 depends
-on the seed and the model's shape and scale, a fine-tune adds the task and the SGD settings, an evaluation adds the
-coefficient grid. Entries are ``.npz`` files (numpy, ``allow_pickle=False``: nothing executable is ever loaded)
-written atomically, with the fields stored beside the arrays so a hit can be checked, and loading checks every
-array's shape and dtype against what the caller expects.
+An entry's key is a hash of exactly the fields that determine it (``fields``: plain JSON values derived from the
+config blocks), e.g. Psi_0 depends on the seed and the model, a fine-tune adds the task and the SGD settings, an
+evaluation adds the coefficient grid. Entries are ``.npz`` files (numpy, ``allow_pickle=False``: nothing executable is
+ever loaded), written atomically, holding beside the arrays their fields, a SHA-256 of the arrays' bytes, and the
+commit that wrote them.
+
+An entry that cannot be read, fails its checksum, holds other fields than its key's, or has other shapes than the
+config implies is never used and never fatal: one warning line names the file, the file is moved aside to
+``<root>/quarantine/`` and the stage is recomputed, so a damaged cache heals on the next run with a cold run's numbers.
+Every entry a run read is listed in its provenance with the commit that wrote it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import os
+import zipfile
 from pathlib import Path
 
 import jax
@@ -19,11 +27,16 @@ import numpy as np
 
 from tvtheory import results
 
-# Bump when the meaning of a cached quantity changes, or when a code change alters the numbers computed (2: the
-# (A X) V^T product order of model.apply; 3: the four-matrix form's grids through the quadratic expansion; 4: the
-# four-matrix form's dW and dV norms in pair_eval are the change of the merged weights, model.merged_delta), so that
-# entries from older code are never mixed with new ones.
-VERSION = 4
+log = logging.getLogger(__name__)
+
+# Bump when the meaning of a cached quantity changes, or when a code change alters the numbers computed, so that
+# entries from older code are never mixed with new ones. 2: the (A X) V^T product order of model.apply; 3: the
+# four-matrix form's grids through the quadratic expansion; 4: the four-matrix form's dW and dV norms are the change
+# of the merged weights; 5: keys derived from the config blocks, entries carry a checksum and their writer, pair
+# evaluations add each fine-tune's own accuracy and a validation split; 6: the model and data options (model.arch,
+# heads, width, rounds, radius; data.rho, classes, label_noise) join every key through the config blocks (the
+# default path's numbers are unchanged).
+VERSION = 6
 
 
 def canonical(fields: dict) -> str:
@@ -43,8 +56,17 @@ def _plain(x):
     raise TypeError(f"cache key field of type {type(x).__name__} is not JSON")
 
 
-class CacheMismatch(ValueError):
-    """A cached entry does not have the shapes or dtypes the config implies."""
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class Damaged(ValueError):
+    """A cached entry that must not be used (unreadable, failed checksum, other fields or shapes)."""
 
 
 class Store:
@@ -52,49 +74,91 @@ class Store:
 
     def __init__(self, root: str | Path, refresh: bool = False):
         self.root, self.refresh = Path(root), refresh
-        self.hits, self.misses = 0, 0
+        self.hits, self.misses, self.healed = 0, 0, 0
+        self.used: dict[str, str | None] = {}       # entry path -> commit that wrote it (provenance)
+        self._writer = None
 
     def path(self, kind: str, fields: dict) -> Path:
         return self.root / kind / f"{key(fields)}.npz"
 
     def load(self, kind: str, fields: dict, like):
-        """The cached pytree with the structure of ``like`` (arrays or ShapeDtypeStructs), or None."""
+        """The cached pytree with the structure of ``like`` (arrays or ShapeDtypeStructs), or None (missing, or
+        damaged: then moved aside with a warning)."""
         p = self.path(kind, fields)
         if self.refresh or not p.exists():
             self.misses += 1
             return None
-        with np.load(p, allow_pickle=False) as z:
-            stored = str(z["__fields__"])
-            if stored != canonical(fields):
-                raise CacheMismatch(f"{p}: stored fields {stored} differ from the requested ones (hash collision?)")
-            leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-            out, problems = [], []
-            for path, want in leaves:
-                name = jax.tree_util.keystr(path)
-                if name not in z:
-                    problems.append(f"{name} missing")
-                    continue
-                got = z[name]
-                if got.shape != tuple(want.shape) or got.dtype != np.dtype(want.dtype):
-                    problems.append(f"{name}: stored {got.dtype}{list(got.shape)}, expected "
-                                    f"{np.dtype(want.dtype)}{list(want.shape)}")
-                out.append(got)
-            if problems:
-                raise CacheMismatch(f"{p} does not match the config: " + "; ".join(problems)
-                                    + " (delete it or run with cache.refresh=true)")
+        try:
+            tree, writer = self._read(p, fields, like)
+        except Damaged as e:
+            self._quarantine(p, str(e))
+            self.misses += 1
+            return None
         self.hits += 1
-        return jax.tree_util.tree_unflatten(treedef, out)
+        self.used[str(p)] = writer
+        return tree
+
+    def _read(self, p: Path, fields: dict, like):
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            raise Damaged(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        meta = arrays.pop("__meta__", None)
+        if meta is None:
+            raise Damaged("no metadata (written by older code)")
+        try:
+            meta = json.loads(str(meta))
+        except ValueError:
+            raise Damaged("unreadable metadata") from None
+        if meta.get("fields") != canonical(fields):
+            raise Damaged("its fields differ from the requested ones (copied over another entry?)")
+        if meta.get("checksum") != checksum(arrays):
+            raise Damaged("its arrays fail their checksum (edited or corrupted)")
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+        out = []
+        for path, want in leaves:
+            name = jax.tree_util.keystr(path)
+            got = arrays.get(name)
+            if got is None or got.shape != tuple(want.shape) or got.dtype != np.dtype(want.dtype):
+                have = "missing" if got is None else f"{got.dtype}{list(got.shape)}"
+                raise Damaged(f"{name}: stored {have}, expected {np.dtype(want.dtype)}{list(want.shape)}")
+            out.append(got)
+        return jax.tree_util.tree_unflatten(treedef, out), meta.get("commit")
+
+    def _quarantine(self, p: Path, why: str) -> None:
+        dest = self.root / "quarantine" / f"{p.parent.name}-{p.name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(p, dest)
+        except OSError:
+            p.unlink(missing_ok=True)
+        self.healed += 1
+        log.warning("cache entry %s is damaged (%s): moved to %s and recomputed", p, why, dest)
 
     def save(self, kind: str, fields: dict, tree) -> Path:
         p = self.path(kind, fields)
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
         arrays = {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
-        arrays["__fields__"] = np.array(canonical(fields))
+        if self._writer is None:
+            self._writer = results.git_state()
+        meta = {"fields": canonical(fields), "checksum": checksum(arrays), "commit": self._writer["commit"],
+                "dirty": self._writer["dirty"], "version": VERSION}
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
         with results.atomic_path(p) as tmp:
             tmp.write_bytes(buf.getvalue())
         return p
+
+    def summary(self) -> str:
+        healed = f", {self.healed} damaged entries recomputed" if self.healed else ""
+        return f"cache: {self.hits} entries reused, {self.misses} computed{healed}"
+
+    def provenance(self) -> dict:
+        """Which entries the run read and which commit wrote each (None: unknown)."""
+        writers = sorted({str(w) for w in self.used.values()})
+        return {"root": str(self.root), "reused": self.hits, "computed": self.misses, "healed": self.healed,
+                "written_by": writers, "entries": dict(sorted(self.used.items()))}
 
 
 class NoStore(Store):
@@ -105,3 +169,30 @@ class NoStore(Store):
 
     def save(self, kind, fields, tree):
         return None
+
+    def provenance(self) -> dict:
+        return {"root": None}
+
+
+def open_store(cfg) -> Store:
+    """The store of a config's ``cache`` block."""
+    return Store(cfg.dir, refresh=cfg.refresh) if cfg.dir else NoStore()
+
+
+def per_seed(store: Store, kind: str, fields_of, seed_ids: np.ndarray, compute, like=None):
+    """Each seed's entry of ``kind`` (fields ``fields_of(s)``), stacked along a leading seed axis: loaded where cached,
+    the missing seeds computed in one call ``compute(ids)`` (a pytree with a leading axis over ids) and stored one by
+    one. Results stay the same bits whichever seeds were cached, as long as ``compute`` treats each seed alone.
+    ``like``: one seed's entry (arrays or ShapeDtypeStructs); by default traced from ``compute`` on one seed."""
+    if like is None:
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                            jax.eval_shape(compute, seed_ids[:1]))
+    got = {int(s): store.load(kind, fields_of(int(s)), like) for s in seed_ids}
+    missing = np.array([s for s in seed_ids if got[int(s)] is None], dtype=np.int32)
+    if missing.size:
+        batch = jax.device_get(compute(missing))
+        for i, s in enumerate(missing):
+            one = jax.tree.map(lambda x: x[i], batch)
+            store.save(kind, fields_of(int(s)), one)
+            got[int(s)] = one
+    return jax.tree.map(lambda *xs: np.stack(xs), *[got[int(s)] for s in seed_ids])

@@ -1,69 +1,338 @@
-"""Structured configs: one dataclass per concern, mirrored by conf/ (data/, model/, train/, sweep/, claims/).
+"""Structured configs: the one place where every field, its default and its meaning are written.
 
-Types come from the dataclasses (OmegaConf rejects unknown keys and wrong types); ``validate`` checks ranges and
-cross-field rules and raises ``ValueError("<field.path>=<value>: <what is allowed>")`` before anything is compiled.
-Hydra itself is imported only by ``register_configs`` so the rest of the library stays Hydra-free.
+Each concern is a dataclass (``Data``, ``Model``, ``Train``, ``Sweep``, ``Claims``, ...); an experiment's config
+(in ``tvtheory/experiments/<name>.py``) composes them under ``Run``. The YAML files in ``conf/`` hold only what
+differs from these defaults. Hydra registers each experiment's dataclass as ``<name>_schema`` and merges the YAML and
+the command line into it, so types and unknown keys are checked by OmegaConf; ``validate`` then walks the config and
+calls each block's ``check``, which raises ``ValueError("<field.path>=<value>: <what is allowed>")`` before anything
+is compiled. Instances are immutable once built and hash by value, so the scalar blocks (``Data``, ``Model``,
+``Train``) are the static arguments of the jitted stages, and cache keys are derived from them.
+
+Nothing here imports JAX or Hydra: a bad value is reported in milliseconds.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
+import math
+from dataclasses import dataclass
 from typing import Any, List, Optional
 
 import numpy as np
 
 from tvtheory import _check
-from tvtheory.specs import TaskSpec, TrainSpec, check_grid, check_ood_target, check_shape, grid
 
 
-@dataclass
-class DataConfig:
-    d: int = 32
-    P: int = 20
-    n_rel: int = 4
-    n_conf: int = 2
-    sigma: float = 0.0
-    irrelevant: str = "basis"           # "basis": e_3..e_d; "random": random orthonormal basis of the complement
-
-    def task_spec(self) -> TaskSpec:
-        return TaskSpec(self.P, self.n_rel, self.n_conf, self.sigma)
+def field(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):  # noqa: A002
+    """A dataclass field with its description (shown by ``--help`` and in docs/design.md's field table)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    if isinstance(default, Node):        # immutable, so one instance may be every config's default
+        return dataclasses.field(default_factory=lambda: default, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
-@dataclass
-class ModelConfig:
-    m: int = 256
-    form: str = "merged"                # "merged" (W, V) or "four" (W_Q, W_K, W_V, W_O)
-    sigma_0: float = 0.01               # std of V_0 (Psi_0)
-    sigma_w: float = 0.0                # std of W_0; must be > 0 for the four-matrix form
-    # The second Psi_0 of theory.md: pre-trained (train.eta, train.batch) on this many tasks whose tokens avoid the
-    # span of the tasks under study; 0: Psi_0 is the random initialisation.
-    pretrain_tasks: int = 0
-    pretrain_steps: int = 100
+class Node:
+    """Base of every config block. Immutable after construction (it may be a static argument of a jitted function),
+    hashable by value (dataclass ``eq`` plus ``unsafe_hash``). The dataclasses are not ``frozen=True`` because
+    OmegaConf must merge overrides into the schema, which it refuses for frozen dataclasses."""
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_built", False):
+            raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: configs are immutable; use "
+                                                  "dataclasses.replace")
+        object.__setattr__(self, name, value)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_built", True)
+
+    def check(self) -> None:
+        """Range and cross-field checks of this block's own fields (names without the block's path)."""
 
 
-@dataclass
-class TrainConfig:
-    eta: float = 1.0
-    batch: int = 64
-    steps: int = 300
-    log_every: int = 10
-    n_train: int = 0                    # 0: a fresh batch every step
-
-    def spec(self) -> TrainSpec:
-        return TrainSpec(self.eta, self.batch, self.steps, self.log_every, self.n_train)
+def config(cls):
+    """Decorator: a config block (a dataclass with value equality and hashing)."""
+    return dataclass(eq=True, unsafe_hash=True)(cls)
 
 
-@dataclass
-class SweepConfig:
-    alphas: List[float] = field(default_factory=lambda: [-0.9, -0.5, 0.0, 0.5, 0.9])
-    # The phase diagram's alpha grid; empty for none. The default holds every value of ``alphas``, so one sweep
-    # serves both the Figure 1 table and the phase diagram.
-    phase_alphas: List[float] = field(default_factory=lambda: [float(round(a, 2)) for a in np.linspace(-1, 1, 21)])
-    lam_min: float = -2.0
-    lam_max: float = 3.0
-    lam_step: float = 0.1
-    n_test: int = 2000
-    chunk: int = 1                      # grid points evaluated at once (memory; 1 is fastest on CPU)
+def validate(cfg: Node, prefix: str = "") -> Node:
+    """Check every block, depth first: a failing field raises ValueError("<path>.<field>=<value>: ...")."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, Node):
+            validate(v, f"{prefix}{f.name}.")
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise ValueError(f"{prefix}{e}") from None
+    return cfg
+
+
+def to_plain(cfg) -> Any:
+    """The config as plain JSON values (cache keys, provenance, tables)."""
+    if isinstance(cfg, Node):
+        return {f.name: to_plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_plain(x) for x in cfg]
+    if isinstance(cfg, (np.floating, np.integer)):
+        return cfg.item()
+    return cfg
+
+
+def flat(cfg, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field as ``{"data.d": 32, ...}`` (the columns a multirun's gathered table carries)."""
+    out = {}
+    for k, v in (to_plain(cfg) if isinstance(cfg, Node) else cfg).items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if not isinstance(v, list) else str(v)
+    return out
+
+
+def describe(cls_or_node, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(field path, default, description) for every leaf field of a config class, for ``--help``. A nested block's
+    defaults are the ones its field sets (digits' ``pretrain`` block), not its class's."""
+    rows = []
+    node = cls_or_node if isinstance(cls_or_node, Node) else None
+    for f in dataclasses.fields(cls_or_node):
+        if node is not None:
+            default = getattr(node, f.name)
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if isinstance(default, Node):
+            rows += describe(default, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", repr(to_plain(default)), f.metadata.get("help", "")))
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------- the blocks
+IRRELEVANT = ("basis", "random", "random_unit", "correlated")
+
+
+@config
+class Data(Node):
+    """Samples of a task (docs/theory.md section 1): P tokens, n_rel label-relevant, n_conf confusion, the rest
+    irrelevant patterns; fixed counts per sample, positions shuffled."""
+
+    d: int = field(32, "token dimension")
+    P: int = field(20, "tokens per sample")
+    n_rel: int = field(4, "label-relevant tokens per sample (delta_* = n_rel / P)")
+    n_conf: int = field(2, "confusion tokens per sample (delta_# = n_conf / P); the label is the majority vote")
+    sigma: float = field(0.0, "std of Gaussian noise added to every coordinate of every token (0: the paper's "
+                         "noise-free data; a token's noise has norm ~ sigma sqrt(d), its pattern norm 1)")
+    irrelevant: str = field("basis", "irrelevant patterns v_j: 'basis' (e_3..e_d), 'random' (a random orthonormal "
+                            "basis of the task patterns' complement), 'random_unit' (isotropic random unit vectors: "
+                            "they overlap each other and mu_T by ~1/sqrt(d)) or 'correlated' (unit vectors with "
+                            "v_j . mu_T1 = rho, random off the task patterns otherwise); as many as 'basis' gives")
+    rho: float = field(0.0, "irrelevant='correlated': every irrelevant pattern's inner product with mu_T1 (with "
+                       "mu_T2: rho alpha), so every irrelevant token carries rho mu_T1 whatever the label")
+    classes: int = field(2, "2: the paper's binary task (tokens +-mu_T, hinge loss); K >= 3: K orthonormal class "
+                         "patterns per task, n_conf confusion tokens of other classes, Crammer-Singer's multi-class "
+                         "hinge loss; class k of T1 and of T2 have inner product alpha")
+    label_noise: float = field(0.0, "probability that a training label (fine-tunes and pre-training) is replaced "
+                               "by another (the other sign, or a uniformly drawn other class); test sets stay clean")
+
+    def check(self):
+        _check.integer("P", self.P, lo=1)
+        _check.integer("n_conf", self.n_conf, lo=0)
+        _check.integer("n_rel", self.n_rel, lo=1)
+        if self.n_rel <= self.n_conf:
+            _check.fail("n_rel", self.n_rel, f"must be > n_conf={self.n_conf} (the label is a majority vote)")
+        if self.n_rel + self.n_conf > self.P:
+            _check.fail("n_rel", self.n_rel, f"n_rel + n_conf must be <= P={self.P}")
+        _check.in_range("sigma", self.sigma, lo=0.0)
+        if self.irrelevant not in IRRELEVANT:
+            _check.fail("irrelevant", self.irrelevant, f"must be one of {IRRELEVANT}")
+        _check.in_range("rho", self.rho, -1.0, 1.0, lo_open=True, hi_open=True)
+        if self.rho != 0 and self.irrelevant != "correlated":
+            _check.fail("rho", self.rho, f"applies to irrelevant='correlated' only (irrelevant={self.irrelevant!r})")
+        _check.integer("classes", self.classes, lo=2)
+        _check.in_range("label_noise", self.label_noise, 0.0, 0.5, hi_open=True)
+        _check.integer("d", self.d, lo=3)
+
+    @property
+    def multiclass(self) -> bool:
+        """K >= 3 class patterns per task (else the paper's binary +-mu task)."""
+        return self.classes > 2
+
+    def pair_dirs(self) -> int:
+        """Directions a pair of tasks occupies: e_1, e_2 (binary), or e_1..e_2K (K classes each)."""
+        return 2 * self.classes if self.multiclass else 2
+
+    def need_dims(self, n_task_dirs: int) -> None:
+        """d must hold the task directions plus at least one irrelevant pattern."""
+        if self.d < n_task_dirs + 1:
+            _check.fail("d", self.d, f"must be >= {n_task_dirs + 1}: {n_task_dirs} task directions plus at least "
+                        "one irrelevant pattern")
+
+    def max_distinct(self, M: int) -> int:
+        """An upper bound on the distinct tokens of one sample with M irrelevant patterns: +mu and -mu (the label's
+        pattern and at most min(n_conf, K - 1) other classes') and at most min(n_irr, M) patterns v_j, or P once
+        noise makes every token unique."""
+        if self.sigma > 0:
+            return self.P
+        n_irr = self.P - self.n_rel - self.n_conf
+        n_conf = min(self.n_conf, self.classes - 1) if self.multiclass else int(self.n_conf > 0)
+        return min(self.P, 1 + n_conf + min(n_irr, M))
+
+
+FORMS = ("merged", "four")
+ARCHS = ("paper", "multihead", "two_layer", "mlp", "cnn", "gnn")
+
+
+@config
+class Model(Node):
+    """The network and its Psi_0: the paper's one-layer transformer (docs/theory.md section 2), or, with ``arch``,
+    a network beyond it (tvtheory/architectures.py), trained by the same SGD on the hinge loss from its own Psi_0."""
+
+    m: int = field(256, "width of the ReLU layer (the readout a is fixed at +-1/sqrt(m))")
+    form: str = field("merged", "'merged': W = W_K^T W_Q and V = W_O W_V trained; 'four': the four matrices")
+    sigma_0: float = field(0.01, "std of V_0's entries (of W_O's for the four-matrix form)")
+    sigma_w: float = field(0.0, "std of W_0's entries; must be > 0 for the four-matrix form (W_Q = W_K = 0 is a "
+                           "saddle)")
+    pretrain_tasks: int = field(0, "> 0: Psi_0 is SGD-trained on that many tasks whose tokens avoid the span of "
+                                "the tasks under study (the second Psi_0 of docs/theory.md); 0: random Psi_0")
+    pretrain_steps: int = field(100, "SGD steps of that pre-training (train.eta and train.batch)")
+    arch: str = field("paper", "the network: 'paper' (the one-layer transformer, in ``form``), 'multihead' (heads "
+                      "W_h, V_h of m/h units each), 'two_layer' (the paper's block twice, with a residual), 'mlp' "
+                      "(attention-free: a^T ReLU(V mean_s x_s)), 'cnn' (a circular 1-D convolution over positions), "
+                      "'gnn' (mean aggregation over a ring of positions); each keeps the paper's ReLU, mean over "
+                      "positions and fixed readout a (tvtheory/architectures.py)")
+    heads: int = field(2, "arch='multihead': attention heads (must divide m; 1 is the paper's model)")
+    width: int = field(3, "arch='cnn': kernel width in positions (<= data.P; 1 is a per-token MLP)")
+    rounds: int = field(1, "arch='gnn': message-passing rounds, 1 (affine in the weights) or 2 (a hidden layer "
+                        "between them)")
+    radius: int = field(1, "arch='gnn': each position aggregates the positions within this circular distance "
+                        "(itself included)")
+
+    def check(self):
+        _check.integer("m", self.m, lo=1)
+        if self.form not in FORMS:
+            _check.fail("form", self.form, f"must be one of {FORMS}")
+        _check.integer("pretrain_steps", self.pretrain_steps, lo=1)
+        _check.integer("pretrain_tasks", self.pretrain_tasks, lo=0)
+        _check.in_range("sigma_0", self.sigma_0, lo=0.0)
+        _check.in_range("sigma_w", self.sigma_w, lo=0.0)
+        if self.form == "four" and self.sigma_w <= 0:
+            _check.fail("sigma_w", self.sigma_w, "must be > 0 for model.form='four' (W_Q = W_K = 0 never trains)")
+        if self.arch not in ARCHS:
+            _check.fail("arch", self.arch, f"must be one of {ARCHS}")
+        if self.form != "merged" and self.arch != "paper":
+            _check.fail("form", self.form, f"the four-matrix form exists for arch='paper' only (arch={self.arch!r})")
+        _check.integer("heads", self.heads, lo=1)
+        if self.arch == "multihead" and self.m % self.heads:
+            _check.fail("heads", self.heads, f"must divide m={self.m} (each head feeds m/h hidden units)")
+        _check.integer("width", self.width, lo=1)
+        _check.integer("rounds", self.rounds, lo=1, hi=2)
+        _check.integer("radius", self.radius, lo=0)
+
+    def need_data(self, task: "Data") -> None:
+        """The options that depend on the samples: a window within P, K outputs from m units."""
+        if self.arch == "cnn" and self.width > task.P:
+            _check.fail("width", self.width, f"must be <= data.P={task.P} (a window longer than the sample would "
+                        "wrap onto itself)")
+        if task.multiclass:
+            if self.m % task.classes:
+                _check.fail("m", self.m, f"must be divisible by data.classes={task.classes} (output k reads m/K "
+                            "hidden units)")
+            if self.pretrain_tasks:
+                _check.fail("pretrain_tasks", self.pretrain_tasks, f"pre-training is defined for binary tasks only "
+                            f"(data.classes={task.classes})")
+
+    def need_dims(self, d: int, n_task_dirs: int) -> None:
+        if self.pretrain_tasks and n_task_dirs + self.pretrain_tasks + 1 > d:
+            _check.fail("pretrain_tasks", self.pretrain_tasks, f"too many for data.d={d}: the pre-training "
+                        f"patterns and one irrelevant pattern need {self.pretrain_tasks + 1} directions beside the "
+                        f"{n_task_dirs} of the tasks under study")
+
+
+@config
+class Train(Node):
+    """SGD on the hinge loss (docs/theory.md section 3)."""
+
+    eta: float = field(1.0, "step size")
+    batch: int = field(64, "samples per step")
+    steps: int = field(300, "SGD steps")
+    log_every: int = field(10, "training curve: the batch loss every this many steps")
+    n_train: int = field(0, "0: a fresh batch every step (the theorems' online setting); > 0: minibatches of a "
+                         "fixed training set of this size")
+
+    def check(self):
+        _check.in_range("eta", self.eta, lo=0.0, lo_open=True)
+        _check.integer("batch", self.batch, lo=1)
+        _check.integer("steps", self.steps, lo=1)
+        _check.integer("log_every", self.log_every, lo=1, hi=self.steps)
+        _check.integer("n_train", self.n_train, lo=0)
+
+    def pretraining(self, steps: int) -> "Train":
+        """Psi_0's pre-training: this step size and batch, ``steps`` steps of fresh samples."""
+        return dataclasses.replace(self, steps=steps, log_every=steps, n_train=0)
+
+
+def grid(lo: float, hi: float, step: float) -> np.ndarray:
+    """lo, lo + step, ..., hi (rounded to 6 decimals so that grid values compare and print cleanly)."""
+    return np.round(lo + step * np.arange(int(round((hi - lo) / step)) + 1), 6)
+
+
+MAX_GRID = 1_000_000
+
+
+def check_grid(names: tuple[str, str, str], lo, hi, step, *, min_points: int = 2) -> int:
+    """A [lo, hi] grid with a positive step that lands on hi; returns its number of points."""
+    _check.finite(names[0], lo)
+    _check.finite(names[1], hi)
+    _check.in_range(names[2], step, lo=0.0, lo_open=True)
+    if hi < lo:
+        _check.fail(names[1], hi, f"must be >= {names[0]}={lo} (grids ascend)")
+    n = (hi - lo) / step
+    if n > MAX_GRID:
+        _check.fail(names[2], step, f"gives {n:.3g} grid points on [{lo:g}, {hi:g}]; at most {MAX_GRID} are allowed")
+    if abs(n - round(n)) > 1e-6 * max(1.0, n):
+        _check.fail(names[2], step, f"must divide {names[1]} - {names[0]} = {hi - lo:g} (the grid would run past "
+                    f"or stop short of {hi:g})")
+    if round(n) + 1 < min_points:
+        _check.fail(names[1], hi, f"gives {round(n) + 1} grid point(s) from {names[0]}={lo:g}; at least "
+                    f"{min_points} are needed")
+    return int(round(n)) + 1
+
+
+def check_ranges(name: str, ranges, n: int | None = None) -> None:
+    """A list of [min, max, step] grids (``n`` of them when given)."""
+    if n is not None and len(ranges) != n:
+        _check.fail(name, _plainlist(ranges), f"needs {n} [min, max, step] (one per source task)")
+    for i, r in enumerate(ranges):
+        if not isinstance(r, (list, tuple)) or len(r) != 3:
+            _check.fail(f"{name}[{i}]", _plainlist(r), "must be [min, max, step]")
+        check_grid((f"{name}[{i}][0]", f"{name}[{i}][1]", f"{name}[{i}][2]"), *r)
+
+
+def _plainlist(x):
+    return [_plainlist(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def check_list(name: str, values, *, min_len: int = 1, unique: bool = True) -> None:
+    if len(values) < min_len:
+        _check.fail(name, _plainlist(values), f"needs at least {min_len} value(s)")
+    if unique and len(set(map(float, values))) != len(values):
+        _check.fail(name, _plainlist(values), "must not repeat a value")
+
+
+@config
+class Sweep(Node):
+    """The Theorem 1-2 grid: Psi_0 + dPsi_T1 + lambda dPsi_T2 for every alpha, seed and lambda."""
+
+    alphas: List[float] = field(help="the Figure 1 alphas (alpha = mu_T1 . mu_T2)",
+                                factory=lambda: [-0.9, -0.5, 0.0, 0.5, 0.9])
+    phase_alphas: List[float] = field(help="the phase diagram's alphas; empty for none (the default holds every "
+                                      "Figure 1 alpha, so one sweep serves both)",
+                                      factory=lambda: [float(round(a, 2)) for a in np.linspace(-1, 1, 21)])
+    lam_min: float = field(-2.0, "smallest lambda")
+    lam_max: float = field(3.0, "largest lambda")
+    lam_step: float = field(0.1, "lambda grid step (must divide lam_max - lam_min)")
+    n_test: int = field(2000, "test samples per task")
+    chunk: int = field(1, "grid points evaluated at once (memory; 1 is fastest on CPU)")
 
     def lams(self) -> np.ndarray:
         return grid(self.lam_min, self.lam_max, self.lam_step)
@@ -71,320 +340,114 @@ class SweepConfig:
     def all_alphas(self) -> np.ndarray:
         return np.unique(np.round(np.asarray(list(self.alphas) + list(self.phase_alphas), float), 6))
 
-
-@dataclass
-class ClaimsConfig:
-    eps_learned: float = 0.05           # a task is learned when its mean hinge loss is <= eps (Theta(eps))
-    forget_loss: float = 1.0            # forgotten when the hinge loss is >= that of the zero predictor (Theta(1))
-    kept_cap: float = 0.5               # a kept task's hinge loss never exceeds this, whatever eps + |lambda| beta
-    lam_tol: float = 0.1                # tolerance on lambda*(alpha) - (1 - alpha): one grid step
-    acc_learned: float = 0.95           # accuracy view: learned / kept
-    acc_forgotten: float = 0.55         # accuracy view: forgotten (chance is 0.5)
-
-
-@dataclass
-class CacheConfig:
-    dir: Optional[str] = ".cache/tvtheory"   # Psi_0, fine-tunes and evaluated cells; null: no cache
-    refresh: bool = False                   # recompute everything (and overwrite the cached entries)
-
-
-@dataclass
-class RunBase:
-    """What every experiment has: seeds, where results go, XLA's threads."""
-
-    seed: int = 0
-    n_seeds: int = 5
-    out_dir: Optional[str] = None          # None: the Hydra job's output directory
-    threads: Optional[int] = None          # cores for XLA in this process (None: all); for parallel launchers
-
-
-@dataclass
-class RunConfig(RunBase):
-    """The synthetic-task experiments add the data, the model and its training, verdict rules and the cache."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-
-
-@dataclass
-class ArithmeticConfig(RunConfig):
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-
-
-@dataclass
-class AssumptionsConfig(RunBase):
-    """Theorems 1-2 once per model option of conf/model/ (the first is the reference); no ``model`` of its own."""
-
-    models: List[str] = field(default_factory=lambda: ["merged", "pretrained", "four"])
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-
-
-MODEL_OPTIONS = Path(__file__).resolve().parent.parent / "conf" / "model"
-
-
-def model_option(name: str) -> ModelConfig:
-    """The ModelConfig of conf/model/<name>.yaml; an unknown name raises a one-line ValueError listing the options."""
-    from omegaconf import OmegaConf
-
-    path = MODEL_OPTIONS / f"{name}.yaml"
-    if not isinstance(name, str) or "/" in name or not path.is_file():
-        options = ", ".join(sorted(p.stem for p in MODEL_OPTIONS.glob("*.yaml")))
-        raise ValueError(f"{name!r}: no conf/model/{name}.yaml (options: {options})")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
-
-
-@dataclass
-class OODGridConfig:
-    gammas: List[float] = field(default_factory=lambda: [0.75, -0.6])   # mu_T' = sum gamma_i mu_Ti + kappa mu_perp
-    kappa: Optional[float] = None                                     # None: unit norm
-    ranges: List[Any] = field(default_factory=lambda: [[-2.0, 3.0, 0.1], [-2.0, 2.0, 0.1]])  # per source
-    n_test: int = 2000
-    chunk: int = 1
-    iou_min: float = 0.8                # thm3.region passes at this IoU
-
-
-@dataclass
-class OODConfig(RunConfig):
-    ood: OODGridConfig = field(default_factory=OODGridConfig)
-
-
-@dataclass
-class CorollaryGridConfig:
-    ranks: List[int] = field(default_factory=lambda: [1])                 # rank-r task vectors re-checked
-    spectrum_ranks: List[int] = field(default_factory=lambda: [1, 2, 4])  # truncation errors reported (and full)
-    prune: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9, 0.95])  # fractions of dV rows removed
-    prune_min: float = 0.5              # cor2.pruning_keeps passes if pruning this fraction keeps every verdict
-    two_groups_ratio: float = 10.0      # cor2.two_groups: large-group / small-group mean row norm (~1/eps)
-    n_test: int = 1000                  # test samples per task for the re-checks
-
-
-@dataclass
-class CorollariesConfig(RunConfig):
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    ood: OODGridConfig = field(default_factory=OODGridConfig)
-    corollaries: CorollaryGridConfig = field(default_factory=CorollaryGridConfig)
-
-
-@dataclass
-class ScalingGridConfig:
-    ds: List[int] = field(default_factory=lambda: [16, 32, 64, 128])     # beta against d ...
-    ms: List[int] = field(default_factory=lambda: [64, 256, 1024])       # ... and m (the fit uses model.m)
-    lam_min: float = -2.0
-    lam_max: float = 2.0
-    lam_step: float = 0.2
-    n_test: int = 1000
-    n_rels: List[int] = field(default_factory=lambda: [2, 3, 4, 6, 8])   # delta_* = n_rel / P for convergence
-    conv_n_conf: int = 1
-    conv_steps: int = 600
-    conv_window: int = 10               # steps averaged before comparing the training loss with eps
-    exponent_tol: float = 0.5           # |fitted exponent - predicted| allowed
-
-    def lams(self) -> np.ndarray:
-        return grid(self.lam_min, self.lam_max, self.lam_step)
-
-
-@dataclass
-class ScalingConfig(RunConfig):
-    scaling: ScalingGridConfig = field(default_factory=ScalingGridConfig)
-
-
-@dataclass
-class ViTConfig:
-    patch: int = 2
-    dim: int = 32
-    depth: int = 1
-    heads: int = 2
-
-
-@dataclass
-class OptConfig:
-    steps: int = 60
-    batch: int = 64
-    lr: float = 1e-3
-
-
-@dataclass
-class DigitsTasksConfig:
-    # [P(red | odd), P(red | even)] per task; T1 and its partners of each relation.
-    T1: List[float] = field(default_factory=lambda: [0.9, 0.1])
-    irrelevant: List[float] = field(default_factory=lambda: [0.5, 0.5])
-    aligned: List[float] = field(default_factory=lambda: [0.8, 0.2])
-    contradictory: List[float] = field(default_factory=lambda: [0.1, 0.9])
-    target: List[float] = field(default_factory=lambda: [1.0, 0.0])      # T' of the out-of-domain check
-
-
-@dataclass
-class DigitsClaimsConfig:
-    kept_drop: float = 0.05             # kept / learned: accuracy within this of the task's own fine-tuned model
-    forget_acc: float = 0.6             # forgotten: accuracy at most this (chance is 0.5)
-
-
-@dataclass
-class DigitsConfig(RunBase):
-    split_seed: int = 0
-    vit: ViTConfig = field(default_factory=ViTConfig)
-    pretrain: OptConfig = field(default_factory=lambda: OptConfig(steps=400, batch=128, lr=3e-3))
-    finetune: OptConfig = field(default_factory=OptConfig)
-    tasks: DigitsTasksConfig = field(default_factory=DigitsTasksConfig)
-    lam_min: float = -2.0
-    lam_max: float = 3.0
-    lam_step: float = 0.1
-    ood_ranges: List[Any] = field(default_factory=lambda: [[-2.0, 3.0, 0.2], [-2.0, 2.0, 0.2]])
-    claims: DigitsClaimsConfig = field(default_factory=DigitsClaimsConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-
-    def lams(self) -> np.ndarray:
-        return grid(self.lam_min, self.lam_max, self.lam_step)
-
-
-SCHEMAS = {"digits": DigitsConfig, "arithmetic": ArithmeticConfig, "ood": OODConfig, "corollaries": CorollariesConfig,
-           "scaling": ScalingConfig, "assumptions": AssumptionsConfig}
-
-
-def register_configs() -> None:
-    """Store each experiment's schema as ``<name>_schema`` in Hydra's ConfigStore (conf/<name>.yaml extends it)."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
-        cs.store(name=f"{name}_schema", node=node)
-
-
-def to_dataclass(cfg):
-    """An OmegaConf config (or a dataclass) as the typed dataclass, validated."""
-    if not dataclasses.is_dataclass(cfg):
-        from omegaconf import OmegaConf
-        schema = OmegaConf.get_type(cfg)
-        if dataclasses.is_dataclass(schema):
-            _reject_unknown(OmegaConf.to_container(cfg), schema, "")
-        cfg = OmegaConf.to_object(cfg)
-    validate(cfg)
-    return cfg
-
-
-def _reject_unknown(node: dict, schema, prefix: str) -> None:
-    """Keys added with ``+key=value`` survive composition but are silently dropped by to_object: refuse them."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    for k, v in node.items():
-        if k not in fields:
-            _check.fail(f"{prefix}{k}", v, f"unknown key; {prefix.rstrip('.') or 'the config'} has "
-                        f"{', '.join(sorted(fields))}")
-        sub = fields[k].default_factory() if callable(fields[k].default_factory) else None
-        if isinstance(v, dict) and dataclasses.is_dataclass(sub):
-            _reject_unknown(v, type(sub), f"{prefix}{k}.")
-
-
-def validate(cfg) -> None:
-    """Range and cross-field checks; the first violation raises a one-line ValueError naming the field."""
-    _check.integer("seed", cfg.seed, lo=0)
-    _check.integer("n_seeds", cfg.n_seeds, lo=1)
-    if cfg.threads is not None:
-        _check.integer("threads", cfg.threads, lo=1)
-    if isinstance(cfg, DigitsConfig):
-        return _validate_digits(cfg)
-    n_dirs = len(cfg.ood.gammas) + 1 if hasattr(cfg, "ood") else 2     # sources + mu_perp, or the pair's e_1, e_2
-    _validate_data(cfg.data, n_task_dirs=n_dirs)
-    if isinstance(cfg, AssumptionsConfig):
-        _validate_models(cfg.models, cfg.data.d)
-    else:
-        _validate_model(cfg.model, cfg.data.d, n_task_dirs=n_dirs)
-    _validate_train(cfg.train)
-    if hasattr(cfg, "sweep"):
-        _validate_sweep(cfg.sweep)
-    if hasattr(cfg, "ood"):
-        _validate_ood(cfg.ood)
-    if hasattr(cfg, "scaling"):
-        _validate_scaling(cfg.scaling, cfg.data.P, cfg.model.pretrain_tasks)
-    if hasattr(cfg, "corollaries"):
-        _validate_corollaries(cfg.corollaries, cfg.data.d, cfg.model.m)
-    _validate_claims(cfg.claims)
-
-
-def _validate_ranges(name: str, ranges) -> None:
-    for i, r in enumerate(ranges):
-        if len(r) != 3:
-            _check.fail(f"{name}[{i}]", list(r), "must be [min, max, step]")
-        check_grid((f"{name}[{i}][0]", f"{name}[{i}][1]", f"{name}[{i}][2]"), *r)
-
-
-def _validate_digits(c: DigitsConfig) -> None:
-    from tvtheory.digits import ColorRule
-
-    _check.integer("split_seed", c.split_seed, lo=0)
-    if c.vit.patch not in (1, 2, 4, 8):
-        _check.fail("vit.patch", c.vit.patch, "must divide 8 (1, 2, 4 or 8)")
-    _check.integer("vit.dim", c.vit.dim, lo=1)
-    _check.integer("vit.depth", c.vit.depth, lo=1)
-    _check.integer("vit.heads", c.vit.heads, lo=1)
-    if c.vit.dim % c.vit.heads:
-        _check.fail("vit.heads", c.vit.heads, f"must divide vit.dim={c.vit.dim}")
-    for name in ("pretrain", "finetune"):
-        o = getattr(c, name)
-        _check.integer(f"{name}.steps", o.steps, lo=1)
-        _check.integer(f"{name}.batch", o.batch, lo=1)
-        _check.in_range(f"{name}.lr", o.lr, lo=0.0, lo_open=True)
-    for name in ("T1", "irrelevant", "aligned", "contradictory", "target"):
-        rule = getattr(c.tasks, name)
-        if len(rule) != 2:
-            _check.fail(f"tasks.{name}", list(rule), "must be [P(red | odd), P(red | even)]")
-        ColorRule(*rule).validate(f"tasks.{name}")
-    check_grid(("lam_min", "lam_max", "lam_step"), c.lam_min, c.lam_max, c.lam_step)
-    if len(c.ood_ranges) != 2:
-        _check.fail("ood_ranges", [list(r) for r in c.ood_ranges], "needs two [min, max, step]: T1 and T2")
-    _validate_ranges("ood_ranges", c.ood_ranges)
-    _check.in_range("claims.kept_drop", c.claims.kept_drop, 0.0, 1.0)
-    _check.in_range("claims.forget_acc", c.claims.forget_acc, 0.0, 1.0)
-
-
-def _validate_scaling(c: ScalingGridConfig, P: int, pretrain_tasks: int = 0) -> None:
-    for i, d in enumerate(c.ds):
-        _check.integer(f"scaling.ds[{i}]", d, lo=3 + pretrain_tasks)       # e_1, e_2, pre-training, 1 irrelevant
-    for i, m in enumerate(c.ms):
-        _check.integer(f"scaling.ms[{i}]", m, lo=1)
-    if len(c.ds) < 2:
-        _check.fail("scaling.ds", list(c.ds), "needs at least two values to fit an exponent")
-    if len(c.n_rels) < 2:
-        _check.fail("scaling.n_rels", list(c.n_rels), "needs at least two values to fit an exponent")
-    check_grid(("scaling.lam_min", "scaling.lam_max", "scaling.lam_step"), c.lam_min, c.lam_max, c.lam_step)
-    if not (c.lam_min < 0 < c.lam_max):
-        _check.fail("scaling.lam_min", c.lam_min, "the grid must hold lambdas < 0 and > 0 (beta on both sides)")
-    for i, n in enumerate(c.n_rels):
-        _prefixed(f"scaling.n_rels[{i}]", TaskSpec(P, n, c.conv_n_conf).validate)
-    _check.integer("scaling.n_test", c.n_test, lo=1)
-    _check.integer("scaling.conv_steps", c.conv_steps, lo=2)
-    _check.integer("scaling.conv_window", c.conv_window, lo=1, hi=c.conv_steps)
-    _check.in_range("scaling.exponent_tol", c.exponent_tol, lo=0.0)
-
-
-def _validate_corollaries(c: CorollaryGridConfig, d: int, m: int) -> None:
-    for name in ("ranks", "spectrum_ranks"):
-        for i, r in enumerate(getattr(c, name)):
-            _check.integer(f"corollaries.{name}[{i}]", r, lo=1, hi=min(d, m))
-    for i, f in enumerate(c.prune):
-        _check.in_range(f"corollaries.prune[{i}]", f, 0.0, 1.0, hi_open=True)
-    _check.in_range("corollaries.prune_min", c.prune_min, 0.0, 1.0, hi_open=True)
-    _check.in_range("corollaries.two_groups_ratio", c.two_groups_ratio, lo=1.0)
-    _check.integer("corollaries.n_test", c.n_test, lo=1)
-
-
-def _validate_ood(c: OODGridConfig) -> None:
-    if len(c.gammas) == 0:
-        _check.fail("ood.gammas", list(c.gammas), "must hold at least one coefficient")
-    _prefixed("ood", check_ood_target, list(c.gammas), c.kappa)
-    if len(c.ranges) != len(c.gammas):
-        _check.fail("ood.ranges", [list(r) for r in c.ranges], f"needs one [min, max, step] per source task "
-                    f"({len(c.gammas)} gammas)")
-    _validate_ranges("ood.ranges", c.ranges)
-    _check.integer("ood.n_test", c.n_test, lo=1)
-    _check.integer("ood.chunk", c.chunk, lo=1)
-    _check.in_range("ood.iou_min", c.iou_min, 0.0, 1.0)
+    def check(self):
+        check_list("alphas", self.alphas)
+        if self.phase_alphas:
+            check_list("phase_alphas", self.phase_alphas)
+        for name in ("alphas", "phase_alphas"):
+            for i, a in enumerate(getattr(self, name)):
+                _check.in_range(f"{name}[{i}]", a, -1.0, 1.0)
+        check_grid(("lam_min", "lam_max", "lam_step"), self.lam_min, self.lam_max, self.lam_step, min_points=3)
+        _check.integer("n_test", self.n_test, lo=1)
+        _check.integer("chunk", self.chunk, lo=1)
+
+
+@config
+class Claims(Node):
+    """Verdict tolerances, declared before the data are seen (docs/theory.md, 'The rule for verdicts')."""
+
+    eps_learned: float = field(0.05, "a task is learned when its mean hinge loss is <= eps (the theorems' "
+                               "Theta(eps)): 5% of the zero predictor's hinge loss of 1")
+    forget_loss: float = field(1.0, "forgotten when the hinge loss is >= that of the zero predictor (Theta(1))")
+    beta_d: float = field(1.0, "the declared beta of 'Theta(eps) + |lambda| beta' is beta_d / d: the paper's "
+                          "simplification beta = Theta(1/d), with constant 1")
+    kept_cap: float = field(0.5, "a kept task's hinge loss never exceeds this, whatever eps + |lambda| beta "
+                            "(half the zero predictor's)")
+    lam_tol: float = field(0.1, "tolerance on a lambda threshold or window edge: one grid step of the default "
+                           "grid")
+    acc_learned: float = field(0.95, "accuracy view: learned / kept")
+    acc_forgotten: float = field(0.55, "accuracy view: forgotten (chance is 0.5)")
+    min_seeds: int = field(3, "fewer valid (non-diverged) seeds than this make a verdict 'inconclusive'")
+    min_test: int = field(1000, "fewer test samples per task than this make every verdict 'inconclusive' (a smoke "
+                          "configuration)")
+    chance_acc: float = field(0.6, "a fine-tune whose accuracy on its own task is at most this is treated like a "
+                              "diverged one (its seed is left out)")
+    spread_k: float = field(1.0, "a margin counts only beyond this many seed standard deviations of the "
+                            "quantity; inside, the verdict is 'inconclusive'")
+
+    def check(self):
+        _check.in_range("eps_learned", self.eps_learned, 0.0, 1.0, lo_open=True, hi_open=True)
+        _check.in_range("forget_loss", self.forget_loss, lo=0.0, lo_open=True)
+        _check.in_range("beta_d", self.beta_d, lo=0.0)
+        _check.in_range("kept_cap", self.kept_cap, self.eps_learned, self.forget_loss, hi_open=True)
+        _check.in_range("lam_tol", self.lam_tol, lo=0.0)
+        _check.in_range("acc_learned", self.acc_learned, 0.5, 1.0)
+        _check.in_range("acc_forgotten", self.acc_forgotten, 0.0, 1.0)
+        _check.integer("min_seeds", self.min_seeds, lo=1)
+        _check.integer("min_test", self.min_test, lo=1)
+        _check.in_range("chance_acc", self.chance_acc, 0.0, 1.0)
+        _check.in_range("spread_k", self.spread_k, lo=0.0)
+
+    def beta(self, d: int) -> float:
+        return self.beta_d / d
+
+
+@config
+class Cache(Node):
+    dir: Optional[str] = field(".cache/tvtheory", "Psi_0, fine-tunes and evaluated cells; null: no cache")
+    refresh: bool = field(False, "recompute everything (and overwrite the cached entries)")
+
+
+@config
+class Budget(Node):
+    """Limits checked against an estimate from the config before any compute (raise them to run larger)."""
+
+    max_memory_gb: float = field(16.0, "refuse a run whose estimated peak memory exceeds this")
+    max_minutes: float = field(240.0, "refuse a run whose estimated time on 2 CPU cores exceeds this")
+
+    def check(self):
+        _check.in_range("max_memory_gb", self.max_memory_gb, lo=0.0, lo_open=True)
+        _check.in_range("max_minutes", self.max_minutes, lo=0.0, lo_open=True)
+
+
+@config
+class Run(Node):
+    """What every experiment has: seeds, where results go, XLA's threads, the cache and the budget."""
+
+    seed: int = field(0, "base seed: seed index s uses fold_in(key(seed), s)")
+    n_seeds: int = field(5, "seeds (>= claims.min_seeds for a conclusive verdict)")
+    out_dir: Optional[str] = field(None, "result folder; null: the Hydra job's output folder")
+    threads: Optional[int] = field(None, "cores for XLA in this process (null: all); for parallel launchers")
+    cache: Cache = field(Cache(), "the cache of stages")
+    budget: Budget = field(Budget(), "limits on the estimated cost")
+
+    def check(self):
+        _check.integer("seed", self.seed, lo=0)
+        _check.integer("n_seeds", self.n_seeds, lo=1, hi=10_000)
+        if self.threads is not None:
+            _check.integer("threads", self.threads, lo=1)
+
+
+@config
+class Synthetic(Run):
+    """The experiments on the paper's synthetic tasks: data, model, training and verdict tolerances."""
+
+    data: Data = field(Data(), "the task samples")
+    model: Model = field(Model(), "the model and its Psi_0")
+    train: Train = field(Train(), "fine-tuning")
+    claims: Claims = field(Claims(), "verdict tolerances")
+
+    def check(self):
+        super().check()
+        _prefixed("data", self.data.need_dims, self.n_task_dirs())
+        _prefixed("model", self.model.need_dims, self.data.d, self.n_task_dirs())
+        _prefixed("model", self.model.need_data, self.data)
+        if self.data.multiclass and any(isinstance(getattr(self, f.name), OOD) for f in dataclasses.fields(self)):
+            _check.fail("data.classes", self.data.classes, "Theorem 3's target is defined for binary tasks only (2)")
+
+    def n_task_dirs(self) -> int:
+        """Directions the tasks under study occupy (a pair: e_1, e_2; e_1..e_2K for K-class tasks)."""
+        return self.data.pair_dirs()
 
 
 def _prefixed(prefix: str, fn, *args, **kw):
@@ -394,64 +457,55 @@ def _prefixed(prefix: str, fn, *args, **kw):
         raise ValueError(f"{prefix}.{e}") from None
 
 
-def _validate_data(c: DataConfig, n_task_dirs: int) -> None:
-    _prefixed("data", TaskSpec(c.P, c.n_rel, c.n_conf, c.sigma).validate)
-    if c.irrelevant not in ("basis", "random"):
-        _check.fail("data.irrelevant", c.irrelevant, "must be 'basis' or 'random'")
-    if _check.integer("data.d", c.d, lo=1) < n_task_dirs + 1:
-        _check.fail("data.d", c.d, f"must be >= {n_task_dirs + 1}: {n_task_dirs} task directions plus at least one "
-                    "irrelevant pattern")
+def check_ood_target(gammas: list, kappa: float | None) -> float:
+    """Theorem 3's target: gammas finite and not all zero, sum gamma_i^2 + kappa^2 = 1. Returns kappa."""
+    for i, g in enumerate(gammas):
+        _check.finite(f"gammas[{i}]", g)
+    if not any(g != 0 for g in gammas):
+        _check.fail("gammas", list(gammas), "must not be all zero (Theorem 3)")
+    sq = sum(g * g for g in gammas)
+    if sq > 1.0 + 1e-9:
+        _check.fail("gammas", list(gammas), f"sum of squares {sq:.4g} must be <= 1")
+    if kappa is None:
+        return max(1.0 - sq, 0.0) ** 0.5
+    _check.finite("kappa", kappa)
+    if abs(sq + kappa**2 - 1.0) > 1e-6:
+        _check.fail("kappa", kappa, f"sum gamma_i^2 + kappa^2 must be 1 (sum gamma_i^2 = {sq:.4g})")
+    return kappa
 
 
-def _validate_model(c: ModelConfig, d: int, n_task_dirs: int) -> None:
-    _prefixed("model", check_shape, 1, c.m, c.form)
-    _check.integer("model.pretrain_steps", c.pretrain_steps, lo=1)
-    if _check.integer("model.pretrain_tasks", c.pretrain_tasks, lo=0):
-        if n_task_dirs + c.pretrain_tasks + 1 > d:
-            _check.fail("model.pretrain_tasks", c.pretrain_tasks, f"too many for data.d={d}: the pre-training "
-                        f"patterns and one irrelevant pattern need {c.pretrain_tasks + 1} directions beside the "
-                        f"{n_task_dirs} of the tasks under study")
-    _check.in_range("model.sigma_0", c.sigma_0, lo=0.0)
-    _check.in_range("model.sigma_w", c.sigma_w, lo=0.0)
-    if c.form == "four" and c.sigma_w <= 0:
-        _check.fail("model.sigma_w", c.sigma_w, "must be > 0 for model.form='four' (W_Q = W_K = 0 never trains)")
+@config
+class OOD(Node):
+    """Theorem 3: sources mu_Ti = e_i, target mu_T' = sum_i gamma_i mu_Ti + kappa mu_perp, a coefficient grid."""
 
+    gammas: List[float] = field(help="the target's coefficients on the sources (the paper's Colored-MNIST estimate, "
+                                "normalised)", factory=lambda: [0.75, -0.6])
+    kappa: Optional[float] = field(None, "the target's component outside the sources; null: sqrt(1 - sum gamma^2)")
+    ranges: List[Any] = field(help="[min, max, step] of lambda_i per source", factory=lambda: [[-2.0, 3.0, 0.1],
+                                                                                              [-2.0, 2.0, 0.1]])
+    n_test: int = field(2000, "test samples of T'")
+    n_val: int = field(500, "validation samples of T' (the best point is chosen on them, reported on test)")
+    chunk: int = field(1, "grid points evaluated at once")
+    c: float = field(0.5, "the theorem's c in (0, 1), declared: tau = 1 + c and |lambda_i| beta <= c (the middle of "
+                     "the interval the theorem allows)")
+    precision_min: float = field(0.95, "thm3.region passes when at least this fraction of the theorem's region "
+                                 "succeeds (5% for grid points at the region's edge)")
 
-def _validate_models(names: list, d: int) -> None:
-    if len(names) < 2:
-        _check.fail("models", list(names), "needs a reference and at least one model to compare with it")
-    if len(set(names)) != len(names):
-        _check.fail("models", list(names), "must not repeat a model")
-    for i, name in enumerate(names):
-        try:
-            m = model_option(name)
-        except ValueError as e:
-            raise ValueError(f"models[{i}]={e}") from None
-        try:
-            _validate_model(m, d, n_task_dirs=2)
-        except ValueError as e:
-            raise ValueError(f"models[{i}]={name!r} (conf/model/{name}.yaml): {e}") from None
+    def check(self):
+        if len(self.gammas) == 0:
+            _check.fail("gammas", list(self.gammas), "must hold at least one coefficient")
+        check_ood_target(list(self.gammas), self.kappa)
+        check_ranges("ranges", self.ranges, len(self.gammas))
+        points = math.prod(len(grid(*r)) for r in self.ranges)
+        if points > MAX_GRID:
+            _check.fail("ranges", _plainlist(self.ranges), f"make a grid of {points} points; at most {MAX_GRID} "
+                        "are allowed")
+        _check.integer("n_test", self.n_test, lo=1)
+        _check.integer("n_val", self.n_val, lo=1)
+        _check.integer("chunk", self.chunk, lo=1)
+        _check.in_range("c", self.c, 0.0, 1.0, lo_open=True, hi_open=True)
+        _check.in_range("precision_min", self.precision_min, 0.0, 1.0)
 
-
-def _validate_train(c: TrainConfig) -> None:
-    _prefixed("train", c.spec().validate)
-
-
-def _validate_sweep(c: SweepConfig) -> None:
-    if len(c.alphas) == 0:
-        _check.fail("sweep.alphas", list(c.alphas), "must hold at least one alpha")
-    for name in ("alphas", "phase_alphas"):
-        for i, a in enumerate(getattr(c, name)):
-            _check.in_range(f"sweep.{name}[{i}]", a, -1.0, 1.0)
-    check_grid(("sweep.lam_min", "sweep.lam_max", "sweep.lam_step"), c.lam_min, c.lam_max, c.lam_step)
-    _check.integer("sweep.n_test", c.n_test, lo=1)
-    _check.integer("sweep.chunk", c.chunk, lo=1)
-
-
-def _validate_claims(c: ClaimsConfig) -> None:
-    _check.in_range("claims.eps_learned", c.eps_learned, 0.0, 1.0, lo_open=True, hi_open=True)
-    _check.in_range("claims.forget_loss", c.forget_loss, lo=0.0, lo_open=True)
-    _check.in_range("claims.kept_cap", c.kept_cap, c.eps_learned, c.forget_loss, hi_open=True)
-    _check.in_range("claims.lam_tol", c.lam_tol, lo=0.0)
-    _check.in_range("claims.acc_learned", c.acc_learned, 0.5, 1.0)
-    _check.in_range("claims.acc_forgotten", c.acc_forgotten, 0.0, 1.0)
+    def n_task_dirs(self) -> int:
+        """The sources and mu_perp."""
+        return len(self.gammas) + 1

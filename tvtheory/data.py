@@ -1,4 +1,4 @@
-"""Synthetic "discriminative pattern" tasks (theory.md section 1; the paper's Definition 2).
+"""Synthetic "discriminative pattern" tasks (docs/theory.md section 1; the paper's Definition 2).
 
 A sample is X = (x_1 .. x_P) with every token one of +mu_T, -mu_T or an irrelevant pattern v_j. For label y the
 label-relevant pattern y*mu_T appears exactly ``n_rel`` times and the confusion pattern -y*mu_T ``n_conf`` times
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvtheory import _check
-from tvtheory.specs import TaskSpec, check_ood_target
+from tvtheory.config import Data, check_ood_target
 
 
 def pair_patterns(alpha, d: int) -> jax.Array:
@@ -57,7 +57,7 @@ def irrelevant_patterns(task_patterns, M: int | None = None, key: jax.Array | No
     """M orthonormal patterns v_j orthogonal to every task pattern in play. Returns (M, d).
 
     Without a key: the standard basis vectors e_j with no component along any task pattern (the default of
-    theory.md: e_3..e_d for a pair). With a key: a random orthonormal basis of the orthogonal complement of the
+    docs/theory.md: e_3..e_d for a pair). With a key: a random orthonormal basis of the orthogonal complement of the
     task patterns' span. ``M=None`` takes as many as the complement holds.
     """
     T, free = _free_basis(task_patterns)
@@ -84,7 +84,7 @@ def irrelevant_patterns(task_patterns, M: int | None = None, key: jax.Array | No
 
 
 def pretraining_tasks(task_patterns, k: int) -> tuple[jax.Array, jax.Array]:
-    """k tasks for pre-training Psi_0 whose tokens all lie outside the span of the tasks under study (theory.md
+    """k tasks for pre-training Psi_0 whose tokens all lie outside the span of the tasks under study (docs/theory.md
     section 2, the second Psi_0): the patterns are the last k basis vectors e_j with no component along any task
     pattern, and each one's irrelevant patterns are the other such basis vectors. Returns (patterns (k, d),
     irrelevant patterns (k, M, d)), M = (free basis vectors) - 1.
@@ -100,12 +100,12 @@ def pretraining_tasks(task_patterns, k: int) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(eye[own]), jnp.asarray(irr)
 
 
-def sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: TaskSpec = TaskSpec()):
+def sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: Data = Data()):
     """Draw n samples of the task with pattern mu. Returns X (n, P, d) float32 and y (n,) in {+1, -1}.
 
-    Pure and jit/vmap-able over ``key`` and ``mu``; ``n`` and ``spec`` are static.
+    Pure and jit/vmap-able over ``key`` and ``mu``; ``n`` and ``spec`` (its P, n_rel, n_conf, sigma) are static.
     """
-    P, n_rel, n_conf, sigma = spec
+    P, n_rel, n_conf, sigma = spec.P, spec.n_rel, spec.n_conf, spec.sigma
     n_irr = P - n_rel - n_conf
     k_y, k_pos, k_irr, k_noise = jax.random.split(key, 4)
     y = jnp.where(jax.random.bernoulli(k_y, 0.5, (n,)), 1.0, -1.0)

@@ -56,6 +56,26 @@ def colorize(split: Split, rule: ColorRule, seed: int) -> tuple[np.ndarray, np.n
     return split.images[..., None] * color[:, None, None, :], split.y, red
 
 
+PRETRAIN_LABELS = ("ink", "digits")
+
+
+def ink_labels(split: Split) -> np.ndarray:
+    """Pre-training labels that teach coarse shape but not digit identity: 1 where an image's total ink is above the
+    split's median, else 0. A Psi_0 pre-trained on them leaves parity hard and colour the easy cue, which is what
+    makes the Colored-Digits relations appear (10-class identity makes parity an easy read-out of shape)."""
+    ink = split.images.reshape(len(split.images), -1).sum(axis=1)
+    return (ink > np.median(ink)).astype(np.int32)
+
+
+def pretrain_labels(split: Split, kind: str) -> np.ndarray:
+    """Integer labels of Psi_0's pre-training task: 'ink' (``ink_labels``) or 'digits' (10-class identity)."""
+    if kind == "digits":
+        return split.digits.astype(np.int32)
+    if kind == "ink":
+        return ink_labels(split)
+    _check.fail("pretrain_labels", kind, f"must be one of {', '.join(PRETRAIN_LABELS)}")
+
+
 def random_colors(split: Split, seed: int) -> np.ndarray:
     """Colour chosen independently of the digit (P(red) = 1/2): the pre-training images."""
     return colorize(split, ColorRule(0.5, 0.5), seed)[0]

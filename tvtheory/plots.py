@@ -1,4 +1,5 @@
-"""Figures drawn only from result files (never retrains). ``python -m tvtheory.plots results`` redraws them all.
+"""Figures, drawn only from result tables (never retraining). ``python -m tvtheory.plots DIR`` redraws every figure of
+the result folders at or below DIR: one run's folder, a multirun's, or results/.
 
 Every figure shows the seed mean with a band (one standard deviation across seeds) and overlays the theory's
 prediction (threshold lines, windows) so prediction and measurement are read in one picture.
@@ -15,9 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from tvtheory import claims, results, theory  # noqa: E402
+from tvtheory import analysis, results, theory  # noqa: E402
 
 T_COLORS = {"T1": "tab:blue", "T2": "tab:orange"}
 
@@ -41,20 +40,15 @@ def lambda_curves(ax, sub: pd.DataFrame, col: str) -> None:
     ax.axvspan(min(sub["lam"].min(), 0), 0, color="0.85", zorder=0)
 
 
-def _claims_cfg(out: Path) -> dict:
-    return yaml.safe_load((out / "config.yaml").read_text())["claims"]
-
-
 def _order(alphas) -> list[float]:
     """Irrelevant, then aligned (ascending), then contradictory (descending), as in the paper's Figure 1."""
     a = sorted(alphas)
     return [x for x in a if x == 0] + [x for x in a if x > 0] + [x for x in a if x < 0][::-1]
 
 
-def figure1(out: Path) -> None:
-    df = pd.read_csv(out / "metrics.csv")
-    df = df[~df["diverged"].astype(bool)]
-    cc = _claims_cfg(out)
+def figure1(df: pd.DataFrame, cc, out: Path) -> None:
+    """The paper's Figure 1: T1 and T2 against lambda per alpha, hinge loss and accuracy."""
+    df = analysis.valid(df)
     alphas = _order(df["alpha"].unique())
     fig, axes = plt.subplots(2, len(alphas), figsize=(3.1 * len(alphas), 5.6), sharex=True, squeeze=False)
     for j, a in enumerate(alphas):
@@ -67,8 +61,8 @@ def figure1(out: Path) -> None:
             if np.isfinite(thr):
                 ax.axvline(thr, color="k", ls="--", lw=1, label="1 - alpha")
             if col == "loss":
-                ax.axhline(cc["eps_learned"], color="tab:green", ls=":", lw=1, label="eps")
-                ax.axhline(cc["forget_loss"], color="tab:red", ls=":", lw=1, label="forgotten")
+                ax.axhline(cc.eps_learned, color="tab:green", ls=":", lw=1, label="eps")
+                ax.axhline(cc.forget_loss, color="tab:red", ls=":", lw=1, label="forgotten")
             ax.set_ylabel(label if j == 0 else "")
             if i == 0:
                 ax.set_title(f"{kind}, alpha = {a:g}")
@@ -82,10 +76,10 @@ def figure1(out: Path) -> None:
     save(fig, out, "figure1")
 
 
-def phase(out: Path) -> None:
-    if not (out / "phase.csv").exists():
+def phase(ph: pd.DataFrame, out: Path) -> None:
+    """Success of addition and negation over (alpha, lambda), by hinge loss and by accuracy."""
+    if ph is None or not len(ph):
         return
-    ph = pd.read_csv(out / "phase.csv")
     alphas, lams = np.sort(ph["alpha"].unique()), np.sort(ph["lam"].unique())
     grid = lambda col: ph.pivot(index="alpha", columns="lam", values=col).loc[alphas, lams].to_numpy(float)  # noqa
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), sharex=True, sharey=True)
@@ -125,22 +119,20 @@ def phase(out: Path) -> None:
     save(fig, out, "phase")
 
 
-def lambda_star(out: Path) -> None:
-    src = out / ("phase.csv" if (out / "phase.csv").exists() else "metrics.csv")
-    cc = _claims_cfg(out)
-    df = pd.read_csv(src)
+def lambda_star(df: pd.DataFrame, cc, out: Path) -> None:
+    """lambda*(alpha) measured (hinge and accuracy) against 1 - alpha; ``df`` is a phase table or a metrics table."""
     if "L2" not in df:
         df = df[df["task"] == "T2"].groupby(["alpha", "lam"], as_index=False)[["loss", "acc"]].mean()
         df = df.rename(columns={"loss": "L2", "acc": "A2"})
     rows = []
     for a, g in df.groupby("alpha"):
-        ok_l, ok_a = g[g["L2"] <= cc["eps_learned"]], g[g["A2"] >= cc["acc_learned"]]
+        ok_l, ok_a = g[g["L2"] <= cc.eps_learned], g[g["A2"] >= cc.acc_learned]
         rows.append((a, ok_l["lam"].min() if len(ok_l) else np.nan, ok_a["lam"].min() if len(ok_a) else np.nan))
     a, ls_l, ls_a = map(np.asarray, zip(*rows))
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.plot(a, 1 - a, "k--", lw=1, label="1 - alpha (Theorem 1)")
-    ax.plot(a, ls_l, "o-", color="tab:orange", label=f"measured: T2 hinge <= {cc['eps_learned']:g}")
-    ax.plot(a, ls_a, "x", color="tab:purple", label=f"measured: T2 acc >= {cc['acc_learned']:g}")
+    ax.plot(a, ls_l, "o-", color="tab:orange", label=f"measured: T2 hinge <= {cc.eps_learned:g}")
+    ax.plot(a, ls_a, "x", color="tab:purple", label=f"measured: T2 acc >= {cc.acc_learned:g}")
     ax.axvspan(a.min(), 0, color="0.9", zorder=0)
     ax.text(a.min() + 0.02, 0.05, "contradictory:\naddition cannot\nkeep T1", fontsize=8,
             transform=ax.get_xaxis_transform())
@@ -151,65 +143,61 @@ def lambda_star(out: Path) -> None:
     save(fig, out, "lambda_star")
 
 
-def arithmetic(out) -> None:
-    out = Path(out)
-    figure1(out)
-    phase(out)
-    lambda_star(out)
-
-
-def ood(out) -> None:
-    """Figure 2: T' accuracy and hinge loss over (lambda_1, lambda_2); Theorem 3's region (fitted tau) over them."""
-    import json
-
-    out = Path(out)
-    rows = pd.read_csv(out / "metrics.csv")
-    rows = rows[~rows["diverged"].astype(bool)]
-    lam_cols = [c for c in rows.columns if c.startswith("lam")]
+def ood(rows: pd.DataFrame, fit: dict, out: Path, title: str = "") -> None:
+    """Figure 2: T' accuracy and hinge loss over (lambda_1, lambda_2) (test set); the measured success region with
+    Theorem 3's region for the declared c (black) and, as descriptions fitted on these data, the best single- and
+    two-threshold regions."""
+    rows = analysis.valid(rows)
+    lam_cols = analysis.lam_columns(rows)
     if len(lam_cols) != 2:
         return                                   # heatmaps only for two source tasks
-    fit = json.loads((out / "region.json").read_text())
-    cur = rows.groupby(lam_cols, as_index=False)[["loss", "acc"]].mean()
+    cur = analysis.ood_curves(rows)
     l1, l2 = np.sort(cur["lam1"].unique()), np.sort(cur["lam2"].unique())
     grid = lambda col: cur.pivot(index="lam2", columns="lam1", values=col).loc[l2, l1].to_numpy()  # noqa: E731
     L1, L2 = np.meshgrid(l1, l2)
     coeffs = np.stack([L1.ravel(), L2.ravel()], -1)
-    pred = theory.ood_region(coeffs, fit["gammas"], fit["tau"], fit["lam_max"]).reshape(L1.shape)
-    best = claims.best_point(cur)
+    region = lambda tau, lam_max, **kw: theory.ood_region(coeffs, fit["gammas"], tau, lam_max, **kw).reshape(  # noqa
+        L1.shape).astype(float)
+    best = analysis.best_point(analysis.ood_curves(rows, "val_loss", "val_acc")) if "val_loss" in rows else \
+        analysis.best_point(cur)
     n_seeds = rows["seed"].nunique()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for ax, col, cmap, label in ((axes[0], "acc", "viridis", "T' accuracy"),
                                  (axes[1], "loss", "magma_r", "T' hinge loss")):
         im = ax.pcolormesh(l1, l2, grid(col), cmap=cmap, shading="nearest")
         fig.colorbar(im, ax=ax, label=label)
-        ax.set_title(f"(A) {label} ({n_seeds} seeds)")
+        ax.set_title(f"(A) {label} ({n_seeds} seeds, test)")
     ax = axes[2]
     ax.pcolormesh(l1, l2, (grid("loss") <= fit["eps_learned"]).astype(float), cmap="Greens", vmin=0, vmax=1.4,
                   shading="nearest")
-    ax.contour(L1, L2, pred.astype(float), levels=[0.5], colors="k", linewidths=1.5)
+    dec = fit.get("declared")
+    if dec and dec["points"]:
+        ax.contour(L1, L2, region(dec["tau"], dec["lam_max"]), levels=[0.5], colors="k", linewidths=1.8)
+    ax.contour(L1, L2, region(fit["tau"], fit["lam_max"]), levels=[0.5], colors="tab:gray", linewidths=1,
+               linestyles=":")
     two = fit["two_thresholds"]
-    pred2 = theory.ood_region(coeffs, fit["gammas"], two["tau_i"], two["lam_max"], tau_ii=two["tau_ii"])
-    ax.contour(L1, L2, pred2.reshape(L1.shape).astype(float), levels=[0.5], colors="tab:purple", linewidths=1,
-               linestyles="--")
-    ax.set_title(f"(B) measured success (green, hinge <= {fit['eps_learned']:g})\nTheorem 3 region (black): "
-                 f"tau = {fit['tau']:g}, c/beta = {fit['lam_max']:g}, IoU = {fit['iou']:.2f}; purple: separate "
-                 f"tau_i = {two['tau_i']:g}, tau_ii = {two['tau_ii']:g}, IoU = {two['iou']:.2f}", fontsize=8)
+    ax.contour(L1, L2, region(two["tau_i"], two["lam_max"], tau_ii=two["tau_ii"]), levels=[0.5], colors="tab:purple",
+               linewidths=1, linestyles="--")
+    decl = (f"Theorem 3 (black): c = {dec['c']:g}, tau = {dec['tau']:g}: {dec['succeed']}/{dec['points']} succeed"
+            if dec else "")
+    ax.set_title(f"(B) success (green, hinge <= {fit['eps_learned']:g}). {decl}\nfitted descriptions: one tau = "
+                 f"{fit['tau']:g} (grey, IoU {fit['iou']:.2f}); tau_i = {two['tau_i']:g}, tau_ii = {two['tau_ii']:g} "
+                 f"(purple, IoU {two['iou']:.2f})", fontsize=8)
     for ax in axes:
         ax.plot([1], [0], "o", mfc="none", mec="tab:blue", ms=9, label="Psi*_T1 (1, 0)")
         ax.plot([0], [1], "s", mfc="none", mec="tab:red", ms=9, label="Psi*_T2 (0, 1)")
         ax.plot([best["lam1"]], [best["lam2"]], "*", color="w", mec="k", ms=13,
-                label=f"best ({best['lam1']:g}, {best['lam2']:g})")
+                label=f"best on validation ({best['lam1']:g}, {best['lam2']:g})")
         ax.set_xlabel("lambda_1")
         ax.set_ylabel("lambda_2")
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"Psi_0 + lambda_1 dPsi_T1 + lambda_2 dPsi_T2 on T' (gamma = {fit['gammas']})", fontsize=10)
+    fig.suptitle(title or f"Psi_0 + lambda_1 dPsi_T1 + lambda_2 dPsi_T2 on T' (gamma = {fit['gammas']})", fontsize=10)
     fig.tight_layout()
     save(fig, out, "figure2")
 
 
-def corollaries(out) -> None:
-    out = Path(out)
-    sp = pd.read_csv(out / "spectra.csv")
+def corollaries(sp: pd.DataFrame, rn: pd.DataFrame, v: pd.DataFrame, out: Path) -> None:
+    """Corollary 1's spectra of dW and dV, Corollary 2's row norms of dV, and each variant's own verdicts."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, name in zip(axes[:2], ("dW", "dV")):
         for task, g in sp[sp["matrix"] == name].groupby("task"):
@@ -221,7 +209,6 @@ def corollaries(out) -> None:
         ax.set_ylabel("singular value")
         ax.set_title(f"Corollary 1: spectrum of {name} (seed mean +- std)")
         ax.legend(fontsize=8)
-    rn = pd.read_csv(out / "rownorms.csv")
     m = rn["row"].nunique()
     ax = axes[2]
     ax.hist(rn["norm"], bins=60, color="tab:gray")
@@ -233,25 +220,25 @@ def corollaries(out) -> None:
     fig.tight_layout()
     save(fig, out, "corollaries_structure")
 
-    v = pd.read_csv(out / "verdicts.csv")
     piv = v.pivot(index="variant", columns="id", values="verdict")
     order = ["dense"] + sorted(i for i in piv.index if i.startswith("rank")) + sorted(
         (i for i in piv.index if i.startswith("prune")), key=lambda x: float(x[5:]))
     piv = piv.loc[order]
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * piv.shape[1], 0.8 + 0.45 * piv.shape[0]))
-    ax.imshow((piv == "pass").to_numpy(float), cmap="RdYlGn", vmin=-0.3, vmax=1.3, aspect="auto")
+    ax.imshow(piv.replace({"pass": 1.0, "inconclusive": 0.5, "fail": 0.0}).to_numpy(float), cmap="RdYlGn",
+              vmin=-0.3, vmax=1.3, aspect="auto")
     for (i, j), val in np.ndenumerate(piv.to_numpy()):
         ax.text(j, i, val, ha="center", va="center", fontsize=8)
     ax.set_xticks(range(piv.shape[1]), piv.columns, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(piv.shape[0]), piv.index, fontsize=8)
-    ax.set_title("Theorems 1-3 verdicts per task-vector variant (Corollaries 1-2)", fontsize=10)
+    ax.set_title("Each variant judged on its own by the Theorem 1-3 rules (the corollaries' claims compare the "
+                 "measured quantities instead)", fontsize=9)
     fig.tight_layout()
     save(fig, out, "corollaries_verdicts")
 
 
-def scaling(out) -> None:
-    out = Path(out)
-    b, bs = pd.read_csv(out / "beta.csv"), pd.read_csv(out / "beta_seeds.csv")
+def scaling(b: pd.DataFrame, bs: pd.DataFrame, conv: pd.DataFrame, out: Path) -> None:
+    """beta against d per m (seed bands) with Theta(1/d); SGD steps to eps against delta_* with Theta(delta_*^-2)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     b = b[b["beta_neg"] > 0]                          # a log axis: beta = 0 (nothing degraded) is not drawn
     for m, g in b.groupby("m"):
@@ -269,7 +256,6 @@ def scaling(out) -> None:
     axes[0].set_ylabel("beta (T1 hinge loss per unit |lambda|)")
     axes[0].set_title("beta measured under negation of an irrelevant task")
     axes[0].legend(fontsize=7)
-    conv = pd.read_csv(out / "convergence.csv")
     st = conv.groupby("delta_star")["steps"].agg(["mean", "std"]).dropna(subset=["mean"])
     if len(st):
         axes[1].errorbar(st.index, st["mean"], yerr=st["std"].fillna(0), marker="o", capsize=3,
@@ -288,9 +274,9 @@ def scaling(out) -> None:
     save(fig, out, "scaling")
 
 
-def digits(out) -> None:
-    out = Path(out)
-    df = pd.read_csv(out / "metrics.csv")
+def digits(df: pd.DataFrame, ood: pd.DataFrame, out: Path) -> None:
+    """Colored-Digits Figure 1 (test split) and the out-of-domain accuracy map (Figure 2A)."""
+    df = analysis.valid(df[df["split"] == "test"]) if "split" in df else analysis.valid(df)
     rels = ["irrelevant", "aligned", "contradictory"]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
     for j, rel in enumerate(rels):
@@ -308,7 +294,7 @@ def digits(out) -> None:
     fig.suptitle("Colored-Digits: Psi_0 + dPsi_T1 + lambda dPsi_T2 (small ViT; grey: negation side)", fontsize=10)
     fig.tight_layout()
     save(fig, out, "figure1")
-    o = pd.read_csv(out / "ood.csv").groupby(["lam1", "lam2"], as_index=False)["acc"].mean()
+    o = analysis.valid(ood).groupby(["lam1", "lam2"], as_index=False)["acc"].mean()
     l1, l2 = np.sort(o["lam1"].unique()), np.sort(o["lam2"].unique())
     fig, ax = plt.subplots(figsize=(6, 4.5))
     im = ax.pcolormesh(l1, l2, o.pivot(index="lam2", columns="lam1", values="acc").loc[l2, l1].to_numpy(),
@@ -324,12 +310,32 @@ def digits(out) -> None:
     save(fig, out, "figure2")
 
 
-def assumptions(out) -> None:
+def digits_map(mp: pd.DataFrame, out: Path) -> None:
+    """alpha_hat of each task pair against Psi_0's pre-training strength, one line per pre-training task (seed mean
+    +- std): the relation between two tasks is a property of the pair and of Psi_0 together."""
+    mp = analysis.valid(mp)
+    rels = ["irrelevant", "aligned", "contradictory"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for ax, rel in zip(axes, rels):
+        for (setting, labels), g in mp[mp["relation"] == rel].groupby(["setting", "pretrain_labels"]):
+            st = g.groupby("pretrain_steps")["alpha_hat"].agg(["mean", "std"]).fillna(0.0)
+            x = np.maximum(st.index.to_numpy(float), 1.0)          # 0 steps drawn at 1 on the log axis
+            ax.plot(x, st["mean"], "o-", label=f"pre-trained on '{labels}' ({setting})")
+            ax.fill_between(x, st["mean"] - st["std"], st["mean"] + st["std"], alpha=0.25, lw=0)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("pre-training steps (0 drawn at 1)")
+        ax.set_title(rel)
+    axes[0].set_ylabel("alpha_hat (output cosine of Psi*_T1, Psi*_T2)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("How Psi_0 decides the relation of two Colored-Digits tasks", fontsize=10)
+    fig.tight_layout()
+    save(fig, out, "alpha_hat_map")
+
+
+def assumptions(df: pd.DataFrame, cc, out: Path) -> None:
     """Figure 1's hinge-loss panels once per model option (rows; the reference on top)."""
-    out = Path(out)
-    df = pd.read_csv(out / "metrics.csv")
-    df = df[~df["diverged"].astype(bool)]
-    cc = _claims_cfg(out)
+    df = analysis.valid(df)
     alphas = _order(df["alpha"].unique())
     names = list(dict.fromkeys(df["model"]))
     fig, axes = plt.subplots(len(names), len(alphas), figsize=(3.1 * len(alphas), 2.8 * len(names)), sharex=True,
@@ -341,8 +347,8 @@ def assumptions(out) -> None:
             thr = float(theory.addition_threshold(a))
             if np.isfinite(thr):
                 ax.axvline(thr, color="k", ls="--", lw=1, label="1 - alpha")
-            ax.axhline(cc["eps_learned"], color="tab:green", ls=":", lw=1, label="eps")
-            ax.axhline(cc["forget_loss"], color="tab:red", ls=":", lw=1, label="forgotten")
+            ax.axhline(cc.eps_learned, color="tab:green", ls=":", lw=1, label="eps")
+            ax.axhline(cc.forget_loss, color="tab:red", ls=":", lw=1, label="forgotten")
             if i == 0:
                 ax.set_title(f"alpha = {a:g}")
             if i == len(names) - 1:
@@ -355,15 +361,28 @@ def assumptions(out) -> None:
     save(fig, out, "figure1")
 
 
-DRAWERS = {"arithmetic": arithmetic, "ood": ood, "corollaries": corollaries, "scaling": scaling, "digits": digits,
-           "assumptions": assumptions}
-
-
 def main(root: str = "results") -> None:
-    for name, draw in DRAWERS.items():
-        if (Path(root) / name / "config.yaml").exists():
-            draw(Path(root) / name)
-            print(f"redrew {Path(root) / name}")
+    """Redraw the figures of every result folder at or below ``root`` from its tables alone."""
+    from tvtheory import runner
+
+    folders = runner.run_folders(Path(root))
+    if not folders:
+        print(f"error: {root} holds no result folder ({results.MARKER})", file=sys.stderr)
+        sys.exit(2)
+    failed = False
+    for folder in folders:
+        try:
+            exp, cfg, tables = runner.load(folder)
+            with results.staged(folder, replace=False) as stage:          # a failure changes no figure
+                exp.plot(tables, exp.analyse(tables, cfg), cfg, stage)
+        except Exception as e:                  # one line per folder; the other folders are still drawn
+            failed = True
+            print(f"error: {e}" if str(e).startswith("folder=") else
+                  f"error: folder={str(folder)!r}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        print(f"redrew {folder}")
+    if failed:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Tidy result tables, atomic writes and provenance. The only module that touches the file system.
+"""Result folders and files: atomic writes, ownership, provenance, tidy tables and the merged claims.
 
-Every file is written to a temporary name in the same directory and renamed into place, so a reader never sees a
-half-written result. Each experiment keeps its claims in ``<out_dir>/claims.json``; ``collect_claims`` merges every
-experiment's claims into results/claims.json and results/CLAIMS.md.
+Every file is written under a temporary name in its directory and renamed into place, so a reader never sees a
+half-written file; files keep the user's umask. A run writes its whole result folder into a hidden staging folder;
+only when everything succeeded does the folder replace ``out_dir`` as a whole (a rerun never leaves an older run's
+files beside its own). A result folder belongs to one experiment, named in its ``provenance.json``: writing another
+experiment's folder, or a folder that is not a result folder (the results root), is refused before any compute.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,11 +28,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib",
+            "scikit-learn", "rouge-score")
+MARKER = "provenance.json"
+ROOT = Path(__file__).resolve().parent.parent      # the checkout, when the package is used from one
 
 
 def _host() -> str:
     return re.sub(r"\W", "_", socket.gethostname())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
 
 
 def _alive(pid: int) -> bool:
@@ -67,29 +82,107 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)           # mkstemp makes 0600; a result file is as readable as any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-@contextlib.contextmanager
-def staged(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Write a run's files into a hidden staging folder; move them into ``out_dir`` only when the block succeeds.
+def owner(folder: Path) -> str | None:
+    """The experiment a result folder belongs to (None: no marker)."""
+    try:
+        return json.loads((folder / MARKER).read_text()).get("experiment")
+    except (OSError, ValueError, AttributeError):
+        return None
 
-    A run that crashes or is killed leaves the previous results in ``out_dir`` untouched and complete; the next run
-    into ``out_dir`` removes the stage a killed run left.
-    """
+
+def check_out_dir(out: str | os.PathLike, experiment: str, *, field: str = "out_dir") -> None:
+    """Refuse, before any compute, an ``out_dir`` this run cannot or must not write: a file, a path under a file,
+    an unwritable place, another experiment's result folder, or a non-empty folder that is not a result folder (the
+    results root, a source folder). Raises ValueError('<field>=<value>: ...')."""
+    out = Path(out)
+    shown = f"{field}={str(out)!r}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{shown}: is a file, not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{shown}: {parent} is a file, so the folder cannot be created")
+    # Inside another result folder, a run's folder would be deleted by that folder's next run.
+    for above in out.resolve().parents:
+        if (above / MARKER).exists():
+            raise ValueError(f"{shown}: lies inside the result folder {above} (of the {owner(above)!r} "
+                             "experiment), which its next run replaces as a whole; choose a folder beside it")
+    if out.is_dir():
+        mine = owner(out)
+        entries = [p.name for p in out.iterdir() if not p.name.startswith(".") and not p.name.endswith(".log")]
+        if mine is None and entries:
+            raise ValueError(f"{shown}: holds {len(entries)} entries (e.g. {sorted(entries)[:3]}) but no "
+                             f"{MARKER}: not a result folder (the results root?); choose {out}/{experiment}")
+        if mine is not None and mine != experiment:
+            raise ValueError(f"{shown}: belongs to the {mine!r} experiment ({out / MARKER}); {experiment!r} "
+                             "must write its own folder")
+    # The stage is made beside out_dir, and out_dir itself may be created: both need its (nearest) parent. Probed
+    # last, so that a refused folder's parent is not touched.
+    _probe(out.parent if out.exists() else parent, shown)
+
+
+def check_writable(path: str | os.PathLike, field: str) -> None:
+    """A folder (created if needed) must be writable: raises ValueError('<field>=<value>: ...')."""
+    p = Path(path)
+    shown = f"{field}={str(p)!r}"
+    q = p
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise ValueError(f"{shown}: {q} is a file, so the folder cannot be created")
+    _probe(q, shown)
+
+
+def _probe(folder: Path, shown: str) -> None:
+    """Create and remove a file in ``folder``: permissions alone do not tell (root, read-only mounts)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"{shown}: {folder} is not writable ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def staged(out_dir: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """Write a run's files into a hidden staging folder beside ``out_dir``; when the block succeeds, the folder
+    replaces ``out_dir`` as a whole (``replace``), or its files move into ``out_dir`` (a fresh Hydra job folder,
+    which holds Hydra's own files). A crash or kill leaves the previous results complete; the next run removes what a
+    killed run left (a stage, or the previous folder set aside for the swap, which it puts back if the swap was cut
+    short)."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for p in orphans(out.parent, f".{out.name}.staging."):          # the stages of killed runs
+    for p in orphans(out.parent, f".{out.name}.staging."):
         shutil.rmtree(p, ignore_errors=True)
+    for p in orphans(out.parent, f".{out.name}.old."):
+        if out.exists():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.replace(p, out)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.{_host()}-{os.getpid()}.", dir=out.parent))
     try:
         yield stage
-        out.mkdir(exist_ok=True)
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
+        os.chmod(stage, 0o777 & ~UMASK)
+        if replace or not out.exists():
+            old = None
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.{_host()}-{os.getpid()}.", dir=out.parent))
+                os.rmdir(old)                   # a unique name, freed for the rename
+                os.replace(out, old)
+            os.replace(stage, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            for f in sorted(stage.iterdir()):
+                os.replace(f, out / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -110,6 +203,24 @@ def write_csv(path, df: pd.DataFrame) -> Path:
     return Path(path)
 
 
+def read_csv(path) -> pd.DataFrame:
+    """A table as ``write_csv`` wrote it (an empty table, written without columns, reads back empty)."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def write_table(folder: Path, name: str, obj) -> Path:
+    """A derived output by type: DataFrame -> name.csv, str -> name.md, dict or list -> name.json (a ``name`` with a
+    suffix is the file name itself)."""
+    suffix = "" if "." in name else {pd.DataFrame: ".csv", str: ".md"}.get(type(obj), ".json")
+    path = Path(folder) / f"{name}{suffix}"
+    if isinstance(obj, pd.DataFrame):
+        return write_csv(path, obj)
+    return write_text(path, obj) if isinstance(obj, str) else write_json(path, obj)
+
+
 def _jsonable(x):
     if isinstance(x, (np.integer,)):
         return int(x)
@@ -119,22 +230,25 @@ def _jsonable(x):
         return x.tolist()
     if isinstance(x, Path):
         return str(x)
+    if hasattr(x, "as_dict"):
+        return x.as_dict()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def git_state(cwd: str | os.PathLike | None = None) -> dict:
+    """The commit of the code and whether it differs from it (result files do not count)."""
     def run(*args):
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=cwd or Path(__file__).resolve().parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
     try:
         top = run("rev-parse", "--show-toplevel")
-        # "dirty" asks whether the code differs from the commit; rewritten result files do not count
         return {"commit": run("rev-parse", "HEAD"),
                 "dirty": bool(run("-C", top, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
 
-def provenance(config: dict, started: float, seeds: list[int]) -> dict:
+def provenance(experiment: str, config: dict, started: float, seeds: list[int], **extra) -> dict:
     import jax
 
     versions = {}
@@ -142,19 +256,23 @@ def provenance(config: dict, started: float, seeds: list[int]) -> dict:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[p] = metadata.version(p)
     return {
-        "git": git_state(Path(__file__).resolve().parent),
+        "experiment": experiment,
+        "git": git_state(),
         "packages": versions,
         "python": platform.python_version(),
         "device": [str(d) for d in jax.devices()],
         "platform": platform.platform(),
+        "argv": sys.argv,
         "seeds": seeds,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.time() - started, 2),
         "config": config,
+        **extra,
     }
 
 
+# ------------------------------------------------------------------------------------------------ tidy tables
 def tidy(arrays: dict[str, np.ndarray], axes: dict[str, np.ndarray], **constants) -> pd.DataFrame:
     """Long table from arrays that share the axes ``axes`` (name -> coordinate values), one row per cell."""
     names = list(axes)
@@ -171,56 +289,26 @@ def tidy(arrays: dict[str, np.ndarray], axes: dict[str, np.ndarray], **constants
     return df
 
 
-def pair_table(r, alphas, lams, **constants) -> pd.DataFrame:
-    """One row per (alpha, seed, lambda, task) of a Theorem 1-2 sweep (sweep.PairSweep): loss, acc, diverged."""
-    finite = np.asarray(r.finite)
-    diverged = np.broadcast_to(~finite[:, :, None, None], np.shape(r.loss))
-    return tidy({"loss": r.loss, "acc": r.acc, "diverged": diverged},
-                {"alpha": alphas, "seed": np.arange(finite.shape[1]), "lam": lams, "task": ["T1", "T2"]}, **constants)
-
-
-def pair_diagnostics(r, alphas, **constants) -> pd.DataFrame:
-    """One row per (alpha, seed) of a Theorem 1-2 sweep: alpha_hat, the task vectors' cosine, divergence, each
-    fine-tune's loss on its own task and the norms of dW and dV."""
-    return tidy({"alpha_hat": r.alpha_hat, "tv_cosine": r.tv_cosine, "diverged": ~np.asarray(r.finite),
-                 "own_loss_T1": r.single_loss[..., 0], "own_loss_T2": r.single_loss[..., 1],
-                 "dW_T1": r.norms[..., 0, 0], "dV_T1": r.norms[..., 0, 1],
-                 "dW_T2": r.norms[..., 1, 0], "dV_T2": r.norms[..., 1, 1]},
-                {"alpha": alphas, "seed": np.arange(np.shape(r.finite)[1])}, **constants)
-
-
-def reference_table(ref_loss_SxR, ref_acc_SxR) -> pd.DataFrame:
-    """One row per (seed, reference model) of a Theorem 3 sweep: the direct fine-tune on T', then Psi*_Ti."""
-    S, R = np.shape(ref_loss_SxR)
-    return tidy({"loss": ref_loss_SxR, "acc": ref_acc_SxR},
-                {"seed": np.arange(S), "model": ["direct"] + [f"T{i + 1}" for i in range(R - 1)]})
-
-
-def grid_table(loss_SxG, acc_SxG, coeffs_GxK, diverged_S) -> pd.DataFrame:
-    """One row per (seed, grid point): seed, lam1..lamK, loss, acc, diverged."""
-    S, G = np.shape(loss_SxG)
+def grid_table(coeffs_GxK, diverged_S, **arrays_SxG) -> pd.DataFrame:
+    """One row per (seed, grid point): seed, lam1..lamK, then each (S, G) array as a column, and diverged."""
+    S, G = np.shape(next(iter(arrays_SxG.values())))
     K = np.shape(coeffs_GxK)[1]
     df = pd.DataFrame({"seed": np.repeat(np.arange(S), G)})
     for k in range(K):
         df[f"lam{k + 1}"] = np.tile(np.asarray(coeffs_GxK)[:, k], S)
-    df["loss"], df["acc"] = np.asarray(loss_SxG).ravel(), np.asarray(acc_SxG).ravel()
+    for name, a in arrays_SxG.items():
+        df[name] = np.asarray(a).ravel()
     df["diverged"] = np.repeat(np.asarray(diverged_S), G)
     return df
 
 
 # ----------------------------------------------------------------------------------------------------- claims
-CLAIM_KEYS = ("id", "statement", "predicted", "measured", "verdict", "n_seeds", "details")
-
-
-def write_claims(out_dir, records: list[dict], source: str) -> Path:
-    """Write one experiment's claim records, each stamped with the commit and the result file it came from."""
-    git = git_state(Path(__file__).resolve().parent)
-    stamped = [{**r, "source": source, "commit": git["commit"]} for r in records]
-    for r in stamped:
-        missing = [k for k in CLAIM_KEYS if k not in r]
-        if missing or r["verdict"] not in ("pass", "fail"):
-            raise ValueError(f"claim {r.get('id')!r}: missing {missing} or verdict not pass/fail")
-    return write_json(Path(out_dir) / "claims.json", stamped)
+def write_claims(out_dir, records) -> Path:
+    """One experiment's claim records (claims.Claim, each naming the result file it came from), stamped with the
+    commit of the code that judged them and whether that code differed from the commit."""
+    git = git_state()
+    rows = [{**r.as_dict(), "commit": git["commit"], "dirty": git["dirty"]} for r in records]
+    return write_json(Path(out_dir) / "claims.json", rows)
 
 
 def collect_claims(results_dir) -> list[dict]:
@@ -230,21 +318,30 @@ def collect_claims(results_dir) -> list[dict]:
     for f in sorted(results_dir.glob("*/claims.json")):
         records.extend(json.loads(f.read_text()))
     records.sort(key=lambda r: r["id"])
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"results_dir={str(results_dir)!r}: claim ids {dup} appear in more than one folder")
     write_json(results_dir / "claims.json", records)
     write_text(results_dir / "CLAIMS.md", claims_markdown(records))
     return records
 
 
+def _mark(v: str) -> str:
+    return {"pass": "pass", "fail": "**FAIL**", "inconclusive": "*inconclusive*"}[v]
+
+
 def claims_markdown(records: list[dict]) -> str:
-    n_pass = sum(r["verdict"] == "pass" for r in records)
+    counts = {v: sum(r["verdict"] == v for r in records) for v in ("pass", "fail", "inconclusive")}
     lines = ["# Claims", "",
-             f"{n_pass} of {len(records)} claims pass. Each verdict is computed from the result table named in its "
-             "row by the claim's function in `tvtheory/claims.py`; regenerate with `make reproduce`.", "",
+             f"{counts['pass']} of {len(records)} claims pass, {counts['fail']} fail, {counts['inconclusive']} are "
+             "inconclusive. Each verdict is computed from the result table named in its row by the rules of "
+             "`tvtheory/claims.py` (and the experiment's module), with the tolerances declared in its config; "
+             "recompute them all with `python -m tvtheory.claims results`.", "",
              "| id | verdict | statement | predicted | measured | seeds |", "|---|---|---|---|---|---|"]
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     for r in records:
-        mark = "**pass**" if r["verdict"] == "pass" else "**FAIL**"
-        lines.append(f"| `{r['id']}` | {mark} | {esc(r['statement'])} | {esc(r['predicted'])} | "
+        lines.append(f"| `{r['id']}` | {_mark(r['verdict'])} | {esc(r['statement'])} | {esc(r['predicted'])} | "
                      f"{esc(r['measured'])} | {r['n_seeds']} |")
     lines += ["", "## Details", ""]
     for r in records:
@@ -263,18 +360,31 @@ def update_readme(readme, records: list[dict]) -> bool:
         return False
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     rows = ["| claim | verdict | measured |", "|---|---|---|"] + [
-        f"| `{r['id']}` | {'pass' if r['verdict'] == 'pass' else '**FAIL**'} | {esc(r['measured'])} |" for r in records]
+        f"| `{r['id']}` | {_mark(r['verdict'])} | {esc(r['measured'])} |" for r in records]
     head, rest = text.split(README_BEGIN, 1)
     tail = rest.split(README_END, 1)[1]
     write_text(readme, head + README_BEGIN + "\n" + "\n".join(rows) + "\n" + README_END + tail)
     return True
 
 
-if __name__ == "__main__":
-    import sys
+def gather(root: str | os.PathLike, name: str = "metrics.csv") -> pd.DataFrame:
+    """Concatenate <root>/**/<name> of a multirun into one table; each job's rows carry its job folder, its command
+    line overrides and every field of its config (from its provenance.json), so jobs differing in any field can be
+    told apart."""
+    files = sorted(Path(root).rglob(name))
+    if not files:
+        raise FileNotFoundError(f"root={str(root)!r}: no {name} below it")
+    from tvtheory.config import flat
 
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
-    recs = collect_claims(root)
-    updated = update_readme(root.parent / "README.md", recs)
-    print(f"{sum(r['verdict'] == 'pass' for r in recs)} of {len(recs)} claims pass ({root}/claims.json, "
-          f"{root}/CLAIMS.md{', README.md' if updated else ''})")
+    parts = []
+    for f in files:
+        df = pd.read_csv(f)
+        extra = {"job": str(f.parent.relative_to(root))}
+        try:
+            prov = json.loads((f.parent / MARKER).read_text())
+            extra["overrides"] = " ".join(prov.get("overrides", []))
+            extra.update({f"cfg.{k}": v for k, v in flat(prov.get("config", {})).items()})
+        except (OSError, ValueError):
+            pass
+        parts.append(df.assign(**{k: v for k, v in extra.items() if k not in df.columns}))
+    return pd.concat(parts, ignore_index=True)

@@ -1,21 +1,17 @@
-"""Batched grids: seeds and coefficient grids are array axes inside compiled code (design.md). A sweep runs in stages
-(Psi_0, fine-tunes, evaluation), each compiled once per shape and reused for every alpha, so that each stage's
-results can be cached per seed and a killed sweep resumes.
+"""The staged sweeps of Theorems 1-3: seeds and coefficient grids are array axes inside compiled code. A sweep runs in
+stages (Psi_0, fine-tunes, evaluation), each compiled once per shape and reused for every alpha, and each stage's
+results are cached per seed (cache.per_seed), so a killed sweep resumes where it stopped and a new coefficient grid
+reuses the fine-tunes. The evaluation itself is model.grid_eval (exact, reusing the lambda-independent products);
+the random streams are those of streams.py.
 
-Evaluating Psi_0 + sum_k c_k dPsi_k on a grid of coefficient vectors c reuses the lambda-independent products: in the
-merged form the pre-activations are affine in c,
-    X^T W(c) X = X^T W_0 X + sum_k c_k X^T dW_k X,      V(c) X = V_0 X + sum_k c_k dV_k X,
-so each grid point pays only the softmax, the attention-weighted sum and the ReLU (in the four-matrix form the merged
-weights are quadratic in c, which the same loop handles with the products c_k c_l as extra coefficients). The test
-set is walked in blocks and grid points one (or ``chunk``) at a time, so memory stays bounded whatever the grid size;
-on CPU one point at a time over blocks of ~3200 tokens is fastest, because the per-point work is bound by moving
-those products. Samples whose P tokens come from a few patterns are first reduced to their distinct tokens and
-counts (exact), which shrinks every product by the ratio of distinct tokens to P.
+The config blocks ``Data``, ``Model`` and ``Train`` are the stages' static arguments and the fields of their cache
+keys. Every model option (``model.arch``, architectures.of) and data option (token noise, irrelevant patterns, K
+classes, label noise: data_options) runs through the same stages: the paper's binary model is evaluated by
+model.grid_eval, any other by architectures.grid_eval (exact too).
 """
 
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 from typing import NamedTuple
 
@@ -23,160 +19,63 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvtheory import cache, data, metrics, model, taskvec, train
-from tvtheory.specs import grid
-
-# One PRNG stream per concern, derived from the seed's key (batch t of a fine-tune is fold_in(ft_key, t)).
-# PRETRAIN draws Psi_0's weights; PRETRAIN_SGD the batches of its optional pre-training.
-PRETRAIN, FINETUNE, TEST, PRETRAIN_SGD = 0, 1, 2, 3
+from tvtheory import architectures, cache, data, data_options, metrics, streams, taskvec, train
+from tvtheory.config import Data, Model, Train, grid, to_plain
 
 
-def stream_key(seed_key: jax.Array, concern: int, task_index) -> jax.Array:
-    """The key of one concern (FINETUNE or TEST) for one task of a seed; ``task_index`` may be traced."""
-    return jax.random.fold_in(jax.random.fold_in(seed_key, concern), task_index)
+class Compression(NamedTuple):
+    """The task vectors used (Corollaries 1-2): rank-r truncation (0: dense), kept fraction of dV's rows. A pytree
+    of two numbers, traced inside the evaluation stages: one compiled program serves every variant."""
 
+    rank: int = 0
+    keep: float = 1.0
 
-def streams(seed_key: jax.Array, n_tasks: int) -> dict[str, jax.Array]:
-    """Keys for Psi_0, the fine-tune of each task, and the test set of each task."""
-    per_task = lambda c: jax.vmap(lambda i: stream_key(seed_key, c, i))(jnp.arange(n_tasks))  # noqa: E731
-    return {"init": jax.random.fold_in(seed_key, PRETRAIN), "ft": per_task(FINETUNE), "test": per_task(TEST)}
+    def apply(self, tau):
+        return taskvec.compress(tau, self.rank, self.keep)
 
+    @property
+    def name(self) -> str:
+        if self == Compression():
+            return "dense"
+        return f"rank{self.rank}" if self.keep == 1.0 else (f"prune{1 - self.keep:g}" if not self.rank else
+                                                              f"rank{self.rank}_prune{1 - self.keep:g}")
 
-def _seed_key(key: jax.Array, s) -> jax.Array:
-    """The key of seed index ``s`` of a sweep whose key is jax.random.key(seed); ``s`` may be traced."""
-    return jax.random.fold_in(key, s)
-
-
-def seed_keys(seed: int, n_seeds: int) -> jax.Array:
-    return jax.vmap(lambda s: _seed_key(jax.random.key(seed), s))(jnp.arange(n_seeds))
-
-
-def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chunk: int = 1,
-              block: int | None = None, q: int | None = None):
-    """Hinge loss and accuracy of base + sum_k c_k taus[k] on (X, y) for every row c of coeffs. Returns two (G,).
-
-    ``taus`` is a pytree whose leaves carry a leading axis K (stacked task vectors). The merged form walks the test
-    set in blocks of ``block`` samples (default: ~3200 tokens' worth) and, inside a block, the whole grid: the
-    block's precomputed products stay in cache while every grid point reuses them (the loop is memory-bound the
-    other way round). With ``q`` < P each sample is first reduced to its at most q distinct tokens and their counts
-    (model.distinct_tokens; exact), which shrinks those products by q/P; a sample with more than q distinct tokens
-    turns the result into NaN, never into a wrong number.
-    """
-    if "W" not in base:                                       # four-matrix form: quadratic in c
-        base, taus, coeffs_GxK = _four_as_merged(base, taus, coeffs_GxK)
-    N, P, D = X.shape
-    q = P if q is None else min(q, P)
-    nb = min(block or max(1, 3200 // q), N)          # measured on 2 cores: larger blocks spill out of cache
-    pad = -N % nb
-    w = jnp.concatenate([jnp.ones(N), jnp.zeros(pad)]).reshape(-1, nb)      # padding samples weigh nothing
-    Xb = jnp.concatenate([X, jnp.zeros((pad, P, D), X.dtype)]).reshape(-1, nb, P, D)
-    yb = jnp.concatenate([y, jnp.ones(pad, y.dtype)]).reshape(-1, nb)
-    a = model.readout(base["V"].shape[0])
-
-    def one_block(args):
-        X, y, w = args
-        U, c = model.distinct_tokens(X, q) if q < P else (X, jnp.ones(X.shape[:2], X.dtype))
-        log_c = jnp.where(c > 0, jnp.log(jnp.maximum(c, 1.0)), -jnp.inf)[:, None, :]     # key k counts c_k times
-        S0_NxQxQ = jnp.einsum("nsd,nld->nls", U, U @ base["W"].T) + log_c
-        H0_NxQxM = U @ base["V"].T
-        Sk_KxNxQxQ = jnp.einsum("nsd,knld->knls", U, jnp.einsum("npd,ked->knpe", U, taus["W"]))
-        Hk_KxNxQxM = jnp.einsum("npd,kmd->knpm", U, taus["V"])
-        # Split by task vector here, once per block: indexing the stacked products inside ``point`` made XLA copy
-        # each (N, Q, M) slice once per grid point, which made a point 1.1-1.2x as costly at K = 1 and 1.7x at K = 3.
-        Sk = [Sk_KxNxQxQ[k] for k in range(Sk_KxNxQxQ.shape[0])]
-        Hk = [Hk_KxNxQxM[k] for k in range(Hk_KxNxQxM.shape[0])]
-        weight_NxQ = c / P                                     # query j stands for c_j of the P positions
-
-        def point(c_K):
-            # An unrolled sum over the K task vectors fuses into the attention kernel; a tensordot over K does not.
-            S, H = S0_NxQxQ, H0_NxQxM
-            for k in range(c_K.shape[0]):
-                S, H = S + c_K[k] * Sk[k], H + c_K[k] * Hk[k]
-            # c_j ReLU(z) = ReLU(c_j z) for c_j >= 0: weighting the rows of the attention keeps ReLU and the sum
-            # over queries inside the attention kernel.
-            G = jax.nn.relu((jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]) @ H)
-            f = G.sum(axis=-2) @ a
-            return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
-
-        loss, correct = jax.lax.map(point, coeffs_GxK, batch_size=chunk if chunk > 1 else None)
-        return loss, correct, jnp.all(model.complete(c, P) | (w == 0))
-
-    loss_sum, correct, ok = jax.lax.map(one_block, (Xb, yb, w))
-    nan_unless_ok = jnp.where(jnp.all(ok), 1.0, jnp.nan)
-    return loss_sum.sum(0) / N * nan_unless_ok, correct.sum(0) / N * nan_unless_ok
-
-
-def _four_as_merged(base, taus, coeffs_GxK):
-    """The four-matrix form's grid as a merged-form grid with K + K^2 terms. With W_Q(c) = W_Q + sum_k c_k dW_Q,k and
-    so on, the merged weights are quadratic in c:
-        W_K(c)^T W_Q(c) = W_0 + sum_k c_k (W_K^T dW_Q,k + dW_K,k^T W_Q) + sum_kl c_k c_l dW_K,k^T dW_Q,l
-    (and V(c) = W_O(c) W_V(c) likewise), so each product with the test set is still computed once and each grid point
-    pays only for its coefficients (c_k, then c_k c_l)."""
-    def expand(A0, B0, dA, dB):                # A(c) B(c): constant, linear and quadratic terms
-        lin = jnp.einsum("kij,jl->kil", dA, B0) + jnp.einsum("ij,kjl->kil", A0, dB)
-        quad = jnp.einsum("kij,ljm->klim", dA, dB).reshape(-1, *lin.shape[1:])
-        return A0 @ B0, jnp.concatenate([lin, quad])
-
-    W0, dW = expand(base["W_K"].T, base["W_Q"], jnp.swapaxes(taus["W_K"], 1, 2), taus["W_Q"])
-    V0, dV = expand(base["W_O"], base["W_V"], taus["W_O"], taus["W_V"])
-    quad_coeffs = jnp.einsum("gk,gl->gkl", coeffs_GxK, coeffs_GxK).reshape(coeffs_GxK.shape[0], -1)
-    return {"W": W0, "V": V0}, {"W": dW, "V": dV}, jnp.concatenate([coeffs_GxK, quad_coeffs], axis=1)
-
-
-class PairSweep(NamedTuple):
-    """Theorems 1-2 for every (alpha, seed): Psi_0 + dPsi_T1 + lambda dPsi_T2 on T1's and T2's test sets."""
-
-    loss: jax.Array          # (A, S, L, 2)   last axis: task T1, T2
-    acc: jax.Array           # (A, S, L, 2)
-    finite: jax.Array        # (A, S) both fine-tunes stayed finite
-    single_loss: jax.Array   # (A, S, 2) Psi*_T1 on T1, Psi*_T2 on T2
-    alpha_hat: jax.Array     # (A, S) output cosine of Psi*_T1 and Psi*_T2
-    tv_cosine: jax.Array     # (A, S) cosine of dPsi_T1 and dPsi_T2 in parameter space
-    norms: jax.Array         # (A, S, 2, 2) ||dW||_F, ||dV||_F for T1, T2 (merged weights: model.merged_delta)
-    psi0: dict               # Psi_0, leaves (S, ...)
+    def fields(self) -> dict:
+        return {} if self == Compression() else {"rank": self.rank, "keep": self.keep}
 
 
 class Setup(NamedTuple):
-    """Everything static about a sweep: shapes, Psi_0's distribution, the task sampler and SGD."""
+    """What a sweep's stages depend on: the samples, the model with its Psi_0, and SGD (hashable config blocks)."""
 
-    d: int
-    m: int
-    task: data.TaskSpec
-    spec: train.TrainSpec
-    form: str = "merged"
-    sigma_0: float = 0.01
-    sigma_w: float = 0.0
-    random_irrelevant: bool = False
-    pretrain_tasks: int = 0              # > 0: Psi_0 is SGD-trained briefly on that many tasks outside the studied span
-    pretrain_steps: int = 0
+    data: Data
+    model: Model
+    train: Train
 
     def fields(self) -> dict:
-        f = {"d": self.d, "m": self.m, "form": self.form, "sigma_0": self.sigma_0, "sigma_w": self.sigma_w,
-             "task": list(self.task), "train": list(self.spec), "irrelevant": self.random_irrelevant}
-        if self.pretrain_tasks:          # absent otherwise, so that the random Psi_0's cache keys stay as they were
-            f["pretrain"] = [self.pretrain_tasks, self.pretrain_steps]
-        return f
+        return {"data": to_plain(self.data), "model": to_plain(self.model), "train": to_plain(self.train)}
 
-    def pretrain_spec(self) -> train.TrainSpec:
-        """Psi_0's pre-training: the fine-tunes' step size and batch, ``pretrain_steps`` steps of fresh samples."""
-        return self.spec._replace(steps=self.pretrain_steps, log_every=self.pretrain_steps, n_train=0)
+    @property
+    def net(self) -> architectures.Network:
+        """The network's init and apply (K outputs for K-class tasks)."""
+        return architectures.of(self.model, self.data.classes)
 
 
+# ------------------------------------------------------------------------------------------------ jitted stages
 @partial(jax.jit, static_argnames=("setup",))
 def init_seeds(key, seed_ids, pre_mus=None, pre_irr=None, *, setup: Setup):
-    """Psi_0 for each seed index: weights from stream PRETRAIN of the seed's key; with ``setup.pretrain_tasks``,
-    then SGD on the mixture of the pre-training tasks (pre_mus (K, d), pre_irr (K, M, d); stream PRETRAIN_SGD)."""
+    """Psi_0 for each seed index: weights from stream PSI0 of the seed's key; with ``model.pretrain_tasks``, then
+    SGD on the mixture of the pre-training tasks (pre_mus (K, d), pre_irr (K, M, d); stream PRETRAIN_SGD)."""
     def init(s):
-        return model.init_params(streams(_seed_key(key, s), 1)["init"], setup.d, setup.m, setup.form, setup.sigma_0,
-                                 setup.sigma_w)
-    if not setup.pretrain_tasks:
+        return setup.net.init(streams.concern(streams.seed_key(key, s), streams.PSI0), setup.data.d)
+    if not setup.model.pretrain_tasks:
         # One seed at a time: the same bits as a vmap, but the vmapped threefry draws took 1.4-2.8 s to compile on
         # one core against 0.7-0.9 s, and a sweep compiles this once per (d, m) shape (12 times for scaling).
         return jax.lax.map(init, seed_ids)
 
     def one(s):
-        k = jax.random.fold_in(_seed_key(key, s), PRETRAIN_SGD)
-        return train.finetune(init(s), k, pre_mus, pre_irr, setup.task, setup.pretrain_spec()).params
+        k = streams.concern(streams.seed_key(key, s), streams.PRETRAIN_SGD)
+        return train.finetune(init(s), k, pre_mus, pre_irr, setup.data,
+                              setup.train.pretraining(setup.model.pretrain_steps), setup.net.apply).params
     return jax.lax.map(one, seed_ids)
 
 
@@ -186,110 +85,115 @@ def finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, *, setup: Setup):
     one run at a time (lax.map), which on CPU beats a vmapped SGD step of small matmuls."""
     def one(args):
         s, p0 = args
-        k = stream_key(_seed_key(key, s), FINETUNE, task_index)
-        return train.finetune(p0, k, mu, irr, setup.task, setup.spec)
+        k = streams.task(streams.seed_key(key, s), streams.FINETUNE, task_index)
+        return train.finetune(p0, k, mu, irr, setup.data, setup.train, setup.net.apply)
     return jax.lax.map(one, (seed_ids, psi0_S))
-
-
-class Compression(NamedTuple):
-    """The task vectors used (Corollaries 1-2): rank-r truncation (0: dense), kept fraction of dV's rows."""
-
-    rank: int = 0
-    keep: float = 1.0
-
-    def apply(self, tau):
-        return taskvec.compress(tau, self.rank, self.keep)
 
 
 @partial(jax.jit, static_argnames=("setup", "n_test", "n_alpha_hat", "chunk"))
 def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_test: int,
               n_alpha_hat: int, chunk: int, comp: Compression = Compression()):
-    """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (stream TEST), plus diagnostics."""
+    """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (stream TEST), each fine-tune on its own
+    task (the first ``n_alpha_hat`` test samples), alpha_hat, the task vectors' cosine and the norms of dW, dV
+    (architectures.delta_norms). ``mus_2xD``: the pair's patterns, (2, K, d) for K-class tasks."""
     coeffs_Lx1 = lams_L[:, None]
-    q = setup.task.max_distinct(irr.shape[0])
+    q = setup.data.max_distinct(irr.shape[0])
+    net, paper = setup.net, setup.model.arch == "paper"
 
     def one(args):
         s, psi0, tau1, tau2 = args
-        tau1, tau2 = comp.apply(tau1), comp.apply(tau2)
-        test_keys = streams(_seed_key(key, s), 2)["test"]
-        base = taskvec.add(psi0, tau1)
-        psi2 = taskvec.add(psi0, tau2)
-        out_loss, out_acc, single, Xmix = [], [], [], []
-        for i, own in enumerate((base, psi2)):
-            X, y = data.sample(test_keys[i], mus_2xD[i], irr, n_test, setup.task)
-            lo, ac = grid_eval(base, jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q)
+        if paper:                       # compressed task vectors are the paper's model's (pair_sweep checks)
+            tau1, tau2 = comp.apply(tau1), comp.apply(tau2)
+        base, psi2 = taskvec.add(psi0, tau1), taskvec.add(psi0, tau2)
+        out_loss, out_acc, own, X_mix = [], [], [], []
+        for i, mine in enumerate((base, psi2)):
+            X, y = data_options.sample(streams.task(streams.seed_key(key, s), streams.TEST, i), mus_2xD[i], irr,
+                                       n_test, setup.data)
+            lo, ac = architectures.grid_eval(setup.model, setup.data.classes, base,
+                                             jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q)
             out_loss.append(lo)
             out_acc.append(ac)
-            single.append(metrics.hinge(model.apply(own, X[:n_alpha_hat]), y[:n_alpha_hat]))
-            Xmix.append(X[:n_alpha_hat])
-        norms = jnp.array([[jnp.linalg.norm(x) for x in model.merged_delta(psi0, t)] for t in (tau1, tau2)])
-        return (jnp.stack(out_loss, -1), jnp.stack(out_acc, -1), jnp.stack(single),
-                metrics.alpha_hat(base, psi2, jnp.concatenate(Xmix)), taskvec.cosine(tau1, tau2), norms)
+            ev = metrics.evaluate_with(net.apply, mine, X[:n_alpha_hat], y[:n_alpha_hat])
+            own.append(jnp.stack([ev["loss"], ev["acc"]]))
+            X_mix.append(X[:n_alpha_hat])
+        norms = jnp.array([list(architectures.delta_norms(setup.model, psi0, t)) for t in (tau1, tau2)])
+        return (jnp.stack(out_loss, -1), jnp.stack(out_acc, -1), jnp.stack(own),
+                metrics.alpha_hat(base, psi2, jnp.concatenate(X_mix), net.apply), taskvec.cosine(tau1, tau2), norms)
 
     return jax.lax.map(one, (seed_ids, psi0_S, tau1_S, tau2_S))
 
 
-def _comp_fields(comp: Compression) -> dict:
-    return {} if comp == Compression() else {"rank": comp.rank, "keep": comp.keep}
+@partial(jax.jit, static_argnames=("setup", "n_test", "n_val", "chunk"))
+def ood_eval(key, seed_ids, sources_KxD, target, irr, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup,
+             n_test: int, n_val: int, chunk: int, comp: Compression = Compression()):
+    """Per seed: the coefficient grid on a validation set (stream VAL) and a test set (stream TEST, task 0) of T', the
+    references (the direct fine-tune on T', then Psi_0 + dPsi_Ti for each source) on the test set, and each source's
+    fine-tune on its own task's test set (TEST, task 1 + i; to flag a fine-tune at chance)."""
+    q = setup.data.max_distinct(irr.shape[0])
+    net, paper = setup.net, setup.model.arch == "paper"
+    grid = partial(architectures.grid_eval, setup.model, setup.data.classes, chunk=chunk, q=q)
+
+    def one(args):
+        s, psi0, taus, direct = args
+        if paper:
+            taus = jax.vmap(comp.apply)(taus)
+        sk = streams.seed_key(key, s)
+        X, y = data.sample(streams.task(sk, streams.TEST, 0), target, irr, n_test, setup.data)
+        loss, acc = grid(psi0, taus, coeffs_GxK, X, y)
+        Xv, yv = data.sample(streams.task(sk, streams.VAL, 0), target, irr, n_val, setup.data)
+        val_loss, val_acc = grid(psi0, taus, coeffs_GxK, Xv, yv)
+        refs = [direct] + [taskvec.add(psi0, jax.tree.map(lambda t: t[i], taus)) for i in range(coeffs_GxK.shape[1])]
+        ev = [metrics.evaluate_with(net.apply, p, X, y) for p in refs]
+        own = [metrics.evaluate_with(net.apply, p, *data.sample(streams.task(sk, streams.TEST, 1 + i),
+                                                                sources_KxD[i], irr, min(n_test, 500),
+                                                                setup.data))["acc"]
+               for i, p in enumerate(refs[1:])]
+        return (loss, acc, val_loss, val_acc, jnp.stack([e["loss"] for e in ev]), jnp.stack([e["acc"] for e in ev]),
+                jnp.stack([ev[0]["acc"], *own]))
+    return jax.lax.map(one, (seed_ids, psi0_S, taus_SxK, direct_S))
 
 
+# ------------------------------------------------------------------------------------------------ cached stages
 def _select(tree, ids):
     return jax.tree.map(lambda x: jnp.asarray(x)[ids], tree)
 
 
-def per_seed(store: cache.Store, kind: str, fields_of, seed_ids: np.ndarray, compute, like=None):
-    """Each seed's entry of ``kind`` (fields ``fields_of(s)``), stacked along a leading seed axis: loaded where cached,
-    the missing seeds computed in one call ``compute(ids)`` (a pytree with a leading axis over ids) and stored one by
-    one. Results stay the same bits whichever seeds were cached, as long as ``compute`` treats each seed alone.
-    ``like``: one seed's entry (arrays or ShapeDtypeStructs); by default traced from ``compute`` on one seed."""
-    if like is None:
-        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                            jax.eval_shape(compute, seed_ids[:1]))
-    got = {int(s): store.load(kind, fields_of(int(s)), like) for s in seed_ids}
-    missing = np.array([s for s in seed_ids if got[int(s)] is None], dtype=np.int32)
-    if missing.size:
-        batch = jax.device_get(compute(missing))
-        for i, s in enumerate(missing):
-            one = jax.tree.map(lambda x: x[i], batch)
-            store.save(kind, fields_of(int(s)), one)
-            got[int(s)] = one
-    return jax.tree.map(lambda *xs: np.stack(xs), *[got[int(s)] for s in seed_ids])
-
-
-def irrelevant(seed: int, setup: Setup, task_patterns) -> np.ndarray:
-    """The v_j for a sweep: basis vectors, or a random orthonormal basis (drawn from the seed) of the complement."""
-    key = jax.random.fold_in(jax.random.key(seed), 2**31 - 1) if setup.random_irrelevant else None
-    return np.asarray(data.irrelevant_patterns(np.asarray(task_patterns), key=key))
-
-
 def _digest(*arrays) -> str:
     """A short hash of arrays' values (rounded to 6 decimals), for cache keys."""
+    import hashlib
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(np.round(a, 6), np.float32).tobytes())
     return h.hexdigest()[:16]
 
 
-def _base_fields(seed: int, setup: Setup, irr=None) -> dict:
-    f = {"seed": seed, **setup.fields()}
-    if irr is not None:      # the irrelevant patterns shape every sample: a fine-tune's key must see them
-        f["irr"] = _digest(irr)
-    return f
+def irrelevant(seed: int, setup: Setup, task_patterns) -> np.ndarray:
+    """The v_j for a sweep (``data.irrelevant``): basis vectors, a random orthonormal basis of the complement of the
+    task patterns, isotropic random unit vectors, or unit vectors at inner product ``data.rho`` with the first task
+    pattern (data_options); the random ones drawn from the run's key (stream RUN_IRRELEVANT), as many as the
+    complement's dimension."""
+    kind, task_patterns = setup.data.irrelevant, np.asarray(task_patterns)
+    key = jax.random.fold_in(streams.run_key(seed), streams.RUN_IRRELEVANT) if kind != "basis" else None
+    if kind in ("basis", "random"):
+        return np.asarray(data.irrelevant_patterns(task_patterns, key=key))
+    T = task_patterns.reshape(-1, task_patterns.shape[-1])
+    M = T.shape[1] - int(np.linalg.matrix_rank(T, tol=1e-6))
+    if kind == "random_unit":
+        return np.asarray(data_options.random_unit_patterns(key, M, T.shape[1]))
+    return np.asarray(data_options.correlated_irrelevant(key, M, T, setup.data.rho))
 
 
-def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store, task_patterns=None):
-    """Psi_0 for every seed index, cached per seed. With ``setup.pretrain_tasks``, Psi_0 is pre-trained on tasks
-    whose tokens avoid the span of ``task_patterns`` (the patterns of the tasks under study, required then)."""
-    key, fields = jax.random.key(seed), _base_fields(seed, setup)
-    if not setup.pretrain_tasks:
-        return per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
-                        lambda ids: init_seeds(key, ids, setup=setup))
-    if task_patterns is None:
-        raise ValueError("pretrain_tasks > 0: Psi_0's pre-training needs the patterns of the tasks under study")
-    pre_mus, pre_irr = (np.asarray(x) for x in data.pretraining_tasks(task_patterns, setup.pretrain_tasks))
-    fields["pre"] = _digest(pre_mus, pre_irr)
-    psi0 = per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
-                    lambda ids: init_seeds(key, ids, pre_mus, pre_irr, setup=setup))
+def pretrained(seed: int, setup: Setup, seed_ids: np.ndarray, store: cache.Store, task_patterns):
+    """Psi_0 for every seed index, cached per seed. With ``model.pretrain_tasks``, Psi_0 is pre-trained on tasks
+    whose tokens avoid the span of ``task_patterns`` (the patterns of the tasks under study)."""
+    key, fields = streams.run_key(seed), {"seed": seed, "d": setup.data.d, "model": to_plain(setup.model)}
+    if not setup.model.pretrain_tasks:
+        return cache.per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
+                              lambda ids: init_seeds(key, ids, setup=setup))
+    pre_mus, pre_irr = (np.asarray(x) for x in data.pretraining_tasks(task_patterns, setup.model.pretrain_tasks))
+    fields |= {"pre": _digest(pre_mus, pre_irr), **setup.fields()}
+    psi0 = cache.per_seed(store, "psi0", lambda s: {**fields, "s": s}, seed_ids,
+                          lambda ids: init_seeds(key, ids, pre_mus, pre_irr, setup=setup))
     if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(psi0)):
         raise train.DivergenceError("Psi_0's pre-training diverged (non-finite parameters); lower train.eta or "
                                     "model.pretrain_steps")
@@ -300,17 +204,19 @@ def psi0_eval(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, task_patterns
               k: int = 0) -> dict[str, np.ndarray]:
     """Psi_0 per seed (leaves (S, ...), as a sweep returns it): the Frobenius norms of its merged W_0 and V_0 (S,),
     and, with k > 0, its hinge loss and accuracy on a test set of each of the k pre-training tasks of
-    ``task_patterns`` (S, k; stream TEST, task index 1000 + j)."""
-    norms = np.array([[np.linalg.norm(x) for x in model.merged(_select(psi0, i))] for i in range(len(seed_ids))])
+    ``task_patterns`` (S, k; stream TEST, task index PRETRAIN_TASK_TEST + j)."""
+    norms = np.array([[np.linalg.norm(x) for x in architectures.weight_norms(setup.model, _select(psi0, i))]
+                      for i in range(len(seed_ids))])
     out = {"W0_norm": norms[:, 0], "V0_norm": norms[:, 1]}
     if k:
         mus, irr = data.pretraining_tasks(task_patterns, k)
-        key = jax.random.key(seed)
+        key = streams.run_key(seed)
 
         @jax.jit
         def one(p, s, j):
-            X, y = data.sample(stream_key(_seed_key(key, s), TEST, 1000 + j), mus[j], irr[j], n_test, setup.task)
-            return metrics.evaluate(p, X, y)
+            X, y = data.sample(streams.task(streams.seed_key(key, s), streams.TEST, streams.PRETRAIN_TASK_TEST + j),
+                               mus[j], irr[j], n_test, setup.data)
+            return metrics.evaluate_with(setup.net.apply, p, X, y)
 
         ev = [[one(_select(psi0, i), s, j) for j in range(k)] for i, s in enumerate(seed_ids)]
         out |= {name: np.array([[float(e[name]) for e in row] for row in ev]) for name in ("loss", "acc")}
@@ -320,58 +226,95 @@ def psi0_eval(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, task_patterns
 def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream: int, irr, store: cache.Store):
     """Psi*_T for every seed from its Psi_0 (TrainResult with a leading seed axis), cached per seed. ``stream`` is the
     task's index among the fine-tune streams of a seed."""
-    key, base = jax.random.key(seed), _base_fields(seed, setup, irr)
+    key = streams.run_key(seed)
     mu = np.asarray(mu, np.float32)
-    f = lambda s: {**base, "s": s, "mu": np.round(mu.astype(float), 7), "stream": stream}  # noqa: E731
-    return per_seed(store, "finetune", f, seed_ids, lambda ids: finetune_seeds(
+    base = {"seed": seed, **setup.fields(), "irr": _digest(irr), "mu": np.round(mu.astype(float), 7),
+            "stream": stream}
+    return cache.per_seed(store, "finetune", lambda s: {**base, "s": s}, seed_ids, lambda ids: finetune_seeds(
         key, ids, _select(psi0, ids), mu, irr, stream, setup=setup))
+
+
+def valid(*arrays, axis_count: int = 1) -> np.ndarray:
+    """True where every value of every array is finite, per leading index (the first ``axis_count`` axes)."""
+    ok = None
+    for a in arrays:
+        a = np.asarray(a, float)
+        f = np.isfinite(a).reshape(*a.shape[:axis_count], -1).all(-1)
+        ok = f if ok is None else ok & f
+    return ok
+
+
+# ------------------------------------------------------------------------------------------------ Theorems 1-2
+class PairSweep(NamedTuple):
+    """Theorems 1-2 for every (alpha, seed): Psi_0 + dPsi_T1 + lambda dPsi_T2 on T1's and T2's test sets."""
+
+    loss: np.ndarray         # (A, S, L, 2)   last axis: task T1, T2
+    acc: np.ndarray          # (A, S, L, 2)
+    finite: np.ndarray       # (A, S) both fine-tunes and every evaluated quantity stayed finite
+    own: np.ndarray          # (A, S, 2, 2) Psi*_T1 on T1, Psi*_T2 on T2: (hinge loss, accuracy)
+    alpha_hat: np.ndarray    # (A, S) output cosine of Psi*_T1 and Psi*_T2
+    tv_cosine: np.ndarray    # (A, S) cosine of dPsi_T1 and dPsi_T2 in parameter space
+    norms: np.ndarray        # (A, S, 2, 2) ||dW||_F, ||dV||_F for T1, T2 (architectures.delta_norms)
+    curves: np.ndarray       # (A, S, 2, steps // log_every) each fine-tune's training hinge loss
+    psi0: dict               # Psi_0, leaves (S, ...)
 
 
 def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: int = 2000, n_alpha_hat: int = 500,
                chunk: int = 1, store: cache.Store | None = None, progress=None,
                comp: Compression = Compression()) -> PairSweep:
-    """The Theorem 1-2 sweep. Seeds and lambdas are array axes inside compiled code; each stage is compiled once
-    and reused for every alpha. T1's fine-tune does not depend on alpha and is shared. With a ``store``, Psi_0,
-    every fine-tune and every (alpha, seed) evaluation are cached, so a killed sweep resumes where it stopped and a
-    new coefficient grid reuses the fine-tunes."""
+    """The Theorem 1-2 sweep. T1's fine-tune does not depend on alpha and is shared; every stage is compiled once
+    and reused for every alpha, and cached per seed. Any model and data option of ``setup``; compressed task
+    vectors (``comp``) for the paper's model only."""
+    if comp != Compression() and setup.model.arch != "paper":
+        raise ValueError(f"model.arch={setup.model.arch!r}: compressed task vectors ({comp.name}) are defined for "
+                         "arch='paper' only")
     store = store or cache.NoStore()
-    d = setup.d
+    d = setup.data.d
     seed_ids = np.arange(n_seeds, dtype=np.int32)
     alphas = np.asarray(alphas, np.float32)
     lams = np.asarray(lams, np.float32)
-    # The irrelevant patterns span the complement of (e_1, e_2), which holds mu_T1 and mu_T2 for every alpha.
-    irr = irrelevant(seed, setup, np.eye(d)[:2])
-    key, base = jax.random.key(seed), _base_fields(seed, setup, irr)
-    psi0 = pretrained(seed, setup, seed_ids, store, np.eye(d)[:2])
-    mus = np.asarray(jax.vmap(lambda a: data.pair_patterns(a, d))(alphas))
+    # The irrelevant patterns span the complement of (e_1, e_2) (e_1..e_2K for K classes), which holds mu_T1 and
+    # mu_T2 for every alpha.
+    span = np.eye(d)[:setup.data.pair_dirs()]
+    irr = irrelevant(seed, setup, span)
+    key = streams.run_key(seed)
+    psi0 = pretrained(seed, setup, seed_ids, store, span)
+    mus = np.asarray(jax.vmap(lambda a: data_options.pair_patterns(a, setup.data))(alphas))
     finetuned = lambda mu, i: finetune_all(seed, setup, seed_ids, psi0, mu, i, irr, store)  # noqa: E731
     ft1 = finetuned(mus[0, 0], 0)
     tau1 = taskvec.task_vector(ft1.params, psi0)
+    fields = {"seed": seed, **setup.fields(), "irr": _digest(irr), "lams": lams, "n_test": n_test,
+              "n_alpha_hat": n_alpha_hat, **comp.fields()}
     cells = []
     for i, a in enumerate(alphas):
         ft2 = finetuned(mus[i, 1], 1)
         tau2 = taskvec.task_vector(ft2.params, psi0)
-        f = lambda s: {**base, "s": s, "alpha": float(a), "lams": lams, "n_test": n_test,  # noqa: E731
-                       "n_alpha_hat": n_alpha_hat, **_comp_fields(comp)}
-        ev = per_seed(store, "pair_eval", f, seed_ids, lambda ids: pair_eval(
-            key, ids, mus[i], irr, _select(psi0, ids), _select(tau1, ids), _select(tau2, ids), lams, setup=setup,
-            n_test=n_test, n_alpha_hat=n_alpha_hat, chunk=chunk, comp=comp))
-        cells.append((*ev, np.asarray(ft1.finite) & np.asarray(ft2.finite)))
+        ev = cache.per_seed(store, "pair_eval", lambda s: {**fields, "s": s, "alpha": float(a)}, seed_ids,
+                            lambda ids: pair_eval(key, ids, mus[i], irr, _select(psi0, ids), _select(tau1, ids),
+                                                  _select(tau2, ids), lams, setup=setup, n_test=n_test,
+                                                  n_alpha_hat=n_alpha_hat, chunk=chunk, comp=comp))
+        ok = np.asarray(ft1.finite) & np.asarray(ft2.finite) & valid(*ev)
+        curves = np.stack([np.asarray(ft1.curve_loss), np.asarray(ft2.curve_loss)], axis=1)
+        cells.append((*ev, ok, curves))
         if progress:
-            progress(f"alpha {i + 1}/{len(alphas)} ({float(a):g}) done")
-    loss, acc, single, ahat, cos, norms, finite = (np.stack(x) for x in zip(*cells))
-    return PairSweep(loss, acc, finite, single, ahat, cos, norms, psi0)
+            progress(i + 1, len(alphas), f"alpha {float(a):g}")
+    loss, acc, own, ahat, cos, norms, finite, curves = (np.stack(x) for x in zip(*cells))
+    return PairSweep(loss, acc, finite, own, ahat, cos, norms, curves, psi0)
 
 
+# ------------------------------------------------------------------------------------------------ Theorem 3
 class OODSweep(NamedTuple):
     """Theorem 3 for every seed: Psi_0 + sum_i lambda_i dPsi_Ti on the out-of-domain task T'."""
 
     coeffs: np.ndarray       # (G, K) the coefficient grid
-    loss: np.ndarray         # (S, G)
+    loss: np.ndarray         # (S, G) on T's test set
     acc: np.ndarray          # (S, G)
-    ref_loss: np.ndarray     # (S, 1 + K) on T': direct fine-tune on T', then Psi_0 + dPsi_Ti for each source
+    val_loss: np.ndarray     # (S, G) on T's validation set (choices are made here, reported on test)
+    val_acc: np.ndarray      # (S, G)
+    ref_loss: np.ndarray     # (S, 1 + K) on T' (test): direct fine-tune on T', then Psi_0 + dPsi_Ti per source
     ref_acc: np.ndarray      # (S, 1 + K)
-    finite: np.ndarray       # (S,) every fine-tune of the seed stayed finite
+    own_acc: np.ndarray      # (S, 1 + K) the direct fine-tune on T', each source's on its own task
+    finite: np.ndarray       # (S,) every fine-tune of the seed and every evaluated quantity stayed finite
     taus: dict               # task vectors, leaves (S, K, ...)
     psi0: dict               # Psi_0, leaves (S, ...)
 
@@ -382,46 +325,38 @@ def coefficient_grid(ranges) -> np.ndarray:
     return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=-1).astype(np.float32)
 
 
-@partial(jax.jit, static_argnames=("setup", "n_test", "chunk"))
-def ood_eval(key, seed_ids, target, irr, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup, n_test: int,
-             chunk: int, comp: Compression = Compression()):
-    """Per seed: the coefficient grid and the references on a test set of T' (stream TEST, index 0)."""
-    q = setup.task.max_distinct(irr.shape[0])
-    def one(args):
-        s, psi0, taus, direct = args
-        taus = jax.vmap(comp.apply)(taus)
-        X, y = data.sample(streams(_seed_key(key, s), 1)["test"][0], target, irr, n_test, setup.task)
-        loss, acc = grid_eval(psi0, taus, coeffs_GxK, X, y, chunk, q=q)
-        refs = [direct] + [taskvec.add(psi0, jax.tree.map(lambda t: t[i], taus)) for i in range(coeffs_GxK.shape[1])]
-        ev = [metrics.evaluate(p, X, y) for p in refs]
-        return loss, acc, jnp.stack([e["loss"] for e in ev]), jnp.stack([e["acc"] for e in ev])
-    return jax.lax.map(one, (seed_ids, psi0_S, taus_SxK, direct_S))
-
-
-def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n_test: int = 2000, chunk: int = 1,
-              store: cache.Store | None = None, comp: Compression = Compression(), progress=None) -> OODSweep:
+def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n_test: int = 2000,
+              n_val: int = 500, chunk: int = 1, store: cache.Store | None = None,
+              comp: Compression = Compression(), progress=None) -> OODSweep:
     """Theorem 3: fine-tune each source task T_i (mu_Ti = e_i) and, as the reference, T' itself; evaluate the
-    coefficient grid on T'. Psi_0 and fine-tunes share the cache with the other sweeps."""
+    coefficient grid on T'. Psi_0 and fine-tunes share the cache with the other sweeps. Binary tasks only; any
+    model option (compressed task vectors for arch='paper' only)."""
+    if setup.data.multiclass:
+        raise ValueError(f"data.classes={setup.data.classes}: Theorem 3's target is defined for binary tasks only (2)")
+    if comp != Compression() and setup.model.arch != "paper":
+        raise ValueError(f"model.arch={setup.model.arch!r}: compressed task vectors ({comp.name}) are defined for "
+                         "arch='paper' only")
     store = store or cache.NoStore()
-    sources, target = (np.asarray(x) for x in data.ood_patterns(gammas, kappa, setup.d))
+    sources, target = (np.asarray(x) for x in data.ood_patterns(gammas, kappa, setup.data.d))
     K = sources.shape[0]
+    coeffs = coefficient_grid(ranges)
+    if coeffs.shape[1] != K:                # before any compute
+        raise ValueError(f"ranges: {coeffs.shape[1]} coefficient ranges for {K} source tasks (gammas)")
     irr = irrelevant(seed, setup, np.vstack([sources, target]))
     seed_ids = np.arange(n_seeds, dtype=np.int32)
     psi0 = pretrained(seed, setup, seed_ids, store, np.vstack([sources, target]))
     fts = [finetune_all(seed, setup, seed_ids, psi0, sources[i], i, irr, store) for i in range(K)]
     direct = finetune_all(seed, setup, seed_ids, psi0, target, K, irr, store)
     taus = jax.tree.map(lambda *t: np.stack(t, axis=1), *[taskvec.task_vector(f.params, psi0) for f in fts])
-    coeffs = coefficient_grid(ranges)
-    if coeffs.shape[1] != K:
-        raise ValueError(f"ranges: {coeffs.shape[1]} coefficient ranges for {K} source tasks (gammas)")
-    fields = {**_base_fields(seed, setup, irr), "gammas": np.round(np.asarray(gammas, float), 7), "kappa": kappa,
-              "coeffs": coeffs, "n_test": n_test, **_comp_fields(comp)}
-    key = jax.random.key(seed)
-    loss, acc, ref_loss, ref_acc = per_seed(
+    fields = {"seed": seed, **setup.fields(), "irr": _digest(irr), "gammas": np.round(np.asarray(gammas, float), 7),
+              "kappa": kappa, "coeffs": coeffs, "n_test": n_test, "n_val": n_val, **comp.fields()}
+    key = streams.run_key(seed)
+    ev = cache.per_seed(
         store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids,
-        lambda ids: ood_eval(key, ids, target, irr, _select(psi0, ids), _select(taus, ids), _select(direct.params, ids),
-                             coeffs, setup=setup, n_test=n_test, chunk=chunk, comp=comp))
-    finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0)
+        lambda ids: ood_eval(key, ids, sources, target, irr, _select(psi0, ids), _select(taus, ids),
+                             _select(direct.params, ids), coeffs, setup=setup, n_test=n_test, n_val=n_val,
+                             chunk=chunk, comp=comp))
+    finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0) & valid(*ev)
     if progress:
-        progress(f"out-of-domain grid of {len(coeffs)} points x {n_seeds} seeds done")
-    return OODSweep(coeffs, loss, acc, ref_loss, ref_acc, finite, taus, psi0)
+        progress(1, 1, f"out-of-domain grid of {len(coeffs)} points x {n_seeds} seeds")
+    return OODSweep(coeffs, *ev, finite, taus, psi0)

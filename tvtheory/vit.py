@@ -1,9 +1,9 @@
 """A small Vision Transformer in Flax NNX for the Colored-Digits experiments, and its training loops.
 
 Patches of the 8x8x3 image -> linear embedding + learned positions -> ``depth`` pre-norm attention blocks -> mean
-pool -> heads. Psi_0 is pre-trained on 10-class digit identity with random colours (the analogue of the paper's
-ImageNet pre-training: shapes, no colour rule); binary tasks then fine-tune every parameter, including a scalar
-head that belongs to Psi_0, so task vectors span all trained parameters.
+pool -> heads. Psi_0 is pre-trained with a class head on images with random colours (digits.pretrain_labels: coarse
+ink statistics by default, or 10-class digit identity); binary tasks then fine-tune every parameter, including a
+scalar head that belongs to Psi_0, so task vectors span all trained parameters.
 """
 
 from __future__ import annotations
@@ -72,8 +72,10 @@ def apply(graphdef, params, X):
     return _merge(graphdef, params)(X)
 
 
-def _fit(loss_fn, params, key, X, T, steps: int, batch: int, lr: float):
-    """Adam on minibatches drawn with fold_in(key, step); returns the parameters and the loss curve."""
+def _fit(loss_fn, params, key, X, T, steps: int, batch: int, lr: float, state=None, start: int = 0):
+    """Adam on minibatches drawn with fold_in(key, step), steps start .. start + steps - 1, from the optimizer
+    ``state`` (None: fresh). Returns the parameters, the loss curve and the state, so that a run split in stages is
+    the same run."""
     opt = optax.adam(lr)
 
     def step(carry, t):
@@ -83,16 +85,30 @@ def _fit(loss_fn, params, key, X, T, steps: int, batch: int, lr: float):
         u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
-    return params, losses
+    state = opt.init(params) if state is None else state
+    (params, state), losses = jax.lax.scan(step, (params, state), start + jnp.arange(steps))
+    return params, losses, state
 
 
-@partial(jax.jit, static_argnames=("graphdef", "steps", "batch", "lr"))
-def pretrain(graphdef, params, key, X, digits, *, steps: int, batch: int, lr: float):
-    """10-class cross-entropy on random-colour images (the task head is left as initialised)."""
+def pretrain_stages(graphdef, params, key, X, labels, *, stages: tuple, batch: int, lr: float) -> list:
+    """Psi_0 after each number of steps in ``stages`` (ascending) of one pre-training run: cross-entropy of the class
+    head on ``labels`` (the task head is left as initialised). Stage k continues stage k - 1 (same batches, same Adam
+    state), so the parameters after s steps are those of a run of s steps."""
+    out, state, done = [], None, 0
+    for s in stages:
+        if s > done:
+            params, _, state = _pretrain(graphdef, params, key, X, labels, state, start=done, steps=s - done,
+                                         batch=batch, lr=lr)
+            done = s
+        out.append(params)
+    return out
+
+
+@partial(jax.jit, static_argnames=("graphdef", "start", "steps", "batch", "lr"))
+def _pretrain(graphdef, params, key, X, labels, state, *, start: int, steps: int, batch: int, lr: float):
     def loss_fn(p, Xb, db):
         return optax.softmax_cross_entropy_with_integer_labels(_merge(graphdef, p).classify(Xb), db).mean()
-    return _fit(loss_fn, params, key, X, digits, steps, batch, lr)
+    return _fit(loss_fn, params, key, X, labels, steps, batch, lr, state, start)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "steps", "batch", "lr"))
@@ -100,7 +116,7 @@ def finetune(graphdef, params, key, X, y, *, steps: int, batch: int, lr: float):
     """Hinge loss on a binary task: Psi*_T from Psi_0 (every parameter trained)."""
     def loss_fn(p, Xb, yb):
         return metrics.hinge(apply(graphdef, p, Xb), yb)
-    return _fit(loss_fn, params, key, X, y, steps, batch, lr)
+    return _fit(loss_fn, params, key, X, y, steps, batch, lr)[:2]
 
 
 @partial(jax.jit, static_argnames=("graphdef", "chunk"))

@@ -1,0 +1,222 @@
+"""The command line: ``python -m tvtheory <experiment> [overrides]`` (or ``tvtheory <experiment>``, or
+``python experiments/<experiment>.py``), through Hydra.
+
+A bad value stops the run before any compute with one line, ``config error: <field>=<value>: <what is allowed>``,
+and exit status 2: composition errors (unknown keys, wrong types, missing options), validation errors, a result or
+cache folder that cannot or must not be written, a cost beyond the budget. A multirun checks every job this way before
+the first starts. ``--help`` lists every field with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tvtheory import experiments
+
+CONF = "pkg://tvtheory.conf"
+EXIT_CONFIG, EXIT_DIVERGED = 2, 3
+
+
+class AllDiverged(RuntimeError):
+    """Every seed of a run diverged: nothing is written."""
+
+
+def register() -> None:
+    """Each experiment's Config as ``<name>_schema`` in Hydra's ConfigStore; the ``run_id`` resolver of run folders."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    cs = ConfigStore.instance()
+    for name in experiments.NAMES:
+        cs.store(name=f"{name}_schema", node=experiments.get(name).Config)
+    if not OmegaConf.has_resolver("run_id"):
+        # Two runs started in the same second get different folders.
+        OmegaConf.register_new_resolver("run_id", run_id)
+
+
+def run_id() -> str:
+    """This run's id in its folder names: the process id of the command (``main`` sets it), which a multirun's worker
+    processes inherit instead of resolving their own."""
+    return os.environ.get("TVTHEORY_RUN_ID", str(os.getpid()))
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> None:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def main(name: str | None = None, argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ["TVTHEORY_RUN_ID"] = str(os.getpid())
+    if name is None:
+        if not argv or argv[0] in ("-h", "--help"):
+            print("usage: python -m tvtheory <experiment> [key=value ...] [--help]\nexperiments: "
+                  + ", ".join(experiments.NAMES))
+            return
+        name, argv = argv[0], argv[1:]
+    try:
+        exp = experiments.get(name)
+    except ValueError as e:
+        fail(f"config error: {e}")
+    if "-h" in argv or "--help" in argv:
+        print(help_text(name, exp))
+        return
+    register()
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"           # let composition errors reach us instead of Hydra's report
+    started = {"job": False}
+
+    @hydra.main(config_path=CONF, config_name=name, version_base="1.3")
+    def _main(cfg) -> None:
+        started["job"] = True
+        job(exp, cfg)
+
+    if not any(a.startswith("-") for a in argv):
+        precheck(name, exp, argv)
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        _main()
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(f"config error: {_one_line(e)}")
+    except OSError as e:
+        if started["job"]:
+            raise
+        fail(f"config error: {_path_error(e)}")
+
+
+def precheck(name: str, exp, overrides: list[str]) -> None:
+    """A single run's config composed and checked before Hydra starts, so that a bad value leaves no run folder
+    behind (Hydra creates one before calling the job)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_module("tvtheory.conf", version_base="1.3"):
+            cfg = compose(name, overrides=[o for o in overrides if not o.startswith("hydra")])
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(f"config error: {_one_line(e)}")
+    try:
+        check_job(exp, cfg, None)
+    except ValueError as e:
+        fail(f"config error: {e}")
+
+
+def job(exp, cfg) -> None:
+    """One Hydra job: validate, check folders and budget, run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from tvtheory import runner
+
+    hc = HydraConfig.get()
+    name = runner.name_of(exp)
+    try:
+        c = runner.typed(exp, cfg)
+        out = Path(c.out_dir) if c.out_dir else Path(hc.runtime.output_dir)
+        runner.preflight(exp, c, out)
+    except ValueError as e:
+        fail(f"config error: {e}")
+    runner.environment(c)
+    tag = f"{name}#{hc.job.num}" if hc.mode == RunMode.MULTIRUN else ""
+    try:
+        runner.execute(exp, c, out, raw_config=OmegaConf.to_container(cfg, resolve=True), replace=bool(c.out_dir),
+                       tag=tag, overrides=tuple(hc.overrides.task))
+    except AllDiverged as e:
+        fail(f"error: {e}. Nothing was written.", EXIT_DIVERGED)
+
+
+def check_job(exp, cfg, out: Path | None) -> None:
+    """Validation, folders and budget of one job's config (the multirun's check before its first job)."""
+    from tvtheory import runner
+
+    c = runner.typed(exp, cfg)
+    where = Path(c.out_dir) if c.out_dir else out
+    if where is None:                        # Hydra's own folder: a new one, named by time and process
+        runner.check_budget(exp, c)
+        if getattr(c, "cache", None) is not None and c.cache.dir:
+            from tvtheory import results
+            results.check_writable(c.cache.dir, "cache.dir")
+        return
+    runner.preflight(exp, c, where)
+
+
+def _one_line(e: Exception) -> str:
+    cause = e.__cause__
+    if cause is not None and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {str(getattr(cause, 'msg', cause)).splitlines()[0]}"
+    text = str(e).split("Config search path")[0]
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _path_error(e: OSError) -> str:
+    where = e.filename or "?"
+    return f"hydra.run.dir (or hydra.sweep.dir)={str(where)!r}: cannot be created ({e.strerror or e})"
+
+
+def help_text(name: str, exp) -> str:
+    from tvtheory import config as C
+
+    doc = (exp.__doc__ or "").strip().splitlines()
+    rows = C.describe(exp.Config)
+    width = max(len(p) for p, _, _ in rows)
+    lines = [f"python -m tvtheory {name} [key=value ...]   (also: python experiments/{name}.py)", "",
+             *(doc[:1] or [""]), "", "Fields (key: default  meaning):"]
+    for path, default, text in rows:
+        lines.append(f"  {path:<{width}}  {default:<14} {text}")
+    lines += ["", "Options: model=<" + "|".join(_options("model")) + ">, data=<" + "|".join(_options("data"))
+              + ">, train=<" + "|".join(_options("train")) + ">, sweep=<" + "|".join(_options("sweep")) + ">",
+              "Multirun: -m key=a,b (each job validated before the first starts); hydra/launcher=local|slurm.",
+              "Hydra's own flags: --hydra-help."]
+    return "\n".join(lines)
+
+
+def _options(group: str) -> list[str]:
+    from importlib import resources
+
+    folder = resources.files("tvtheory.conf") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+class ValidateJobs:
+    """A Hydra callback: before a multirun's first job, compose and check every job (and refuse one ``out_dir``
+    shared by several jobs), so a bad value in the last job stops the sweep before any compute."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from hydra import compose
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from hydra.core.hydra_config import HydraConfig
+
+        # The sweep folder interpolates ${hydra:job.config_name}, which resolves only once HydraConfig is set; Hydra
+        # sets it for each job, not before this callback.
+        if not HydraConfig.initialized():
+            HydraConfig.instance().set_config(config)
+        name = config.hydra.job.config_name
+        exp = experiments.get(name)
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        outs = set()
+        for i, overrides in enumerate(jobs):
+            try:
+                cfg = compose(config_name=name, overrides=list(overrides))
+                check_job(exp, cfg, Path(config.hydra.sweep.dir) / str(i))
+                if cfg.get("out_dir"):
+                    if cfg.out_dir in outs:
+                        raise ValueError(f"out_dir={cfg.out_dir!r}: shared by several jobs of the multirun; leave it "
+                                         "null so that each job writes its own folder")
+                    outs.add(cfg.out_dir)
+            except ValueError as e:
+                fail(f"config error: job {i} ({' '.join(overrides)}): {e}")
+
+    def __getattr__(self, item):          # the other callback hooks do nothing
+        if item.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(item)
