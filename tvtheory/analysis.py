@@ -111,6 +111,12 @@ def lambda_star(cur: pd.DataFrame, eps: float) -> float:
     return float(ok.min()) if ok.size else float("nan")
 
 
+def mean_sd(x) -> tuple[float, float]:
+    """Mean and seed standard deviation (ddof 1) of per-seed values: NaN mean for none, sd 0 for one."""
+    x = np.asarray(x, float)
+    return (float(x.mean()) if x.size else float("nan"), float(x.std(ddof=1)) if x.size > 1 else 0.0)
+
+
 def lambda_star_seeds(c: Curves, alpha: float, eps: float) -> pd.Series:
     """lambda*(alpha) of every valid seed, indexed by seed (NaN where a seed never learns T2 on the grid), so that
     two variants' values subtract seed by seed even when one of them lost a seed to divergence."""

@@ -233,7 +233,7 @@ def thm1_addition(c: Curves, cfg, d: int, cid: str, rel: str) -> Claim:
 
 def thm1_contradictory_fails(c: Curves, cfg, d: int) -> Claim:
     alphas = analysis.of_relation(c.alphas(), "contradictory")
-    beta, _ = _beta(c, d, cfg)
+    beta = cfg.beta(d)
     cid, statement = "thm1.contradictory_fails", "Theorem 1 (contradictory, alpha < 0): no lambda learns both tasks"
     predicted = "addition set empty for every alpha < 0"
     if alphas.size == 0:
@@ -524,24 +524,24 @@ def corollary_claims(quantities: dict[str, dict], row_norms: pd.DataFrame, m: in
                     "(alpha <= 0)",
             "thm3": f"Theorem 3's success region with IoU >= {cor.region_iou:g} and the best test hinge within eps"}
     rank_name = f"rank{min(cor.ranks)}" if cor.ranks else None
+    kept_by = {v: keeps(dense, q, cfg, cor.region_iou) for v, q in quantities.items() if v != "dense"}
     for thm in ("thm1", "thm2", "thm3"):
-        cid = f"cor1.rank1_{thm}" if rank_name == "rank1" else f"cor1.{rank_name}_{thm}"
+        cid = f"cor1.{rank_name}_{thm}"
         statement = (f"Corollary 1: rank-{min(cor.ranks) if cor.ranks else '?'} task vectors keep what "
                      f"{thm.replace('thm', 'Theorem ')} measures")
         if rank_name is None or rank_name not in quantities:
             records.append(claim(cid, statement, what[thm], "no low-rank variant", None, n_seeds, "",
                                  undecided="corollaries.ranks is empty"))
             continue
-        ok, text = keeps(dense, quantities[rank_name], cfg, cor.region_iou)[thm]
-        others = "; ".join(f"{v}: {_word(keeps(dense, q, cfg, cor.region_iou)[thm][0])}"
-                           for v, q in quantities.items() if v not in ("dense", rank_name))
+        ok, text = kept_by[rank_name][thm]
+        others = "; ".join(f"{v}: {_word(kk[thm][0])}" for v, kk in kept_by.items() if v != rank_name)
         records.append(claim(cid, statement, f"{what[thm]}, against the dense task vectors", text, ok, n_seeds,
                              f"Other variants: {others}.",
                              undecided="a difference lies within the seed spread of its tolerance"))
     prunes = sorted((float(v[len("prune"):]), v) for v in quantities if v.startswith("prune"))
     largest, changed, stop = 0.0, [], None
     for f, v in prunes:
-        kk = keeps(dense, quantities[v], cfg, cor.region_iou)
+        kk = kept_by[v]
         kept = all3(ok for ok, _ in kk.values())
         bad = [t for t, (ok, _) in kk.items() if ok is not True]
         changed.append(f"prune {f:g}: " + ("all kept" if not bad else "changes or leaves undecided " + ", ".join(bad)))

@@ -137,14 +137,7 @@ def check_job(exp, cfg, out: Path | None) -> None:
     from tvtheory import runner
 
     c = runner.typed(exp, cfg)
-    where = Path(c.out_dir) if c.out_dir else out
-    if where is None:                        # Hydra's own folder: a new one, named by time and process
-        runner.check_budget(exp, c)
-        if getattr(c, "cache", None) is not None and c.cache.dir:
-            from tvtheory import results
-            results.check_writable(c.cache.dir, "cache.dir")
-        return
-    runner.preflight(exp, c, where)
+    runner.preflight(exp, c, Path(c.out_dir) if c.out_dir else out)
 
 
 def _one_line(e: Exception) -> str:

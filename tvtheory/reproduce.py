@@ -39,7 +39,7 @@ def schedule(cost: dict[str, float], after: dict[str, tuple], lanes: int) -> lis
     todo = set(cost)
     while todo:
         lane = min(range(lanes), key=lambda i: free[i])
-        ready = [n for n in todo if all(a in done or a not in cost for a in after[n])]
+        ready = [n for n in todo if all(a in done for a in after[n])]
         if not ready:
             raise ValueError(f"AFTER cycle among {sorted(todo)}")
         n = max(ready, key=lambda x: (cost[x], x))

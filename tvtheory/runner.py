@@ -156,9 +156,11 @@ def environment(cfg: C.Node) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)       # "no TPU" notice on every run
 
 
-def preflight(exp: ModuleType, cfg: C.Node, out: Path, *, field: str = "out_dir") -> Cost:
-    """Everything that can be refused before compute: the result folder, the cache folder, the budget."""
-    results.check_out_dir(out, exp.__name__.rsplit(".", 1)[-1], field=field)
+def preflight(exp: ModuleType, cfg: C.Node, out: Optional[Path]) -> Cost:
+    """Everything that can be refused before compute: the result folder (None: a new folder of Hydra's, named by
+    time and process, which needs no check), the cache folder, the budget."""
+    if out is not None:
+        results.check_out_dir(out, name_of(exp))
     if getattr(cfg, "cache", None) is not None and cfg.cache.dir:
         results.check_writable(cfg.cache.dir, "cache.dir")
     return check_budget(exp, cfg)
@@ -215,7 +217,7 @@ def derive(exp: ModuleType, folder: Path, tables: dict, cfg: C.Node, *, final: P
     records = exp.claims(analysis, cfg)
     main = exp.TABLES[0] if exp.TABLES else ""
     stamped = [dataclasses.replace(r, source=str(final / f"{r.source or main}.csv")) for r in records]
-    if stamped or (folder / "claims.json").exists():
+    if stamped:
         results.write_claims(folder, stamped)
     if figures:
         exp.plot(tables, analysis, cfg, folder)

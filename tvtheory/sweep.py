@@ -154,7 +154,8 @@ def ood_eval(key, seed_ids, sources_KxD, target, irr, psi0_S, taus_SxK, direct_S
 
 
 # ------------------------------------------------------------------------------------------------ cached stages
-def _select(tree, ids):
+def select(tree, ids):
+    """The seeds ``ids`` of a pytree whose leaves carry the seed axis first."""
     return jax.tree.map(lambda x: jnp.asarray(x)[ids], tree)
 
 
@@ -205,7 +206,7 @@ def psi0_eval(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, task_patterns
     """Psi_0 per seed (leaves (S, ...), as a sweep returns it): the Frobenius norms of its merged W_0 and V_0 (S,),
     and, with k > 0, its hinge loss and accuracy on a test set of each of the k pre-training tasks of
     ``task_patterns`` (S, k; stream TEST, task index PRETRAIN_TASK_TEST + j)."""
-    norms = np.array([[np.linalg.norm(x) for x in architectures.weight_norms(setup.model, _select(psi0, i))]
+    norms = np.array([[np.linalg.norm(x) for x in architectures.weight_norms(setup.model, select(psi0, i))]
                       for i in range(len(seed_ids))])
     out = {"W0_norm": norms[:, 0], "V0_norm": norms[:, 1]}
     if k:
@@ -218,7 +219,7 @@ def psi0_eval(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, task_patterns
                                mus[j], irr[j], n_test, setup.data)
             return metrics.evaluate_with(setup.net.apply, p, X, y)
 
-        ev = [[one(_select(psi0, i), s, j) for j in range(k)] for i, s in enumerate(seed_ids)]
+        ev = [[one(select(psi0, i), s, j) for j in range(k)] for i, s in enumerate(seed_ids)]
         out |= {name: np.array([[float(e[name]) for e in row] for row in ev]) for name in ("loss", "acc")}
     return out
 
@@ -231,7 +232,7 @@ def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream
     base = {"seed": seed, **setup.fields(), "irr": _digest(irr), "mu": np.round(mu.astype(float), 7),
             "stream": stream}
     return cache.per_seed(store, "finetune", lambda s: {**base, "s": s}, seed_ids, lambda ids: finetune_seeds(
-        key, ids, _select(psi0, ids), mu, irr, stream, setup=setup))
+        key, ids, select(psi0, ids), mu, irr, stream, setup=setup))
 
 
 def valid(*arrays, axis_count: int = 1) -> np.ndarray:
@@ -290,8 +291,8 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
         ft2 = finetuned(mus[i, 1], 1)
         tau2 = taskvec.task_vector(ft2.params, psi0)
         ev = cache.per_seed(store, "pair_eval", lambda s: {**fields, "s": s, "alpha": float(a)}, seed_ids,
-                            lambda ids: pair_eval(key, ids, mus[i], irr, _select(psi0, ids), _select(tau1, ids),
-                                                  _select(tau2, ids), lams, setup=setup, n_test=n_test,
+                            lambda ids: pair_eval(key, ids, mus[i], irr, select(psi0, ids), select(tau1, ids),
+                                                  select(tau2, ids), lams, setup=setup, n_test=n_test,
                                                   n_alpha_hat=n_alpha_hat, chunk=chunk, comp=comp))
         ok = np.asarray(ft1.finite) & np.asarray(ft2.finite) & valid(*ev)
         curves = np.stack([np.asarray(ft1.curve_loss), np.asarray(ft2.curve_loss)], axis=1)
@@ -353,8 +354,8 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
     key = streams.run_key(seed)
     ev = cache.per_seed(
         store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids,
-        lambda ids: ood_eval(key, ids, sources, target, irr, _select(psi0, ids), _select(taus, ids),
-                             _select(direct.params, ids), coeffs, setup=setup, n_test=n_test, n_val=n_val,
+        lambda ids: ood_eval(key, ids, sources, target, irr, select(psi0, ids), select(taus, ids),
+                             select(direct.params, ids), coeffs, setup=setup, n_test=n_test, n_val=n_val,
                              chunk=chunk, comp=comp))
     finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0) & valid(*ev)
     if progress:

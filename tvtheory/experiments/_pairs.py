@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from tvtheory import results
+from tvtheory.config import Data
 from tvtheory.runner import Cost
 
 # Effective rates on 2 CPU cores (measured: SGD ~90 GFLOP/s at batch 64, grid evaluation ~60), halved so that an
@@ -26,7 +27,7 @@ def config_point(cfg, model=None) -> dict:
 
 # The fields each model option reads, and the data options with their paper values.
 ARCH_FIELDS = {"multihead": ("heads",), "cnn": ("width",), "gnn": ("rounds", "radius")}
-DATA_OPTIONS = {"irrelevant": "basis", "rho": 0.0, "classes": 2, "label_noise": 0.0}
+DATA_OPTIONS = {f: getattr(Data(), f) for f in ("irrelevant", "rho", "classes", "label_noise")}
 
 
 def validity(r, claims_cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +74,7 @@ def pair_tables(r, alphas, lams, valid, at_chance, **constants) -> dict[str, pd.
 
 def pair_cost(cfg, n_alphas: int, n_lams: int, n_test: int, n_models: int = 1) -> Cost:
     """Time and memory of ``n_models`` Theorem 1-2 sweeps from the sizes alone."""
-    d, P, m, S = cfg.data.d, cfg.data.P, getattr(cfg, "model", None) and cfg.model.m or 256, cfg.n_seeds
+    d, P, m, S = cfg.data.d, cfg.data.P, cfg.model.m, cfg.n_seeds
     q = min(P, 16)
     sgd = 6.0 * cfg.train.batch * P * d * (P + m) * cfg.train.steps * S * (1 + n_alphas)
     evals = 2.0 * n_alphas * S * n_lams * 2 * n_test * (q * m + q * q) + 2.0 * n_alphas * S * 2 * n_test * P * d * m

@@ -15,6 +15,7 @@ import pandas as pd
 
 from tvtheory import _check, analysis, claims as rules
 from tvtheory.config import Cache, Node, Run, check_grid, check_list, check_ranges, config, field, grid
+from tvtheory.experiments.arithmetic import PAPER_ALPHA_HAT, PAPER_TABLE1
 from tvtheory.runner import Cost
 
 COST, AFTER = 60, ()
@@ -450,7 +451,6 @@ def digits_claims(tables, ch: pd.DataFrame, cfg: Config, prefix: str = "digits")
     return [rules.smoke([r], rules.min_seeds_reason(r.n_seeds, cc))[0] for r in out]
 
 
-PAPER_ALPHA_HAT = {"irrelevant": 0.164, "aligned": 0.891, "contradictory": -0.849}
 
 
 def relations_claim(tables, cfg: Config) -> list[rules.Claim]:
@@ -493,7 +493,6 @@ def map_summary(mp: pd.DataFrame) -> pd.DataFrame:
 
 
 def table1(tables, ch: pd.DataFrame, setting: Setting) -> str:
-    from tvtheory.experiments.arithmetic import PAPER_TABLE1
 
     rows, ah = tables["metrics"], analysis.valid(tables["alpha_hat"])
     lines = [f"# Table 1 for Colored-Digits (small ViT; Psi_0 pre-trained on '{setting.pretrain_labels}', fine-tunes "

@@ -555,13 +555,6 @@ def diagnostics_of(tau1: dict, tau2: dict, psi0: dict, mus_2xD, ties_k: float) -
 
 
 # ------------------------------------------------------------------------------------------------------------ run
-def _take(tree, ids):
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda x: jnp.asarray(x)[ids], tree)
-
-
 class _Lazy:
     """A value computed on first use (merged deltas are needed only where an evaluation is not cached)."""
 
@@ -624,7 +617,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                                  deltas(), own(t))
                 coeffs = np.broadcast_to(np.concatenate([np.tile(scales, (M * R, 1)), np.ones((1, Z), np.float32)]),
                                          (len(ids), M * R + 1, Z))
-                return st["eval_grid"](key, ids, streams.VAL, t, mus[ia, t], irr, _take(psi0, ids), D, coeffs,
+                return st["eval_grid"](key, ids, streams.VAL, t, mus[ia, t], irr, sweep.select(psi0, ids), D, coeffs,
                                        setup=setup, n=mc.n_val)
             val.append(cache.per_seed(ctx.store, "merging_val", lambda s, t=t: {
                 **pair_fields, "alpha": float(a), "task": t, "n_val": mc.n_val, "s": s}, seed_ids, compute,
@@ -649,7 +642,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                     np.asarray(o)[ids][:, None]], 1), Dall, own(t))
                 coeffs = np.array([[[scales[chosen[i, m, g, 1]]] for m in range(M) for g in (0, 1)] + [[1.0]]
                                    for i in ids], np.float32)
-                return st["eval_grid"](key, ids, streams.TEST, t, mus[ia, t], irr, _take(psi0, ids), D, coeffs,
+                return st["eval_grid"](key, ids, streams.TEST, t, mus[ia, t], irr, sweep.select(psi0, ids), D, coeffs,
                                        setup=setup, n=mc.n_test)
             test.append(cache.per_seed(ctx.store, "merging_test", lambda s, t=t: {
                 **pair_fields, "alpha": float(a), "task": t, "n_test": mc.n_test, "keep_tol": mc.keep_tol,
@@ -692,7 +685,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         mu = np.asarray(mu, np.float32)
         return cache.per_seed(ctx.store, "tangent_finetune", lambda s: {
             **tfields, "mu": np.round(mu.astype(float), 7), "stream": i, "s": s}, seed_ids,
-            lambda ids: st["tangent_finetune"](key, ids, _take(psi0, ids), mu, irr, i, setup=setup))
+            lambda ids: st["tangent_finetune"](key, ids, sweep.select(psi0, ids), mu, irr, i, setup=setup))
 
     lt1 = tangent_ft(fig_mus[0, 0], 0)
     ltau1 = taskvec.task_vector(lt1[0], psi0)
@@ -704,15 +697,16 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         ltau2 = taskvec.task_vector(lt2[0], psi0)
         fv, ft = cache.per_seed(ctx.store, "tangent_outputs", lambda s: {
             **tfields, "alpha": a, "n_val": mc.n_val, "n_test": mc.n_test, "s": s}, seed_ids,
-            lambda ids: st["tangent_outputs"](key, ids, fig_mus[ia], irr, _take(psi0, ids), _take(ltau1, ids),
-                                              _take(ltau2, ids), setup=setup, n_val=mc.n_val, n_test=mc.n_test))
+            lambda ids: st["tangent_outputs"](key, ids, fig_mus[ia], irr, sweep.select(psi0, ids),
+                                              sweep.select(ltau1, ids), sweep.select(ltau2, ids), setup=setup,
+                                              n_val=mc.n_val, n_test=mc.n_test))
         fv, ft = np.asarray(fv, np.float64), np.asarray(ft, np.float64)
         lin_ok = (np.asarray(lt1[2]) & np.asarray(lt2[2]) & np.all(np.isfinite(fv), (1, 2, 3))
                   & np.all(np.isfinite(ft), (1, 2, 3)))
         w_sign, w_mse = cache.per_seed(ctx.store, "merging_wde", lambda s: {
             **tfields, "alpha": a, "n_val": mc.n_val, "coeffs": wde_c, "s": s}, seed_ids,
-            lambda ids: st["wde_standard"](key, ids, fig_mus[ia], irr, _take(psi0, ids), _take(tau1, ids),
-                                           _take(taus2[a], ids), wde_c, setup=setup, n_val=mc.n_val))
+            lambda ids: st["wde_standard"](key, ids, fig_mus[ia], irr, sweep.select(psi0, ids), sweep.select(tau1, ids),
+                                           sweep.select(taus2[a], ids), wde_c, setup=setup, n_val=mc.n_val))
         std_ok = fine[a]
         for s in range(cfg.n_seeds):
             lin_L = np.zeros((R, Z, 2))
@@ -745,8 +739,8 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         coeffs, ev = cache.per_seed(ctx.store, "merging_adaptive", lambda s: {
             **tfields, "alpha": a, "n_val": mc.n_val, "n_test": mc.n_test, "steps": mc.ada_steps, "lr": mc.ada_lr,
             "batch": mc.ada_batch, "init": mc.ada_init, "clip": list(mc.ada_clip), "s": s}, seed_ids,
-            lambda ids: st["adaptive"](key, ids, fig_mus[ia], irr, _take(psi0, ids), _take(tau1, ids),
-                                       _take(taus2[a], ids), np.float32(a), setup=setup, mc=opts))
+            lambda ids: st["adaptive"](key, ids, fig_mus[ia], irr, sweep.select(psi0, ids), sweep.select(tau1, ids),
+                                       sweep.select(taus2[a], ids), np.float32(a), setup=setup, mc=opts))
         coeffs, ev = np.asarray(coeffs), np.asarray(ev)
         leaves = _leaf_names(psi0)
         for s in range(cfg.n_seeds):
@@ -795,7 +789,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                     coeffs = np.broadcast_to(np.concatenate([np.tile(k_sc, (M, 1)), np.ones((own_c, len(k_sc)),
                                                                                              np.float32)]),
                                              (len(ids), C, len(k_sc)))
-                    return st["eval_grid"](key, ids, streams.VAL, ti, mu, irr_k, _take(psi0_k, ids), Dk, coeffs,
+                    return st["eval_grid"](key, ids, streams.VAL, ti, mu, irr_k, sweep.select(psi0_k, ids), Dk, coeffs,
                                            setup=setup, n=mc.n_val)
                 vals.append(cache.per_seed(ctx.store, "merging_k_val", lambda s, ik=ik, ti=ti, mu=mu: {
                     **kfields, "scenario": scen, "k": ks[ik], "task": ti, "mu": np.round(mu.astype(float), 7),
@@ -811,7 +805,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                 def compute(ids, ik=ik, ti=ti, mu=mu, D=D, pick=pick):
                     Dk = jax.tree.map(lambda x: np.asarray(x)[ids][:, ik], D())
                     coeffs = np.asarray(k_sc[pick[ids]][..., None], np.float32)
-                    return st["eval_grid"](key, ids, streams.TEST, ti, mu, irr_k, _take(psi0_k, ids), Dk, coeffs,
+                    return st["eval_grid"](key, ids, streams.TEST, ti, mu, irr_k, sweep.select(psi0_k, ids), Dk, coeffs,
                                            setup=setup, n=mc.n_test)
                 tests.append(cache.per_seed(ctx.store, "merging_k_test", lambda s, ik=ik, ti=ti, mu=mu, pick=pick: {
                     **kfields, "scenario": scen, "k": ks[ik], "task": ti, "mu": np.round(mu.astype(float), 7),
@@ -914,11 +908,6 @@ def analyse(tables, cfg: Config) -> dict:
             "k_summary": k_summary(tables["k_tasks"]), "_tables": tables}
 
 
-def _ms(x) -> tuple[float, float]:
-    x = np.asarray(x, float)
-    return (float(x.mean()) if x.size else float("nan"), float(x.std(ddof=1)) if x.size > 1 else 0.0)
-
-
 def _word3(t: rules.Tri) -> str:
     return "yes" if bool(t.yes) else ("no" if bool(t.no) else "undecided")
 
@@ -937,8 +926,8 @@ def outcome_table(methods: pd.DataFrame, cfg: Config) -> pd.DataFrame:
                                                                            sort=False):
         lam = (g["scale"] * g["ratio"]).abs()
         margin = np.minimum(cc.eps_learned + lam * beta, cc.kept_cap) - g["L1"]
-        stats = {c: _ms(g[c]) for c in ("L1", "L2", "A1", "A2")}
-        mg = _ms(margin)
+        stats = {c: analysis.mean_sd(g[c]) for c in ("L1", "L2", "A1", "A2")}
+        mg = analysis.mean_sd(margin)
         kept = rules.at_least(*mg, 0.0, k)
         kept_acc = rules.at_least(*stats["A1"], cc.acc_learned, k)
         if goal == "addition":
@@ -1142,7 +1131,7 @@ def tangent_claim(wde: pd.DataFrame, out: pd.DataFrame, cfg: Config) -> rules.Cl
         if not {"standard", "tangent"} <= set(w.columns) or not len(w):
             lower.append(None)
             continue
-        m, sd = _ms(w["tangent"] - w["standard"])
+        m, sd = analysis.mean_sd(w["tangent"] - w["standard"])
         lower.append(rules.at_most(m, sd, -mc.wde_margin, cfg.claims.spread_k).all())
         n.append(len(w))
         parts.append(f"alpha={al:g}: {w['tangent'].mean():.3g} vs {w['standard'].mean():.3g} ({m:+.3g} +- {sd:.2g})")
@@ -1188,7 +1177,7 @@ def adaptive_claim(t: dict, cfg: Config) -> rules.Claim:
                 verdicts.append(None)
                 continue
             mine, ref = (x.loc[seeds, "L1"] + x.loc[seeds, "L2"] for x in (s_, v))
-            m, sd = _ms(mine - ref)
+            m, sd = analysis.mean_sd(mine - ref)
             verdicts.append(rules.at_most(m, sd, cc.eps_learned, cc.spread_k).all())
             n.append(len(seeds))
             texts.append(f"alpha={al:g}: {mine.mean():.3g} vs {ref.mean():.3g} ({m:+.3g} +- {sd:.2g})")
@@ -1239,7 +1228,7 @@ def _k_ood(kt: pd.DataFrame, cfg: Config) -> tuple:
     v = v[(v["scenario"] == "ood") & (v["method"] == "task_arithmetic")]
     out, texts, n = [], [], []
     for k, g in v.groupby("k"):
-        m, sd = _ms(g["loss"])
+        m, sd = analysis.mean_sd(g["loss"])
         out.append(rules.at_most(m, sd, cc.eps_learned, cc.spread_k).all())
         n.append(len(g))
         s = g["scale"].mean()

@@ -209,13 +209,6 @@ class _Memo:
         return self.store.save(kind, fields, tree)
 
 
-def _take(tree, ids):
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda x: jnp.asarray(x)[ids], tree)
-
-
 @lru_cache(maxsize=None)
 def _stages():
     """The jitted stages, built once per process (JAX is imported only once the config is valid)."""
@@ -363,7 +356,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
     estimate, validate, controlled, norm_eval = _stages()
     key = streams.run_key(cfg.seed)
     base = {"seed": cfg.seed, **setup.fields(), "alphas": np.round(np.asarray(alphas, float), 6)}
-    inputs = lambda ids: (key, ids, mus, irr, _take(psi0, ids), _take(tau1, ids), _take(tau2_SxA, ids))  # noqa
+    inputs = lambda ids: (key, ids, mus, irr, sweep.select(psi0, ids), sweep.select(tau1, ids), sweep.select(tau2_SxA, ids))  # noqa
     bar = ctx.progress("similarity, validation and norm control")
 
     est = cache.per_seed(store, "practice_estimates", lambda s: {**base, "probes": list(p.probes),
@@ -380,7 +373,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
     m0 = np.asarray(data.pair_patterns(np.float32(0.0), d))
     nid = seed_ids[:min(p.norm_seeds, cfg.n_seeds)]
     none = [finetuned(m0[t], t) for t in (0, 1)]
-    tau_none = [_take(taskvec.task_vector(f.params, psi0), nid) for f in none]
+    tau_none = [sweep.select(taskvec.task_vector(f.params, psi0), nid) for f in none]
     ok_none = (np.asarray(none[0].finite) & np.asarray(none[1].finite))[nid]
     variants = p.variants()
     taus = {("none", 0.0): (*tau_none, ok_none)}
@@ -388,7 +381,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         spec = dataclasses.replace(cfg.train, steps=n, log_every=min(cfg.train.log_every, n))
         fts = [sweep.finetune_all(cfg.seed, sweep.Setup(cfg.data, cfg.model, spec), nid, psi0, m0[t], t, irr, store)
                for t in (0, 1)]
-        taus[("steps", float(n))] = (*[taskvec.task_vector(f.params, _take(psi0, nid)) for f in fts],
+        taus[("steps", float(n))] = (*[taskvec.task_vector(f.params, sweep.select(psi0, nid)) for f in fts],
                                      np.asarray(fts[0].finite) & np.asarray(fts[1].finite))
     grid_c = [(x, np.inf) for x in p.decays] + [(0.0, x) for x in p.radii]
     if grid_c:
@@ -396,11 +389,11 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         ctl_params, ctl_ok = cache.per_seed(
             store, "practice_norm_finetune", lambda s: {**base, "mu": m0, "controls": [list(map(float, c))
                                                                                       for c in grid_c], "s": s},
-            nid, lambda ids: controlled(key, ids, _take(psi0, ids), m0, irr, decays_C, radii_C, setup=setup))
+            nid, lambda ids: controlled(key, ids, sweep.select(psi0, ids), m0, irr, decays_C, radii_C, setup=setup))
         for c, (method, strength) in enumerate([("decay", float(x)) for x in p.decays]
                                                + [("ball", float(x)) for x in p.radii]):
             pick = [jax.tree.map(lambda x: x[:, c, t], ctl_params) for t in (0, 1)]
-            taus[(method, strength)] = (*[taskvec.task_vector(q, _take(psi0, nid)) for q in pick],
+            taus[(method, strength)] = (*[taskvec.task_vector(q, sweep.select(psi0, nid)) for q in pick],
                                         np.all(ctl_ok[:, c], -1))
     rescale = jax.vmap(norm_control.rescale, in_axes=(0, None))
     for rad in p.radii:
@@ -412,8 +405,9 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
     norm_lams = cfg.norm_lams()
     ev = cache.per_seed(store, "practice_norm_eval", lambda s: {**base, "variants": [list(v) for v in variants],
                                                                 "lams": norm_lams, "n_test": p.norm_n_test, "s": s},
-                        nid, lambda ids: norm_eval(key, ids, m0, irr, _take(psi0, ids), _take(tau1_SxV, ids),
-                                                        _take(tau2_SxV, ids), norm_lams, setup=setup,
+                        nid, lambda ids: norm_eval(key, ids, m0, irr, sweep.select(psi0, ids),
+                                                        sweep.select(tau1_SxV, ids), sweep.select(tau2_SxV, ids),
+                                                        norm_lams, setup=setup,
                                                         n_test=p.norm_n_test, chunk=cfg.sweep.chunk))
     bar(4, 4, "norm-control curves")
     n_loss, n_acc, own, norms = (np.asarray(x) for x in ev)

@@ -433,11 +433,6 @@ def _per_seed(d: pd.DataFrame, variant: str, name: str, col: str) -> pd.Series:
     return sub.set_index("seed")[col].sort_index()
 
 
-def _ms(x) -> tuple[float, float]:
-    x = np.asarray(x, float)
-    return (float(np.mean(x)) if x.size else float("nan"), float(np.std(x, ddof=1)) if x.size > 1 else 0.0)
-
-
 def predicted_order(alpha: pd.DataFrame, k: float) -> tuple[list[str] | None, str]:
     """The order of the drops that alpha_hat predicts: forget (alpha = 1 with itself) first, then the book with the
     larger alpha_hat with it, beyond the seed spread of the paired difference; None when alpha_hat cannot tell."""
@@ -447,7 +442,7 @@ def predicted_order(alpha: pd.DataFrame, k: float) -> tuple[list[str] | None, st
     if not {"forget/aligned", "forget/unrelated"} <= set(a.columns) or a.empty:
         return None, "no alpha_hat"
     diff = a["forget/aligned"] - a["forget/unrelated"]
-    m, sd = _ms(diff)
+    m, sd = analysis.mean_sd(diff)
     above = rules.at_least(m, sd, 0.0, k).all()
     text = (f"alpha_hat with forget: aligned {a['forget/aligned'].mean():.3f}, unrelated "
             f"{a['forget/unrelated'].mean():.3f} (paired difference {m:+.3f} +- {sd:.3f})")
@@ -458,13 +453,13 @@ def predicted_order(alpha: pd.DataFrame, k: float) -> tuple[list[str] | None, st
 
 def ordering(d: pd.DataFrame, order: list[str] | None, variant: str, cc) -> tuple:
     """Whether the drops of ``variant`` follow ``order``, each beyond order_margin and the paired seed spread."""
-    text = ", ".join(f"{b} {_ms(_per_seed(d, variant, b, 'rouge_drop'))[0]:.3f}" for b in BOOKS)
+    text = ", ".join(f"{b} {analysis.mean_sd(_per_seed(d, variant, b, 'rouge_drop'))[0]:.3f}" for b in BOOKS)
     if order is None:
         return None, text
     parts, diffs = [], []
     for hi, lo in zip(order, order[1:]):
         x = (_per_seed(d, variant, hi, "rouge_drop") - _per_seed(d, variant, lo, "rouge_drop")).dropna()
-        m, sd = _ms(x)
+        m, sd = analysis.mean_sd(x)
         parts.append(rules.at_least(m, sd, cc.order_margin, cc.spread_k).all() if len(x) else None)
         diffs.append(f"{hi} - {lo} {m:+.3f} +- {sd:.3f}")
     return rules.all3(parts), f"{text} (paired: {'; '.join(diffs)})"
@@ -477,8 +472,8 @@ def claims(a: dict, cfg: Config) -> list[rules.Claim]:
     out = []
 
     f = _per_seed(d, "full", "forget", "rouge_drop")
-    m, sd = _ms(f)
-    r0, r1 = _ms(_per_seed(d, "full", "forget", "rouge0"))[0], _ms(_per_seed(d, "full", "forget", "rouge"))[0]
+    m, sd = analysis.mean_sd(f)
+    r0, r1 = (analysis.mean_sd(_per_seed(d, "full", "forget", c))[0] for c in ("rouge0", "rouge"))
     out.append(rules.claim(
         "unlearning.forget", "Negating the forget book's task vector (lambda = -1) forgets the book: its Rouge-L falls",
         f"relative Rouge-L drop of the forget book at lambda = -1 >= {cc.forget_drop:g}, beyond the seed spread",
@@ -499,9 +494,8 @@ def claims(a: dict, cfg: Config) -> list[rules.Claim]:
         "drops lies within its seed spread of the margin"))
 
     g = _per_seed(d, "full", "general_test", "loss_rise")
-    m, sd = _ms(g)
-    l0, l1 = _ms(_per_seed(d, "full", "general_test", "loss0"))[0], _ms(_per_seed(d, "full", "general_test",
-                                                                                  "loss"))[0]
+    m, sd = analysis.mean_sd(g)
+    l0, l1 = (analysis.mean_sd(_per_seed(d, "full", "general_test", c))[0] for c in ("loss0", "loss"))
     out.append(rules.claim(
         "unlearning.kept", "Negation keeps general knowledge: the held-out general text's loss barely rises",
         f"relative rise of the general text's per-token loss at lambda = -1 <= {cc.kept_tol:g}, beyond the seed spread",
@@ -511,10 +505,10 @@ def claims(a: dict, cfg: Config) -> list[rules.Claim]:
 
     v = f"rank{cc.rank}"
     fl = _per_seed(d, v, "forget", "rouge_drop")
-    m, sd = _ms(fl)
+    m, sd = analysis.mean_sd(fl)
     forgets = rules.at_least(m, sd, cc.forget_drop, k).all() if len(fl) else None
     ok_o, text_o = ordering(d, order, v, cc)
-    whole = _ms(f)[0] if len(f) else float("nan")
+    whole = analysis.mean_sd(f)[0] if len(f) else float("nan")
     ratio = m / whole if whole != 0 else float("nan")          # a whole vector that forgets nothing: no ratio
     others = "; ".join(f"{w}: {ordering(d, order, w, cc)[1]}" for w in cfg.variants() if w not in ("full", v))
     out.append(rules.claim(
