@@ -231,6 +231,7 @@ def test_help_shows_the_defaults_a_nested_block_is_given_not_its_class_defaults(
     ("digits", "map_steps=[5,5]", "map_steps=[5, 5]: must not repeat"),
     ("digits", "lam_min=0.5", "lam_min=0.5: the grid must hold negative lambdas"),
     ("practice", "practice.tracked=[grad_cosine,grad_cosine]", "must not repeat an estimator"),
+    ("merging", "data=label_noise", "data.label_noise=0.1: must be 0"),
 ])
 def test_the_newer_experiments_refuse_what_would_fail_after_compute(name, override, text):
     with pytest.raises(ValueError, match=re.escape(text)):

@@ -188,6 +188,11 @@ class Config(Synthetic):
                         "evaluation are the one-layer transformer's)")
         if getattr(self.data, "classes", 2) != 2:
             _check.fail("data.classes", self.data.classes, "must be 2 (binary tasks, the hinge loss)")
+        # The tangent-space fine-tunes draw clean labels (data.sample), so standard and tangent task vectors would
+        # be trained on different labels.
+        if getattr(self.data, "label_noise", 0.0) != 0.0:
+            _check.fail("data.label_noise", self.data.label_noise, "must be 0 (the tangent-space fine-tunes draw "
+                        "clean labels)")
 
 
 # ------------------------------------------------------------------------------------------------ choice rules
