@@ -21,7 +21,8 @@ settings.load_profile("tvtheory")
 # A scheduling hint, not a test selection: `make test` runs two workers that take whole files in collection order
 # (`--dist loadfile --no-loadscope-reorder`), so the files of end-to-end runs go first, longest first, and the many
 # short files fill in behind them. A file missing here only runs later.
-LONGEST_FIRST = ("test_reliability.py", "test_experiments.py", "test_mutations.py", "test_digits.py", "test_docs.py",
+LONGEST_FIRST = ("test_reliability.py", "test_experiments.py", "test_mutations.py", "test_digits.py", "test_beyond.py",
+                 "test_merging.py", "test_practice.py", "test_unlearning.py", "test_digits_search.py", "test_docs.py",
                  "test_bench.py", "test_config.py", "test_data.py", "test_sweep.py")
 
 

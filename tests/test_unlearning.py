@@ -251,5 +251,8 @@ def test_tiny_run_end_to_end_rerun_from_the_cache_gives_the_same_bytes(tmp_path)
 
 def test_a_whole_vector_that_forgets_nothing_still_gets_verdicts():
     t = set_drop(make_tables(), "full", "forget", 0.0, spread=0.0)
-    v = verdicts(t)
-    assert v["unlearning.forget"] == "fail" and v["unlearning.low_rank"] in ("pass", "fail", "inconclusive")
+    recs = {r.id: r for r in ul.claims(ul.analyse(t, CFG), CFG)}
+    assert recs["unlearning.forget"].verdict == "fail"
+    # the low-rank vector is judged on its own drops; its ratio to a zero drop is reported as nan, not a crash
+    assert recs["unlearning.low_rank"].verdict == "pass" and "(nan of the whole vector's)" in recs[
+        "unlearning.low_rank"].measured
