@@ -83,6 +83,9 @@ def main() -> None:
     if timings.exists() and not a.tiny:           # the latest `make reproduce` (its own run, on its own spell)
         t = json.loads(timings.read_text())
         report["make_reproduce"] = {"wall_seconds": t.get("wall"), "lanes": t.get("lanes"),
+                                    "experiment_seconds": sum((t.get("seconds") or {}).values()),
+                                    "compile_seconds": sum(v or 0 for v in (t.get("compile_seconds") or {}).values()),
+                                    "programs": sum(v or 0 for v in (t.get("programs") or {}).values()),
                                     "source": "results/timings.json, written by the latest make reproduce"}
     results.write_json(a.out, report)
     print(f"wrote {a.out}")

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class Store:
         self.root, self.refresh = Path(root), refresh
         self.hits, self.misses, self.healed = 0, 0, 0
         self.used: dict[str, str | None] = {}       # entry path -> commit that wrote it (provenance)
+        self.timed: dict[str, float] = {}           # kind -> seconds spent computing its missing entries
         self._writer = None
 
     def path(self, kind: str, fields: dict) -> Path:
@@ -158,7 +160,12 @@ class Store:
         """Which entries the run read and which commit wrote each (None: unknown)."""
         writers = sorted({str(w) for w in self.used.values()})
         return {"root": str(self.root), "reused": self.hits, "computed": self.misses, "healed": self.healed,
-                "written_by": writers, "entries": dict(sorted(self.used.items()))}
+                "written_by": writers, "stage_seconds": self.stage_seconds(),
+                "entries": dict(sorted(self.used.items()))}
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent computing each kind of entry (compilation included), most first."""
+        return {k: round(v, 2) for k, v in sorted(self.timed.items(), key=lambda kv: -kv[1])}
 
 
 class NoStore(Store):
@@ -171,7 +178,7 @@ class NoStore(Store):
         return None
 
     def provenance(self) -> dict:
-        return {"root": None}
+        return {"root": None, "stage_seconds": self.stage_seconds()}
 
 
 def open_store(cfg) -> Store:
@@ -190,7 +197,11 @@ def per_seed(store: Store, kind: str, fields_of, seed_ids: np.ndarray, compute, 
     got = {int(s): store.load(kind, fields_of(int(s)), like) for s in seed_ids}
     missing = np.array([s for s in seed_ids if got[int(s)] is None], dtype=np.int32)
     if missing.size:
+        started = time.perf_counter()
         batch = jax.device_get(compute(missing))
+        timed = getattr(store, "timed", None)         # a duck-typed store may keep no account
+        if timed is not None:
+            timed[kind] = timed.get(kind, 0.0) + time.perf_counter() - started
         for i, s in enumerate(missing):
             one = jax.tree.map(lambda x: x[i], batch)
             store.save(kind, fields_of(int(s)), one)

@@ -101,8 +101,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {', '.join(failed)} failed; the results of the others are in {root}")
     wall = time.time() - t0
     seconds = {n: round(finished[n] - started_at[n], 1) for n in names}
+    compiled = {n: compile_report(root / n) for n in names}
     if set(names) == set(experiments.NAMES):
-        results.write_json(root / "timings.json", {"seconds": seconds, "wall": round(wall, 1), "lanes": plan})
+        results.write_json(root / "timings.json", {
+            "seconds": seconds, "wall": round(wall, 1), "lanes": plan,
+            "compile_seconds": {n: c.get("seconds") for n, c in compiled.items()},
+            "programs": {n: c.get("programs") for n, c in compiled.items()},
+            "persistent_cache_hits": {n: c.get("persistent_cache_hits") for n, c in compiled.items()}})
     from tvtheory import runner
 
     runner.claims_main([str(root)])
@@ -110,8 +115,19 @@ def main(argv: list[str] | None = None) -> None:
     path = [last]
     while path[-1] in waited_on:
         path.append(waited_on[path[-1]])
-    print(f"make reproduce: {wall:.0f} s wall on {a.lanes} lanes; critical path "
+    programs = sum(c.get("programs") or 0 for c in compiled.values())
+    compile_s = sum(c.get("seconds") or 0 for c in compiled.values())
+    print(f"make reproduce: {wall:.0f} s wall on {a.lanes} lanes ({programs} programs compiled or read from the "
+          f"persistent cache in {compile_s:.0f} s); critical path "
           + " -> ".join(f"{n} ({seconds[n]:.0f} s)" for n in reversed(path)), file=sys.stderr, flush=True)
+
+
+def compile_report(folder: Path) -> dict:
+    """The compile counts an experiment wrote into its provenance.json ({} when it has none)."""
+    try:
+        return json.loads((folder / results.MARKER).read_text()).get("compile") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 if __name__ == "__main__":

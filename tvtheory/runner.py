@@ -174,9 +174,10 @@ def name_of(exp: ModuleType) -> str:
 def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dict] = None, replace: bool = True,
             tag: str = "", overrides: tuple = ()) -> list[dict]:
     """Run a validated config into ``out`` (already checked by ``preflight``); returns the claim records."""
-    from tvtheory import cache
+    from tvtheory import cache, compiles
 
     started = time.time()
+    compiled = compiles.Counter().start()
     name = name_of(exp)
     store = cache.open_store(cfg.cache) if getattr(cfg, "cache", None) is not None else cache.NoStore()
     ctx = Context(store, tag)
@@ -194,7 +195,7 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
         records = derive(exp, stage, tables, cfg, final=out)
         results.write_json(stage / results.MARKER, results.provenance(
             name, plain, started, list(range(getattr(cfg, "n_seeds", 1))), cache=store.provenance(),
-            overrides=list(overrides)))
+            overrides=list(overrides), compile=compiled.report()))
     ctx.log.info("wrote %s in %.1f s (%s)", out, time.time() - started, store.summary())
     summary(name, out, records, time.time() - started, store.summary())
     return records
