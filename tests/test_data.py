@@ -175,3 +175,24 @@ def test_argsort_rows_is_a_stable_argsort_ties_included(P):
     for levels in (None, 5, 2):                                # with few levels, many ties
         keys = u if levels is None else jnp.floor(u * levels) / levels
         assert np.array_equal(*both(keys))
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_samples_are_rows_of_the_pattern_table_picked_by_their_ids(classes):
+    """Tokens as ids: table[ids] is the sampled X and the labels are the sampled ones, bit for bit (the training path
+    of sweep.finetune_from rests on it), and each id names the row its token is."""
+    from tvtheory import data_options
+
+    spec = Data(d=12, classes=classes)
+    mu = np.asarray(data_options.pair_patterns(0.3, spec))[1]
+    irr = np.asarray(data.irrelevant_patterns(np.eye(12)[:spec.pair_dirs()]))
+    key = jax.random.key(5)
+    X, y = data_options.train_sample(key, mu, irr, 50, spec)
+    ids, y_ids = data_options.train_ids(key, irr.shape[0], 50, spec)
+    table = np.asarray(data_options.table(mu, irr, spec))
+    np.testing.assert_array_equal(table[np.asarray(ids)], np.asarray(X))
+    np.testing.assert_array_equal(np.asarray(y_ids), np.asarray(y))
+    assert ids.dtype == jnp.int32 and ids.shape == (50, spec.P) and 0 <= int(ids.min()) and int(ids.max()) < len(table)
+    if classes == 2:                        # the label's pattern is row 0 (+mu) when y = +1, row 1 (-mu) when y = -1
+        relevant = (np.asarray(ids) == np.where(np.asarray(y) > 0, 0, 1)[:, None]).sum(1)
+        assert np.all(relevant == spec.n_rel)

@@ -95,6 +95,28 @@ def test_pretraining_in_stages_is_one_run(splits):
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(staged[1]), leaves(staged[2])))
 
 
+def test_pretraining_stages_and_rates_share_one_compiled_program(splits):
+    """The run advances in legs of the stages' greatest common divisor, the rate traced: the map's five stages and
+    both settings' rates compile one pre-training program, and the fine-tune one program for both rates."""
+    import jax
+    import jax.numpy as jnp
+
+    from tvtheory import vit
+    X = jnp.asarray(digits.random_colors(splits["train"], 7)[:64])
+    labels = jnp.asarray(digits.pretrain_labels(splits["train"], "ink")[:64])
+    graphdef, p = vit.init(jax.random.key(0))
+    before = vit._pretrain._cache_size()
+    out = vit.pretrain_stages(graphdef, p, jax.random.key(1), X, labels, stages=(0, 4, 8, 12), batch=8, lr=1e-3)
+    vit.pretrain_stages(graphdef, p, jax.random.key(1), X, labels, stages=(4, 12), batch=8, lr=3e-4)
+    assert vit._pretrain._cache_size() == before + 1 and len(out) == 4
+    y = jnp.where(labels % 2 == 0, 1.0, -1.0)
+    before = vit._finetune._cache_size()
+    a = vit.finetune(graphdef, p, jax.random.key(2), X, y, steps=3, batch=8, lr=1e-3)[0]
+    b = vit.finetune(graphdef, p, jax.random.key(2), X, y, steps=3, batch=8, lr=3e-4)[0]
+    assert vit._finetune._cache_size() == before + 1
+    assert not all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 LAMS = np.round(np.arange(-2, 3.0001, 0.5), 2)
 
 

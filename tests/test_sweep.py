@@ -210,3 +210,74 @@ def test_pretrained_psi0_learns_its_tasks_and_leaves_the_studied_directions_alon
     assert kind == "psi0" and set(f_random) == {"seed", "d", "model", "s"}
     assert f_random["model"]["pretrain_tasks"] == 0 and f_pre["model"]["pretrain_tasks"] == 2
     assert f_pre["train"]["steps"] == 40 and "pre" in f_pre
+
+
+def test_test_sets_are_the_stage_streams_and_one_program_serves_data_options_that_do_not_change_them():
+    """The evaluation stages' test sets come from sweep.eval_sets: the same bits as data_options.sample on the
+    documented stream, and one compiled sampler for data configs that differ only in what clean test samples do not
+    depend on (the irrelevant patterns arrive as an array; label noise flips training labels only)."""
+    from tvtheory import data_options
+
+    key, ids = streams.run_key(3), np.array([0, 2], np.int32)
+    mus = np.asarray(data.pair_patterns(0.5, D))
+    irr = np.asarray(data.irrelevant_patterns(jnp.eye(D)[:2]))
+    before = sweep.eval_sets._cache_size()
+    X, y = sweep.draw(key, ids, streams.TEST, (0, 1), mus, irr, 40, Data(d=D))
+    for spec in (Data(d=D, irrelevant="correlated", rho=0.3), Data(d=D, label_noise=0.2),
+                 Data(d=D, irrelevant="random_unit")):
+        X2, y2 = sweep.draw(key, ids, streams.TEST, (0, 1), mus, irr, 40, spec)
+        np.testing.assert_array_equal(X2, X)
+        np.testing.assert_array_equal(y2, y)
+    assert sweep.eval_sets._cache_size() == before + 1
+    assert X.shape == (2, 2, 40, Data().P, D) and y.shape == (2, 2, 40)
+    for i, s in enumerate(ids):
+        for k in range(2):
+            Xr, yr = data_options.sample(streams.task(streams.seed_key(key, int(s)), streams.TEST, k), mus[k], irr,
+                                         40, Data(d=D))
+            np.testing.assert_array_equal(X[i, k], Xr)
+            np.testing.assert_array_equal(y[i, k], yr)
+    X3, _ = sweep.draw(key, ids, streams.TEST, (0, 1), mus, irr, 40, Data(d=D, sigma=0.1))    # noise: its own
+    assert sweep.eval_sets._cache_size() == before + 2 and not np.array_equal(X3, X)
+
+
+@pytest.mark.parametrize("spec", [Data(d=D), Data(d=D, label_noise=0.2), Data(d=D, classes=3),
+                                  Data(d=D, irrelevant="correlated", rho=0.3)],
+                         ids=["paper", "label_noise", "3_classes", "correlated"])
+def test_training_on_token_ids_is_the_in_loop_draw_bit_for_bit(spec):
+    """sweep.finetune_from draws every batch as ids in a program of its own and gathers the tokens at each step: the
+    fine-tuned parameters, curves and flags are those of the in-loop draw (finetune_seeds), bit for bit."""
+    from tvtheory import data_options
+
+    setup = sweep.Setup(spec, Model(m=12), Train(steps=12, log_every=3))
+    key, ids = streams.run_key(1), np.array([0, 1], np.int32)
+    span = np.eye(D)[:spec.pair_dirs()]
+    mu = np.asarray(data_options.pair_patterns(0.5, spec))[1]
+    irr = sweep.irrelevant(0, setup, span)
+    psi0 = sweep.init_seeds(key, ids, setup=setup)
+    a = sweep.finetune_seeds(key, ids, psi0, mu, irr, 1, setup=setup)
+    b = sweep.finetune_from(key, ids, psi0, mu, irr, 1, setup)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_token_id_programs_are_shared_by_what_does_not_change_them():
+    """One training program for data configs that differ only in how batches are drawn (n_rel, label noise, the
+    irrelevant patterns' kind), one draw program for models that differ (width); token noise trains in the loop."""
+    key, ids = streams.run_key(2), np.array([0], np.int32)
+    mu, irr = np.eye(D, dtype=np.float32)[0], np.eye(D, dtype=np.float32)[2:]
+
+    def train_on(spec, m=16):
+        setup = sweep.Setup(spec, Model(m=m), Train(steps=6, log_every=3))
+        return sweep.finetune_from(key, ids, sweep.init_seeds(key, ids, setup=setup), mu, irr, 0, setup)
+
+    train_on(Data(d=D))
+    fits, draws = sweep.finetune_ids._cache_size(), sweep.batch_ids._cache_size()
+    for spec in (Data(d=D, n_rel=5), Data(d=D, label_noise=0.1), Data(d=D, irrelevant="random_unit")):
+        train_on(spec)
+    assert sweep.finetune_ids._cache_size() == fits
+    assert sweep.batch_ids._cache_size() == draws + 2               # n_rel and label noise change the draws
+    train_on(Data(d=D), m=8)
+    assert sweep.batch_ids._cache_size() == draws + 2 and sweep.finetune_ids._cache_size() == fits + 1
+    noisy = sweep.finetune_seeds._cache_size()
+    train_on(Data(d=D, sigma=0.1))
+    assert sweep.finetune_seeds._cache_size() == noisy + 1 and sweep.finetune_ids._cache_size() == fits + 1

@@ -167,6 +167,12 @@ class Data(Node):
             _check.fail("d", self.d, f"must be >= {n_task_dirs + 1}: {n_task_dirs} task directions plus at least "
                         "one irrelevant pattern")
 
+    def sampling(self) -> "Data":
+        """This config with the fields clean test samples do not depend on reset (the irrelevant patterns arrive as
+        an array, label noise touches training labels only): the static key of sweep.eval_sets, so that data
+        options differing only there share one compiled sampler."""
+        return dataclasses.replace(self, irrelevant=Data.irrelevant, rho=Data.rho, label_noise=Data.label_noise)
+
     def max_distinct(self, M: int) -> int:
         """An upper bound on the distinct tokens of one sample with M irrelevant patterns: +mu and -mu (the label's
         pattern and at most min(n_conf, K - 1) other classes') and at most min(n_irr, M) patterns v_j, or P once

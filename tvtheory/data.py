@@ -104,20 +104,37 @@ def sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: Data = D
     """Draw n samples of the task with pattern mu. Returns X (n, P, d) float32 and y (n,) in {+1, -1}.
 
     Pure and jit/vmap-able over ``key`` and ``mu``; ``n`` and ``spec`` (its P, n_rel, n_conf, sigma) are static.
+    The tokens are rows of ``token_table(mu, irr)`` picked by ``sample_ids`` (then Gaussian noise, if sigma > 0).
     """
-    P, n_rel, n_conf, sigma = spec.P, spec.n_rel, spec.n_conf, spec.sigma
+    ids, y = sample_ids(key, irr.shape[0], n, spec)
+    X = token_table(mu, irr)[ids]
+    if spec.sigma > 0:
+        X = X + spec.sigma * jax.random.normal(jax.random.split(key, 4)[3], X.shape)
+    return X.astype(jnp.float32), y
+
+
+def token_table(mu: jax.Array, irr: jax.Array) -> jax.Array:
+    """The patterns a noiseless binary sample's tokens are drawn from: +mu, -mu, then the irrelevant v_j (2 + M, d).
+    Zeros are stored as +0.0, as the sample's arithmetic wrote them (y mu + 0 where a token is +-mu)."""
+    mu = jnp.asarray(mu, jnp.float32)
+    return jnp.concatenate([mu[None], -mu[None], jnp.asarray(irr, jnp.float32)]) + 0.0
+
+
+def sample_ids(key: jax.Array, M: int, n: int, spec: Data = Data()):
+    """The draws of ``sample`` without the patterns: each token as its row of ``token_table`` (n, P) int32 (0: +mu,
+    1: -mu, 2 + j: v_j) and the labels y (n,). The same random streams, so table[ids] is ``sample``'s X when
+    sigma = 0, bit for bit. Tokens as ids let training batches be drawn apart from the network that trains on
+    them, in one program that every model on the same data shares (sweep.batch_ids)."""
+    P, n_rel, n_conf = spec.P, spec.n_rel, spec.n_conf
     n_irr = P - n_rel - n_conf
-    k_y, k_pos, k_irr, k_noise = jax.random.split(key, 4)
+    k_y, k_pos, k_irr, _ = jax.random.split(key, 4)
     y = jnp.where(jax.random.bernoulli(k_y, 0.5, (n,)), 1.0, -1.0)
     # Token sign before shuffling: +1 label-relevant (y mu), -1 confusion (-y mu), 0 irrelevant.
     sign_P = jnp.concatenate([jnp.ones(n_rel), -jnp.ones(n_conf), jnp.zeros(n_irr)])
     perm_NxP = argsort_rows(jax.random.uniform(k_pos, (n, P)))
-    sign_NxP = sign_P[perm_NxP]
-    j_NxP = jax.random.randint(k_irr, (n, P), 0, irr.shape[0])
-    X = (sign_NxP * y[:, None])[..., None] * mu + jnp.where((sign_NxP == 0)[..., None], irr[j_NxP], 0.0)
-    if sigma > 0:
-        X = X + sigma * jax.random.normal(k_noise, X.shape)
-    return X.astype(jnp.float32), y
+    sign_NxP = sign_P[perm_NxP] * y[:, None]
+    j_NxP = jax.random.randint(k_irr, (n, P), 0, M)
+    return jnp.where(sign_NxP == 0, 2 + j_NxP, jnp.where(sign_NxP > 0, 0, 1)).astype(jnp.int32), y
 
 
 def argsort_rows(u_NxP: jax.Array) -> jax.Array:

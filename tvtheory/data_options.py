@@ -106,23 +106,35 @@ def multiclass_pair_patterns(alpha, K: int, d: int) -> jax.Array:
 
 def sample_multiclass(key: jax.Array, mus_KxD: jax.Array, irr: jax.Array, n: int, spec: Data = Data()):
     """n samples of the K-class task with class patterns ``mus`` (K, d). Returns X (n, P, d) float32 and y (n,)
-    int32 class ids, uniform over the K classes. Pure and jit/vmap-able over ``key`` and ``mus``."""
-    P, n_rel, n_conf, sigma = spec.P, spec.n_rel, spec.n_conf, spec.sigma
-    K = mus_KxD.shape[0]
+    int32 class ids, uniform over the K classes. Pure and jit/vmap-able over ``key`` and ``mus``. The tokens are
+    rows of ``multiclass_table(mus, irr)`` picked by ``multiclass_ids`` (then Gaussian noise, if sigma > 0)."""
+    ids, y = multiclass_ids(key, mus_KxD.shape[0], irr.shape[0], n, spec)
+    X = multiclass_table(mus_KxD, irr)[ids]
+    if spec.sigma > 0:
+        X = X + spec.sigma * jax.random.normal(jax.random.split(key, 5)[4], X.shape)
+    return X.astype(jnp.float32), y
+
+
+def multiclass_table(mus_KxD: jax.Array, irr: jax.Array) -> jax.Array:
+    """The patterns a noiseless K-class sample's tokens are drawn from: the K class patterns, then the v_j."""
+    return jnp.concatenate([jnp.asarray(mus_KxD, jnp.float32), jnp.asarray(irr, jnp.float32)])
+
+
+def multiclass_ids(key: jax.Array, K: int, M: int, n: int, spec: Data = Data()):
+    """The draws of ``sample_multiclass`` as rows of ``multiclass_table`` (n, P) int32 (class c: c; v_j: K + j) and
+    the labels y (n,) int32; the same random streams."""
+    P, n_rel, n_conf = spec.P, spec.n_rel, spec.n_conf
     if K < 2:
         _check.fail("K", K, "must be >= 2 (a multi-class task needs another class for its confusion tokens)")
     n_irr = P - n_rel - n_conf
-    k_y, k_conf, k_pos, k_irr, k_noise = jax.random.split(key, 5)
+    k_y, k_conf, k_pos, k_irr, _ = jax.random.split(key, 5)
     y = jax.random.randint(k_y, (n,), 0, K)
     other_NxC = (y[:, None] + jax.random.randint(k_conf, (n, n_conf), 1, K)) % K     # uniform over the K-1 others
     # Token class before shuffling: the label n_rel times, the confusion classes, then -1 for irrelevant tokens.
     cls_NxP = jnp.concatenate([jnp.repeat(y[:, None], n_rel, 1), other_NxC, jnp.full((n, n_irr), -1, y.dtype)], 1)
     cls_NxP = jnp.take_along_axis(cls_NxP, data.argsort_rows(jax.random.uniform(k_pos, (n, P))), axis=1)
-    j_NxP = jax.random.randint(k_irr, (n, P), 0, irr.shape[0])
-    X = jnp.where((cls_NxP >= 0)[..., None], mus_KxD[jnp.maximum(cls_NxP, 0)], irr[j_NxP])
-    if sigma > 0:
-        X = X + sigma * jax.random.normal(k_noise, X.shape)
-    return X.astype(jnp.float32), y.astype(jnp.int32)
+    j_NxP = jax.random.randint(k_irr, (n, P), 0, M)
+    return jnp.where(cls_NxP >= 0, cls_NxP, K + j_NxP).astype(jnp.int32), y.astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------------- label noise
@@ -181,3 +193,30 @@ def train_sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: Da
         return X, y
     return X, flip_labels(jax.random.fold_in(key, LABEL_NOISE), y, spec.label_noise,
                           spec.classes if spec.multiclass else None)
+
+
+# ------------------------------------------------------------------------------------------------ tokens as ids
+
+
+def token_ids(spec: Data) -> bool:
+    """Whether a data config's tokens are rows of a finite pattern table (no token noise): then training batches
+    can be drawn as ids (``train_ids``) apart from the network, and gathered from ``table`` at each step."""
+    return spec.sigma == 0
+
+
+def table(mu: jax.Array, irr: jax.Array, spec: Data) -> jax.Array:
+    """The pattern table of a task of a data config (``data.token_table``, or ``multiclass_table``)."""
+    return multiclass_table(mu, irr) if spec.multiclass else data.token_table(mu, irr)
+
+
+def train_ids(key: jax.Array, M: int, n: int, spec: Data = Data()):
+    """``train_sample``'s draws as ids into ``table(mu, irr, spec)`` (n, P), for M irrelevant patterns, and its
+    labels (label noise included): table[ids] is train_sample's X, bit for bit, when ``token_ids(spec)``."""
+    if spec.multiclass:
+        ids, y = multiclass_ids(key, spec.classes, M, n, spec)
+    else:
+        ids, y = data.sample_ids(key, M, n, spec)
+    if spec.label_noise == 0:
+        return ids, y
+    return ids, flip_labels(jax.random.fold_in(key, LABEL_NOISE), y, spec.label_noise,
+                            spec.classes if spec.multiclass else None)

@@ -4,6 +4,12 @@ results are cached per seed (cache.per_seed), so a killed sweep resumes where it
 reuses the fine-tunes. The evaluation itself is model.grid_eval (exact, reusing the lambda-independent products);
 the random streams are those of streams.py.
 
+Random draws are programs of their own, apart from the networks: training batches as token ids into the task's
+pattern table (``batch_ids``; the dense in-loop draw where tokens carry noise) and test sets (``eval_sets``). Each is
+keyed by the data fields it reads, so every model trained or evaluated on the same data shares one compiled sampler,
+and the training and evaluation programs carry no random-number code (half of their compilation); the bits are those
+of in-stage draws (tested). ``python -m tvtheory.reproduce`` reports how many programs each experiment compiled.
+
 The config blocks ``Data``, ``Model`` and ``Train`` are the stages' static arguments and the fields of their cache
 keys. Every model option (``model.arch``, architectures.of) and data option (token noise, irrelevant patterns, K
 classes, label noise: data_options) runs through the same stages: the paper's binary model is evaluated by
@@ -12,6 +18,7 @@ model.grid_eval, any other by architectures.grid_eval (exact too).
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import NamedTuple
 
@@ -90,25 +97,94 @@ def finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, *, setup: Setup):
     return jax.lax.map(one, (seed_ids, psi0_S))
 
 
-@partial(jax.jit, static_argnames=("setup", "n_test", "n_alpha_hat", "chunk"))
-def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_test: int,
-              n_alpha_hat: int, chunk: int, comp: Compression = Compression()):
-    """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (stream TEST), each fine-tune on its own
-    task (the first ``n_alpha_hat`` test samples), alpha_hat, the task vectors' cosine and the norms of dW, dV
-    (architectures.delta_norms). ``mus_2xD``: the pair's patterns, (2, K, d) for K-class tasks."""
+@partial(jax.jit, static_argnames=("M", "steps", "batch", "spec"))
+def batch_ids(key, seed_ids, task_index, *, M: int, steps: int, batch: int, spec: Data):
+    """Per seed: the training batches of fine-tune stream ``task_index`` (batch t from fold_in(key, t), as
+    train.finetune draws them) as ids into the task's pattern table (S, steps, batch, P) and labels (S, steps,
+    batch), for M irrelevant patterns. Keyed by the data's sampling fields and the batch shape alone: every model
+    trained on the same data shares it."""
+    def one(s):
+        k = streams.task(streams.seed_key(key, s), streams.FINETUNE, task_index)
+        # One step at a time, as a loop: the same bits and run time as a vmap over the steps (0.11 s for 5 seeds of
+        # 300 batches of 64), and 1.3 s of compilation instead of 1.8 s on one quiet core.
+        return jax.lax.map(lambda t: data_options.train_ids(jax.random.fold_in(k, t), M, batch, spec),
+                           jnp.arange(steps))
+    return jax.lax.map(one, seed_ids)
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def finetune_ids(psi0_S, ids_S, y_S, table, *, setup: Setup):
+    """``finetune_seeds`` on batches drawn by ``batch_ids``: step t trains on table[ids[t]], the same tokens (bit for
+    bit) as the in-loop draw. ``setup``'s data block matters here only through its classes (``training_setup``)."""
+    def one(args):
+        p0, ids, y = args
+        return train.sgd(setup.net.apply, p0, lambda t: (table[ids[t]], y[t]), setup.train)
+    return jax.lax.map(one, (psi0_S, ids_S, y_S))
+
+
+def finetune_from(key, seed_ids, psi0_S, mu, irr, task_index: int, setup: Setup) -> train.TrainResult:
+    """Psi*_T for each seed: tokens as ids (``batch_ids`` then ``finetune_ids``, two programs shared across models
+    and across data options that do not change them) wherever the data are a finite pattern table and training
+    draws fresh batches; ``finetune_seeds`` otherwise (token noise, a fixed training set). The same bits either way."""
+    spec, tr = setup.data, setup.train
+    if tr.n_train or not data_options.token_ids(spec):
+        return finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, setup=setup)
+    ids, y = batch_ids(key, jnp.asarray(seed_ids), task_index, M=int(irr.shape[0]), steps=tr.steps, batch=tr.batch,
+                       spec=dataclasses.replace(spec, irrelevant=Data.irrelevant, rho=Data.rho))
+    return finetune_ids(psi0_S, ids, y, data_options.table(jnp.asarray(mu), jnp.asarray(irr), spec),
+                        setup=training_setup(setup))
+
+
+def training_setup(setup: Setup) -> Setup:
+    """The setup with the fields that training on given tokens does not read reset: every data field but d and
+    classes, and the model's initialisation and pre-training (Psi_0 arrives as an array)."""
+    m = setup.model
+    return setup._replace(data=Data(d=setup.data.d, classes=setup.data.classes),
+                          model=dataclasses.replace(m, sigma_0=Model.sigma_0, sigma_w=Model.sigma_w,
+                                                    pretrain_tasks=Model.pretrain_tasks,
+                                                    pretrain_steps=Model.pretrain_steps))
+
+
+@partial(jax.jit, static_argnames=("n", "spec"))
+def eval_sets(key, seed_ids, stream, task_indices, mus_K, irr, *, n: int, spec: Data):
+    """Per seed s and set k: n clean samples (data_options.sample) of pattern(s) ``mus_K[k]`` from stream
+    task(seed_key(key, s), stream, task_indices[k]). Returns X (S, K, n, P, d) and y (S, K, n).
+
+    A program of its own, keyed by the sampling fields of the data config alone (``Data.sampling``): the sweeps'
+    evaluation stages take their test sets from it, so every model evaluated on the same data shares one compiled
+    sampler (the threefry hashes are half of an evaluation stage's compilation), and the samples are the bits an
+    in-stage draw gives."""
+    def one(s):
+        sk = streams.seed_key(key, s)
+        # The sets one after the other in a loop: one sampler compiled, whatever their number.
+        return jax.lax.map(lambda km: data_options.sample(streams.task(sk, stream, km[0]), km[1], irr, n, spec),
+                           (task_indices, mus_K))
+    return jax.lax.map(one, seed_ids)
+
+
+def draw(key, seed_ids, stream: int, task_indices, mus_K, irr, n: int, data_spec: Data):
+    """``eval_sets`` for a data config."""
+    return eval_sets(key, jnp.asarray(seed_ids), stream, jnp.asarray(task_indices, jnp.int32), jnp.asarray(mus_K),
+                     jnp.asarray(irr), n=n, spec=data_spec.sampling())
+
+
+@partial(jax.jit, static_argnames=("setup", "n_alpha_hat", "chunk", "q"))
+def pair_eval(X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_alpha_hat: int, chunk: int, q: int,
+              comp: Compression = Compression()):
+    """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (``X_Sx2``, ``y_Sx2``: eval_sets of stream
+    TEST, tasks 0 and 1), each fine-tune on its own task (the first ``n_alpha_hat`` test samples), alpha_hat, the task
+    vectors' cosine and the norms of dW, dV (architectures.delta_norms). ``q``: data.max_distinct."""
     coeffs_Lx1 = lams_L[:, None]
-    q = setup.data.max_distinct(irr.shape[0])
     net, paper = setup.net, setup.model.arch == "paper"
 
     def one(args):
-        s, psi0, tau1, tau2 = args
+        X2, y2, psi0, tau1, tau2 = args
         if paper:                       # compressed task vectors are the paper's model's (pair_sweep checks)
             tau1, tau2 = comp.apply(tau1), comp.apply(tau2)
         base, psi2 = taskvec.add(psi0, tau1), taskvec.add(psi0, tau2)
         out_loss, out_acc, own, X_mix = [], [], [], []
         for i, mine in enumerate((base, psi2)):
-            X, y = data_options.sample(streams.task(streams.seed_key(key, s), streams.TEST, i), mus_2xD[i], irr,
-                                       n_test, setup.data)
+            X, y = X2[i], y2[i]
             lo, ac = architectures.grid_eval(setup.model, setup.data.classes, base,
                                              jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q)
             out_loss.append(lo)
@@ -120,37 +196,32 @@ def pair_eval(key, seed_ids, mus_2xD, irr, psi0_S, tau1_S, tau2_S, lams_L, *, se
         return (jnp.stack(out_loss, -1), jnp.stack(out_acc, -1), jnp.stack(own),
                 metrics.alpha_hat(base, psi2, jnp.concatenate(X_mix), net.apply), taskvec.cosine(tau1, tau2), norms)
 
-    return jax.lax.map(one, (seed_ids, psi0_S, tau1_S, tau2_S))
+    return jax.lax.map(one, (X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S))
 
 
-@partial(jax.jit, static_argnames=("setup", "n_test", "n_val", "chunk"))
-def ood_eval(key, seed_ids, sources_KxD, target, irr, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup,
-             n_test: int, n_val: int, chunk: int, comp: Compression = Compression()):
-    """Per seed: the coefficient grid on a validation set (stream VAL) and a test set (stream TEST, task 0) of T', the
-    references (the direct fine-tune on T', then Psi_0 + dPsi_Ti for each source) on the test set, and each source's
-    fine-tune on its own task's test set (TEST, task 1 + i; to flag a fine-tune at chance)."""
-    q = setup.data.max_distinct(irr.shape[0])
+@partial(jax.jit, static_argnames=("setup", "chunk", "q"))
+def ood_eval(test, val, own_sets, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup, chunk: int, q: int,
+             comp: Compression = Compression()):
+    """Per seed: the coefficient grid on a validation set (``val``: eval_sets of stream VAL, task 0) and a test set
+    (``test``: stream TEST, task 0) of T', the references (the direct fine-tune on T', then Psi_0 + dPsi_Ti for each
+    source) on the test set, and each source's fine-tune on its own task's test set (``own_sets``: TEST, task 1 + i;
+    to flag a fine-tune at chance). Each set is an (X, y) pair with a leading seed axis and a set axis."""
     net, paper = setup.net, setup.model.arch == "paper"
     grid = partial(architectures.grid_eval, setup.model, setup.data.classes, chunk=chunk, q=q)
 
     def one(args):
-        s, psi0, taus, direct = args
+        (X, y), (Xv, yv), (Xo, yo), psi0, taus, direct = args
+        X, y, Xv, yv = X[0], y[0], Xv[0], yv[0]
         if paper:
             taus = jax.vmap(comp.apply)(taus)
-        sk = streams.seed_key(key, s)
-        X, y = data.sample(streams.task(sk, streams.TEST, 0), target, irr, n_test, setup.data)
         loss, acc = grid(psi0, taus, coeffs_GxK, X, y)
-        Xv, yv = data.sample(streams.task(sk, streams.VAL, 0), target, irr, n_val, setup.data)
         val_loss, val_acc = grid(psi0, taus, coeffs_GxK, Xv, yv)
         refs = [direct] + [taskvec.add(psi0, jax.tree.map(lambda t: t[i], taus)) for i in range(coeffs_GxK.shape[1])]
         ev = [metrics.evaluate_with(net.apply, p, X, y) for p in refs]
-        own = [metrics.evaluate_with(net.apply, p, *data.sample(streams.task(sk, streams.TEST, 1 + i),
-                                                                sources_KxD[i], irr, min(n_test, 500),
-                                                                setup.data))["acc"]
-               for i, p in enumerate(refs[1:])]
+        own = [metrics.evaluate_with(net.apply, p, Xo[i], yo[i])["acc"] for i, p in enumerate(refs[1:])]
         return (loss, acc, val_loss, val_acc, jnp.stack([e["loss"] for e in ev]), jnp.stack([e["acc"] for e in ev]),
                 jnp.stack([ev[0]["acc"], *own]))
-    return jax.lax.map(one, (seed_ids, psi0_S, taus_SxK, direct_S))
+    return jax.lax.map(one, (test, val, own_sets, psi0_S, taus_SxK, direct_S))
 
 
 # ------------------------------------------------------------------------------------------------ cached stages
@@ -231,8 +302,8 @@ def finetune_all(seed: int, setup: Setup, seed_ids: np.ndarray, psi0, mu, stream
     mu = np.asarray(mu, np.float32)
     base = {"seed": seed, **setup.fields(), "irr": _digest(irr), "mu": np.round(mu.astype(float), 7),
             "stream": stream}
-    return cache.per_seed(store, "finetune", lambda s: {**base, "s": s}, seed_ids, lambda ids: finetune_seeds(
-        key, ids, select(psi0, ids), mu, irr, stream, setup=setup))
+    return cache.per_seed(store, "finetune", lambda s: {**base, "s": s}, seed_ids, lambda ids: finetune_from(
+        key, ids, select(psi0, ids), mu, irr, stream, setup))
 
 
 def valid(*arrays, axis_count: int = 1) -> np.ndarray:
@@ -286,14 +357,16 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
     tau1 = taskvec.task_vector(ft1.params, psi0)
     fields = {"seed": seed, **setup.fields(), "irr": _digest(irr), "lams": lams, "n_test": n_test,
               "n_alpha_hat": n_alpha_hat, **comp.fields()}
+    q = setup.data.max_distinct(irr.shape[0])
     cells = []
     for i, a in enumerate(alphas):
         ft2 = finetuned(mus[i, 1], 1)
         tau2 = taskvec.task_vector(ft2.params, psi0)
         ev = cache.per_seed(store, "pair_eval", lambda s: {**fields, "s": s, "alpha": float(a)}, seed_ids,
-                            lambda ids: pair_eval(key, ids, mus[i], irr, select(psi0, ids), select(tau1, ids),
-                                                  select(tau2, ids), lams, setup=setup, n_test=n_test,
-                                                  n_alpha_hat=n_alpha_hat, chunk=chunk, comp=comp))
+                            lambda ids: pair_eval(*draw(key, ids, streams.TEST, (0, 1), mus[i], irr, n_test,
+                                                        setup.data),
+                                                  select(psi0, ids), select(tau1, ids), select(tau2, ids), lams,
+                                                  setup=setup, n_alpha_hat=n_alpha_hat, chunk=chunk, q=q, comp=comp))
         ok = np.asarray(ft1.finite) & np.asarray(ft2.finite) & valid(*ev)
         curves = np.stack([np.asarray(ft1.curve_loss), np.asarray(ft2.curve_loss)], axis=1)
         cells.append((*ev, ok, curves))
@@ -352,11 +425,14 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
     fields = {"seed": seed, **setup.fields(), "irr": _digest(irr), "gammas": np.round(np.asarray(gammas, float), 7),
               "kappa": kappa, "coeffs": coeffs, "n_test": n_test, "n_val": n_val, **comp.fields()}
     key = streams.run_key(seed)
-    ev = cache.per_seed(
-        store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids,
-        lambda ids: ood_eval(key, ids, sources, target, irr, select(psi0, ids), select(taus, ids),
-                             select(direct.params, ids), coeffs, setup=setup, n_test=n_test, n_val=n_val,
-                             chunk=chunk, comp=comp))
+    def evaluate(ids):
+        test = draw(key, ids, streams.TEST, (0,), target[None], irr, n_test, setup.data)
+        val = draw(key, ids, streams.VAL, (0,), target[None], irr, n_val, setup.data)
+        own = draw(key, ids, streams.TEST, 1 + np.arange(K), sources, irr, min(n_test, 500), setup.data)
+        return ood_eval(test, val, own, select(psi0, ids), select(taus, ids), select(direct.params, ids), coeffs,
+                        setup=setup, chunk=chunk, q=setup.data.max_distinct(irr.shape[0]), comp=comp)
+
+    ev = cache.per_seed(store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids, evaluate)
     finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0) & valid(*ev)
     if progress:
         progress(1, 1, f"out-of-domain grid of {len(coeffs)} points x {n_seeds} seeds")

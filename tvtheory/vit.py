@@ -8,6 +8,7 @@ scalar head that belongs to Psi_0, so task vectors span all trained parameters.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -93,27 +94,34 @@ def _fit(loss_fn, params, key, X, T, steps: int, batch: int, lr: float, state=No
 def pretrain_stages(graphdef, params, key, X, labels, *, stages: tuple, batch: int, lr: float) -> list:
     """Psi_0 after each number of steps in ``stages`` (ascending) of one pre-training run: cross-entropy of the class
     head on ``labels`` (the task head is left as initialised). Stage k continues stage k - 1 (same batches, same Adam
-    state), so the parameters after s steps are those of a run of s steps."""
-    out, state, done = [], None, 0
+    state), so the parameters after s steps are those of a run of s steps. The run advances in legs of the greatest
+    common divisor of the stages' lengths, so that one compiled program serves every stage (and every rate)."""
+    leg = math.gcd(*[int(s) for s in stages if s]) if any(stages) else 1
+    out, state, done = [], optax.adam(lr).init(params), 0
     for s in stages:
-        if s > done:
-            params, _, state = _pretrain(graphdef, params, key, X, labels, state, start=done, steps=s - done,
-                                         batch=batch, lr=lr)
-            done = s
+        while done < s:
+            params, _, state = _pretrain(graphdef, params, key, X, labels, state, jnp.float32(lr), start=done,
+                                         steps=leg, batch=batch)
+            done += leg
         out.append(params)
     return out
 
 
-@partial(jax.jit, static_argnames=("graphdef", "start", "steps", "batch", "lr"))
-def _pretrain(graphdef, params, key, X, labels, state, *, start: int, steps: int, batch: int, lr: float):
+@partial(jax.jit, static_argnames=("graphdef", "steps", "batch"))
+def _pretrain(graphdef, params, key, X, labels, state, lr, *, start, steps: int, batch: int):
     def loss_fn(p, Xb, db):
         return optax.softmax_cross_entropy_with_integer_labels(_merge(graphdef, p).classify(Xb), db).mean()
     return _fit(loss_fn, params, key, X, labels, steps, batch, lr, state, start)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "steps", "batch", "lr"))
 def finetune(graphdef, params, key, X, y, *, steps: int, batch: int, lr: float):
-    """Hinge loss on a binary task: Psi*_T from Psi_0 (every parameter trained)."""
+    """Hinge loss on a binary task: Psi*_T from Psi_0 (every parameter trained). The rate is traced: one compiled
+    program serves every rate."""
+    return _finetune(graphdef, params, key, X, y, jnp.float32(lr), steps=steps, batch=batch)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "steps", "batch"))
+def _finetune(graphdef, params, key, X, y, lr, *, steps: int, batch: int):
     def loss_fn(p, Xb, yb):
         return metrics.hinge(apply(graphdef, p, Xb), yb)
     return _fit(loss_fn, params, key, X, y, steps, batch, lr)[:2]
