@@ -118,3 +118,15 @@ def test_ood_sweep_rejects_ranges_that_do_not_match_the_sources():
     setup = sweep.Setup(Data(d=8, P=10, n_rel=3, n_conf=1), Model(m=16), Train(steps=30, batch=16, log_every=10))
     with pytest.raises(ValueError, match="ranges"):
         sweep.ood_sweep(0, 2, [0.6, -0.5, 0.3], None, [(-1, 1, 1), (-1, 1, 1)], setup, n_test=64, n_val=48)
+
+
+def test_grid_points_on_the_region_boundary_belong_to_it_whatever_the_rounding():
+    """0.7 + 0.1 rounds to 0.7999999999999999 < 0.8 in floats: a point on the boundary in decimals is in Theorem 3's
+    region (>= and <=), so that the count does not depend on how a CPU's dot kernel rounds the sum."""
+    from tvtheory import theory
+
+    assert 0.7 * 1 + 0.1 * 1 < 0.8
+    assert theory.ood_region(np.array([[1.0, 1.0]]), [0.7, 0.1], 0.8, tau_ii=0.0)[0]
+    assert theory.ood_region(np.array([[3.0, 0.0]]), [0.7, 0.1], 0.0, lam_max=3.0, tau_ii=0.0)[0]
+    assert not theory.ood_region(np.array([[1.0, 1.0]]), [0.7, 0.1], 0.8 + 1e-6, tau_ii=0.0)[0]
+    assert not theory.ood_region(np.array([[3.0 + 1e-6, 0.0]]), [0.7, 0.1], 0.0, lam_max=3.0, tau_ii=0.0)[0]
