@@ -26,7 +26,7 @@ def test_schedule_starts_an_experiment_only_after_what_it_reuses():
     assert plan[lane_of["b"]][0] == "b"
 
 
-def test_compile_counter_counts_each_program_once_under_its_name(tmp_path):
+def test_compile_counter_counts_each_program_once_under_its_name():
     counter = compiles.Counter().start()
 
     @jax.jit

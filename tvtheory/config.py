@@ -167,11 +167,13 @@ class Data(Node):
             _check.fail("d", self.d, f"must be >= {n_task_dirs + 1}: {n_task_dirs} task directions plus at least "
                         "one irrelevant pattern")
 
-    def sampling(self) -> "Data":
-        """This config with the fields clean test samples do not depend on reset (the irrelevant patterns arrive as
-        an array, label noise touches training labels only): the static key of sweep.eval_sets, so that data
-        options differing only there share one compiled sampler."""
-        return dataclasses.replace(self, irrelevant=Data.irrelevant, rho=Data.rho, label_noise=Data.label_noise)
+    def sampling(self, training: bool = False) -> "Data":
+        """This config with the fields its samples do not depend on reset: the static key of the samplers
+        sweep.eval_sets (clean test sets) and, with ``training``, sweep.batch_ids (label noise kept), so that data
+        options differing only there share one compiled sampler. The irrelevant patterns arrive as an array, so their
+        kind and rho never matter; label noise touches training labels only."""
+        return dataclasses.replace(self, irrelevant=Data.irrelevant, rho=Data.rho,
+                                   label_noise=self.label_noise if training else Data.label_noise)
 
     def max_distinct(self, M: int) -> int:
         """An upper bound on the distinct tokens of one sample with M irrelevant patterns: +mu and -mu (the label's

@@ -189,10 +189,16 @@ def train_sample(key: jax.Array, mu: jax.Array, irr: jax.Array, n: int, spec: Da
     """Training samples of a data config's task: ``sample``, with the labels flipped at rate ``spec.label_noise``
     (stream streams.LABEL_FLIP of ``key``). Without label noise these are ``sample``'s, bit for bit."""
     X, y = sample(key, mu, irr, n, spec)
+    return X, _training_labels(key, y, spec)
+
+
+def _training_labels(key: jax.Array, y: jax.Array, spec: Data) -> jax.Array:
+    """The labels of a training sample drawn from ``key``: y, flipped at rate ``spec.label_noise`` (stream
+    LABEL_FLIP of ``key``); y itself, untouched, without label noise."""
     if spec.label_noise == 0:
-        return X, y
-    return X, flip_labels(jax.random.fold_in(key, LABEL_NOISE), y, spec.label_noise,
-                          spec.classes if spec.multiclass else None)
+        return y
+    return flip_labels(jax.random.fold_in(key, LABEL_NOISE), y, spec.label_noise,
+                       spec.classes if spec.multiclass else None)
 
 
 # ------------------------------------------------------------------------------------------------ tokens as ids
@@ -216,7 +222,4 @@ def train_ids(key: jax.Array, M: int, n: int, spec: Data = Data()):
         ids, y = multiclass_ids(key, spec.classes, M, n, spec)
     else:
         ids, y = data.sample_ids(key, M, n, spec)
-    if spec.label_noise == 0:
-        return ids, y
-    return ids, flip_labels(jax.random.fold_in(key, LABEL_NOISE), y, spec.label_noise,
-                            spec.classes if spec.multiclass else None)
+    return ids, _training_labels(key, y, spec)

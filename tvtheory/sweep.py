@@ -130,7 +130,7 @@ def finetune_from(key, seed_ids, psi0_S, mu, irr, task_index: int, setup: Setup)
     if tr.n_train or not data_options.token_ids(spec):
         return finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, setup=setup)
     ids, y = batch_ids(key, jnp.asarray(seed_ids), task_index, M=int(irr.shape[0]), steps=tr.steps, batch=tr.batch,
-                       spec=dataclasses.replace(spec, irrelevant=Data.irrelevant, rho=Data.rho))
+                       spec=spec.sampling(training=True))
     return finetune_ids(psi0_S, ids, y, data_options.table(jnp.asarray(mu), jnp.asarray(irr), spec),
                         setup=training_setup(setup))
 

@@ -38,6 +38,12 @@ def informative(lam, eps: float, beta_add: float, beta_neg: float, cap: float):
     return eps + np.abs(lam) * np.where(lam >= 0, beta_add, beta_neg) <= cap
 
 
+# Grid points on a boundary of Theorem 3's region (sum lambda_i gamma_i = tau exactly in decimals, e.g. 0.7 + 0.1 =
+# 0.8) belong to it, as the conditions are >= and <=; without this slack the float rounding of the sums, which
+# differs between CPUs' dot kernels, decided them (ood's region held 64 grid points on one machine and 66 on another).
+EDGE = 1e-9
+
+
 def ood_region(coeffs_GxK, gammas, tau, lam_max=np.inf, tau_ii=None) -> np.ndarray:
     """Theorem 3's sufficient conditions for Psi_0 + sum_i lambda_i dPsi_Ti to generalize to T':
     (i) sum_i lambda_i gamma_i >= tau, (ii) sum_i lambda_i gamma_i^2 >= tau, (iii) |lambda_i| <= c / beta = lam_max.
@@ -45,12 +51,6 @@ def ood_region(coeffs_GxK, gammas, tau, lam_max=np.inf, tau_ii=None) -> np.ndarr
     ``tau_ii`` gives condition (ii) its own threshold. tau, tau_ii and lam_max may be arrays: the result then has
     their broadcast shape followed by the G grid points."""
     lam, g = np.asarray(coeffs_GxK, float), np.asarray(gammas, float)
-    col = lambda x: np.asarray(x, float)[..., None] - EDGE  # noqa: E731
-    return ((lam @ g >= col(tau)) & (lam @ g**2 >= col(tau if tau_ii is None else tau_ii))
-            & (np.abs(lam).max(axis=1) <= col(lam_max) + 2 * EDGE))
-
-
-# Grid points on a boundary of Theorem 3's region (sum lambda_i gamma_i = tau exactly in decimals, e.g. 0.7 + 0.1 =
-# 0.8) belong to it, as the conditions are >= and <=; without this slack the float rounding of the sums, which
-# differs between CPUs' dot kernels, decided them (ood's region held 64 grid points on one machine and 66 on another).
-EDGE = 1e-9
+    col = lambda x: np.asarray(x, float)[..., None]  # noqa: E731
+    return ((lam @ g >= col(tau) - EDGE) & (lam @ g**2 >= col(tau if tau_ii is None else tau_ii) - EDGE)
+            & (np.abs(lam).max(axis=1) <= col(lam_max) + EDGE))
