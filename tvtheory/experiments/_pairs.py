@@ -79,7 +79,9 @@ def pair_cost(cfg, n_alphas: int, n_lams: int, n_test: int, n_models: int = 1) -
     sgd = 6.0 * cfg.train.batch * P * d * (P + m) * cfg.train.steps * S * (1 + n_alphas)
     evals = 2.0 * n_alphas * S * n_lams * 2 * n_test * (q * m + q * q) + 2.0 * n_alphas * S * 2 * n_test * P * d * m
     seconds = n_models * (sgd / SGD_FLOPS + evals / EVAL_FLOPS)
-    memory = (0.5e9 + n_models * (4.0 * n_alphas * S * n_lams * 2 * 4 + 4.0 * 2 * n_test * P * d
+    # Every seed's two test sets and training batches (as ids) are drawn at once (sweep.eval_sets, batch_ids).
+    draws = 4.0 * S * (2 * n_test * P * d + cfg.train.steps * cfg.train.batch * (P + 1))
+    memory = (0.5e9 + n_models * (4.0 * n_alphas * S * n_lams * 2 * 4 + draws
                                   + 4.0 * cfg.train.batch * P * (m + d) * 4 + 4.0 * min(n_test, 3200) * q * m * 3))
     return Cost(seconds, memory / 1e9)
 

@@ -73,7 +73,10 @@ def estimate(cfg: Config) -> Cost:
     G, K, q = math.prod(len(grid(*r)) for r in o.ranges), len(o.gammas), min(P, 16)
     sgd = 6.0 * cfg.train.batch * P * d * (P + m) * cfg.train.steps * S * (K + 1)
     evals = 2.0 * S * G * (o.n_test + o.n_val) * (q * m + q * q) * (1 + 0.2 * K)
-    memory = 0.5e9 + 4.0 * S * G * 6 + 4.0 * (o.n_test + o.n_val) * P * d + 4.0 * min(o.n_test, 3200) * q * m * (K + 2)
+    # Every seed's test, validation and own-task sets and training batches (as ids) are drawn at once (sweep).
+    draws = 4.0 * S * ((o.n_test + o.n_val + K * min(o.n_test, 500)) * P * d
+                       + cfg.train.steps * cfg.train.batch * (P + 1))
+    memory = 0.5e9 + 4.0 * S * G * 6 + draws + 4.0 * min(o.n_test, 3200) * q * m * (K + 2)
     return Cost(sgd / _pairs.SGD_FLOPS + evals / _pairs.EVAL_FLOPS, memory / 1e9)
 
 
