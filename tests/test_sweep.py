@@ -262,7 +262,8 @@ def test_training_on_token_ids_is_the_in_loop_draw_bit_for_bit(spec):
 
 def test_token_id_programs_are_shared_by_what_does_not_change_them():
     """One training program for data configs that differ only in how batches are drawn (n_rel, label noise, the
-    irrelevant patterns' kind), one draw program for models that differ (width); token noise trains in the loop."""
+    irrelevant patterns' kind), one draw program for models that differ (width) and for every d; token noise trains in
+    the loop."""
     key, ids = streams.run_key(2), np.array([0], np.int32)
     mu, irr = np.eye(D, dtype=np.float32)[0], np.eye(D, dtype=np.float32)[2:]
 
@@ -281,3 +282,7 @@ def test_token_id_programs_are_shared_by_what_does_not_change_them():
     noisy = sweep.finetune_seeds._cache_size()
     train_on(Data(d=D, sigma=0.1))
     assert sweep.finetune_seeds._cache_size() == noisy + 1 and sweep.finetune_ids._cache_size() == fits + 1
+    wider = np.eye(D + 4, dtype=np.float32)                          # another d: the draws' program is shared
+    setup = sweep.Setup(Data(d=D + 4), Model(m=16), Train(steps=6, log_every=3))
+    sweep.finetune_from(key, ids, sweep.init_seeds(key, ids, setup=setup), wider[0], wider[2:], 0, setup)
+    assert sweep.batch_ids._cache_size() == draws + 2

@@ -171,9 +171,11 @@ class Data(Node):
         """This config with the fields its samples do not depend on reset: the static key of the samplers
         sweep.eval_sets (clean test sets) and, with ``training``, sweep.batch_ids (label noise kept), so that data
         options differing only there share one compiled sampler. The irrelevant patterns arrive as an array, so their
-        kind and rho never matter; label noise touches training labels only."""
+        kind and rho never matter; label noise touches training labels only, and training draws ids, which know
+        nothing of d (every width of scaling's d axis draws its batches with one program)."""
         return dataclasses.replace(self, irrelevant=Data.irrelevant, rho=Data.rho,
-                                   label_noise=self.label_noise if training else Data.label_noise)
+                                   label_noise=self.label_noise if training else Data.label_noise,
+                                   d=Data.d if training else self.d)
 
     def max_distinct(self, M: int) -> int:
         """An upper bound on the distinct tokens of one sample with M irrelevant patterns: +mu and -mu (the label's

@@ -97,12 +97,12 @@ def finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, *, setup: Setup):
     return jax.lax.map(one, (seed_ids, psi0_S))
 
 
-@partial(jax.jit, static_argnames=("M", "steps", "batch", "spec"))
-def batch_ids(key, seed_ids, task_index, *, M: int, steps: int, batch: int, spec: Data):
+@partial(jax.jit, static_argnames=("steps", "batch", "spec"))
+def batch_ids(key, seed_ids, task_index, M, *, steps: int, batch: int, spec: Data):
     """Per seed: the training batches of fine-tune stream ``task_index`` (batch t from fold_in(key, t), as
     train.finetune draws them) as ids into the task's pattern table (S, steps, batch, P) and labels (S, steps,
     batch), for M irrelevant patterns. Keyed by the data's sampling fields and the batch shape alone: every model
-    trained on the same data shares it."""
+    trained on the same data shares it, whatever its d (M is traced: integer draws, the same bits as a constant)."""
     def one(s):
         k = streams.task(streams.seed_key(key, s), streams.FINETUNE, task_index)
         # One step at a time, as a loop: the same bits and run time as a vmap over the steps (0.11 s for 5 seeds of
@@ -129,7 +129,7 @@ def finetune_from(key, seed_ids, psi0_S, mu, irr, task_index: int, setup: Setup)
     spec, tr = setup.data, setup.train
     if tr.n_train or not data_options.token_ids(spec):
         return finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, setup=setup)
-    ids, y = batch_ids(key, jnp.asarray(seed_ids), task_index, M=int(irr.shape[0]), steps=tr.steps, batch=tr.batch,
+    ids, y = batch_ids(key, jnp.asarray(seed_ids), task_index, jnp.int32(irr.shape[0]), steps=tr.steps, batch=tr.batch,
                        spec=spec.sampling(training=True))
     return finetune_ids(psi0_S, ids, y, data_options.table(jnp.asarray(mu), jnp.asarray(irr), spec),
                         setup=training_setup(setup))
