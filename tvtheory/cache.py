@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # of the merged weights; 5: keys derived from the config blocks, entries carry a checksum and their writer, pair
 # evaluations add each fine-tune's own accuracy and a validation split; 6: the model and data options (model.arch,
 # heads, width, rounds, radius; data.rho, classes, label_noise) join every key through the config blocks (the
-# default path's numbers are unchanged).
-VERSION = 6
+# default path's numbers are unchanged); 7: XLA's elemental CPU emitters (tvtheory/__init__.py) and whole-tree
+# task-vector programs, which move digits' ViT numbers by float rounding (every other experiment's are unchanged).
+VERSION = 7
 
 
 def canonical(fields: dict) -> str:

@@ -261,6 +261,7 @@ def provenance(experiment: str, config: dict, started: float, seeds: list[int], 
         "packages": versions,
         "python": platform.python_version(),
         "device": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),          # the compiler's options round some results (digits)
         "platform": platform.platform(),
         "argv": sys.argv,
         "seeds": seeds,

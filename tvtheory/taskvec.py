@@ -14,9 +14,10 @@ import optax.tree_utils as otu
 
 Tree = dict
 
-# Every whole-tree operation is one compiled program per tree structure. Called eagerly on a network with many
-# parameter shapes (a ViT, the LM), a tree map would compile one small program per operation and leaf shape
-# instead (digits compiled ~100 of them for its cosines alone); inside a jit nothing changes.
+# The element-wise operations and reductions below (task_vector, add, sub, scale, inner, norm, cosine) are jitted:
+# one compiled program per tree of shapes. Called eagerly on a network with many parameter shapes (a ViT, the LM), a
+# tree map would compile one small program per operation and leaf shape instead (digits compiled ~100 of them for
+# its cosines alone); inside a jit nothing changes.
 
 
 @jax.jit
