@@ -284,5 +284,9 @@ def test_token_id_programs_are_shared_by_what_does_not_change_them():
     assert sweep.finetune_seeds._cache_size() == noisy + 1 and sweep.finetune_ids._cache_size() == fits + 1
     wider = np.eye(D + 4, dtype=np.float32)                          # another d: the draws' program is shared
     setup = sweep.Setup(Data(d=D + 4), Model(m=16), Train(steps=6, log_every=3))
-    sweep.finetune_from(key, ids, sweep.init_seeds(key, ids, setup=setup), wider[0], wider[2:], 0, setup)
+    psi0 = sweep.init_seeds(key, ids, setup=setup)
+    got = sweep.finetune_from(key, ids, psi0, wider[0], wider[2:], 0, setup)
     assert sweep.batch_ids._cache_size() == draws + 2
+    want = sweep.finetune_seeds(key, ids, psi0, wider[0], wider[2:], 0, setup=setup)     # M traced: the same bits
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
