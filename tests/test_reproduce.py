@@ -41,6 +41,9 @@ def test_compile_counter_counts_each_program_once_under_its_name():
     assert rep["by_function"]["jit(distinctly_named_program)"][0] == 2
     assert rep["programs"] >= 2 and rep["seconds"] >= 0 and rep["trace_seconds"] >= 0
     assert json.loads(json.dumps(rep)) == rep                                 # plain JSON for provenance.json
+    counter.stop()
+    distinctly_named_program(jnp.arange(3.0)).block_until_ready()            # compiled after the run: not counted
+    assert counter.report() == rep
 
 
 def test_compile_report_reads_a_finished_run_and_tolerates_none(tmp_path):

@@ -1,7 +1,8 @@
 """What XLA compiled during a run: programs, seconds, and how many came from the persistent cache.
 
-``Counter`` listens to JAX's compile events (``jax.monitoring``) from the moment it is started; ``report()`` gives a
-plain dict for provenance.json. Each backend compilation is counted under the function it compiled; a program read
+``Counter`` listens to JAX's compile events (``jax.monitoring``) from the moment it is started until it is stopped
+(a launcher that runs several jobs in one process starts one per job); ``report()`` gives a plain dict for
+provenance.json. Each backend compilation is counted under the function it compiled; a program read
 back from the persistent cache (``.cache/tvtheory/xla``) counts as a hit, its seconds being the time to read it.
 Tracing and lowering to StableHLO, which precede every compilation and cache lookup, are counted apart.
 """
@@ -32,6 +33,14 @@ class Counter:
             monitoring.register_event_listener(self._event)
             self._on = True
         return self
+
+    def stop(self) -> None:
+        from jax import monitoring
+
+        if self._on:
+            monitoring.unregister_event_duration_listener(self._duration)
+            monitoring.unregister_event_listener(self._event)
+            self._on = False
 
     def _duration(self, event: str, seconds: float, **kw) -> None:
         if event == BACKEND:

@@ -178,24 +178,27 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
 
     started = time.time()
     compiled = compiles.Counter().start()
-    name = name_of(exp)
-    store = cache.open_store(cfg.cache) if getattr(cfg, "cache", None) is not None else cache.NoStore()
-    ctx = Context(store, tag)
-    tables = exp.run(cfg, ctx)
-    if len(tables) and list(tables) != list(exp.TABLES):
-        raise RuntimeError(f"{name}.run returned tables {list(tables)}, its TABLES say {list(exp.TABLES)}")
-    plain = raw_config if raw_config is not None else C.to_plain(cfg)
-    with results.staged(out, replace=replace) as stage:
-        for t, df in tables.items():
-            results.write_csv(stage / f"{t}.csv", df)
-        # Analysis, claims and figures read the tables back from the files, so that a run derives exactly what
-        # ``python -m tvtheory.claims`` later derives from its folder (the CSVs keep 6 significant digits).
-        tables = {t: results.read_csv(stage / f"{t}.csv") for t in tables}
-        _write_config(stage, plain)
-        records = derive(exp, stage, tables, cfg, final=out)
-        results.write_json(stage / results.MARKER, results.provenance(
-            name, plain, started, list(range(getattr(cfg, "n_seeds", 1))), cache=store.provenance(),
-            overrides=list(overrides), compile=compiled.report()))
+    try:
+        name = name_of(exp)
+        store = cache.open_store(cfg.cache) if getattr(cfg, "cache", None) is not None else cache.NoStore()
+        ctx = Context(store, tag)
+        tables = exp.run(cfg, ctx)
+        if len(tables) and list(tables) != list(exp.TABLES):
+            raise RuntimeError(f"{name}.run returned tables {list(tables)}, its TABLES say {list(exp.TABLES)}")
+        plain = raw_config if raw_config is not None else C.to_plain(cfg)
+        with results.staged(out, replace=replace) as stage:
+            for t, df in tables.items():
+                results.write_csv(stage / f"{t}.csv", df)
+            # Analysis, claims and figures read the tables back from the files, so that a run derives exactly what
+            # ``python -m tvtheory.claims`` later derives from its folder (the CSVs keep 6 significant digits).
+            tables = {t: results.read_csv(stage / f"{t}.csv") for t in tables}
+            _write_config(stage, plain)
+            records = derive(exp, stage, tables, cfg, final=out)
+            results.write_json(stage / results.MARKER, results.provenance(
+                name, plain, started, list(range(getattr(cfg, "n_seeds", 1))), cache=store.provenance(),
+                overrides=list(overrides), compile=compiled.report()))
+    finally:
+        compiled.stop()                              # a launcher's next job in this process counts anew
     ctx.log.info("wrote %s in %.1f s (%s)", out, time.time() - started, store.summary())
     summary(name, out, records, time.time() - started, store.summary())
     return records

@@ -205,13 +205,13 @@ def ood_eval(test, val, own_sets, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, set
     """Per seed: the coefficient grid on a validation set (``val``: eval_sets of stream VAL, task 0) and a test set
     (``test``: stream TEST, task 0) of T', the references (the direct fine-tune on T', then Psi_0 + dPsi_Ti for each
     source) on the test set, and each source's fine-tune on its own task's test set (``own_sets``: TEST, task 1 + i;
-    to flag a fine-tune at chance). Each set is an (X, y) pair with a leading seed axis and a set axis."""
+    to flag a fine-tune at chance). Each is an (X, y) pair with a leading seed axis; ``own_sets`` has a set axis
+    after it."""
     net, paper = setup.net, setup.model.arch == "paper"
     grid = partial(architectures.grid_eval, setup.model, setup.data.classes, chunk=chunk, q=q)
 
     def one(args):
         (X, y), (Xv, yv), (Xo, yo), psi0, taus, direct = args
-        X, y, Xv, yv = X[0], y[0], Xv[0], yv[0]
         if paper:
             taus = jax.vmap(comp.apply)(taus)
         loss, acc = grid(psi0, taus, coeffs_GxK, X, y)
@@ -426,8 +426,9 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
               "kappa": kappa, "coeffs": coeffs, "n_test": n_test, "n_val": n_val, **comp.fields()}
     key = streams.run_key(seed)
     def evaluate(ids):
-        test = draw(key, ids, streams.TEST, (0,), target[None], irr, n_test, setup.data)
-        val = draw(key, ids, streams.VAL, (0,), target[None], irr, n_val, setup.data)
+        only = lambda sets: jax.tree.map(lambda a: a[:, 0], sets)  # noqa: E731  (T' is the one set drawn)
+        test = only(draw(key, ids, streams.TEST, (0,), target[None], irr, n_test, setup.data))
+        val = only(draw(key, ids, streams.VAL, (0,), target[None], irr, n_val, setup.data))
         own = draw(key, ids, streams.TEST, 1 + np.arange(K), sources, irr, min(n_test, 500), setup.data)
         return ood_eval(test, val, own, select(psi0, ids), select(taus, ids), select(direct.params, ids), coeffs,
                         setup=setup, chunk=chunk, q=setup.data.max_distinct(irr.shape[0]), comp=comp)
