@@ -245,3 +245,43 @@ def test_grid_eval_on_distinct_tokens_matches_all_tokens():
     reduced = grid_eval(base, tau, coeffs, X, y, block=32, q=q)
     assert np.allclose(full[0], reduced[0], atol=1e-5) and np.allclose(full[1], reduced[1])
     assert np.all(np.isnan(model.grid_eval(base, tau, coeffs, X, y, q=2)[0]))
+
+
+@pytest.mark.parametrize("form, K", [("merged", 1), ("merged", 2), ("four", 2)])
+def test_grid_eval_gathering_values_from_the_pattern_table_matches_the_sums_per_token(form, K):
+    """With the pattern table, a grid point's values are formed for the table's rows and gathered: the numbers of
+    the per-token sums to float rounding, for either form and any number of task vectors; a token that is not a row
+    of the table gives NaN, not a number."""
+    d, m = 8, 16
+    mus = data.pair_patterns(0.3, d)
+    irr = data.irrelevant_patterns(mus)
+    spec = Data(d=d, P=12, n_rel=3, n_conf=1)
+    X, y = data.sample(jax.random.key(0), mus[1], irr, 90, spec)
+    base = model.init_params(jax.random.key(1), d, m, form, sigma_0=0.5, sigma_w=0.3)
+    taus = jax.tree.map(lambda *x: jnp.stack(x), *[model.init_params(jax.random.key(2 + k), d, m, form, sigma_0=0.5,
+                                                                     sigma_w=0.3) for k in range(K)])
+    coeffs = jax.random.uniform(jax.random.key(9), (7, K), minval=-2, maxval=3)
+    q, table = spec.max_distinct(irr.shape[0]), data.token_table(mus[1], irr)
+    per_token = grid_eval(base, taus, coeffs, X, y, block=32, q=q)
+    gathered = grid_eval(base, taus, coeffs, X, y, block=32, q=q, table=table)
+    np.testing.assert_allclose(gathered[0], per_token[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gathered[1], per_token[1], atol=1e-6)
+    assert np.all(np.isfinite(gathered[0]))
+    assert np.all(np.isnan(grid_eval(base, taus, coeffs, X, y, block=32, q=q, table=table.at[3].multiply(2.0))[0]))
+
+
+def test_apply_on_ids_is_apply_on_the_tokens_they_name():
+    """model.apply_ids gathers the logits and values from the pattern table: the same outputs and gradients as
+    model.apply on table[ids], to float rounding, for any leading axes."""
+    d, m, T = 6, 16, 9
+    k = jax.random.split(jax.random.key(3), 4)
+    params = {"W": jax.random.normal(k[0], (d, d)), "V": jax.random.normal(k[1], (m, d)) / 3}
+    table = jax.random.normal(k[2], (T, d))
+    ids = jax.random.randint(k[3], (2, 5, 7), 0, T)
+    w = jnp.arange(10.0).reshape(2, 5) - 4
+    dense = jax.jit(jax.value_and_grad(lambda p: jnp.sum(w * model.apply(p, table[ids]))))
+    on_ids = jax.jit(jax.value_and_grad(lambda p: jnp.sum(w * model.apply_ids(p, ids, table))))
+    for got, want in zip(jax.tree.leaves(on_ids(params)), jax.tree.leaves(dense(params))):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(model.apply_ids(params, ids[0, 0], table), model.apply(params, table[ids[0, 0]]),
+                               rtol=2e-5, atol=2e-6)

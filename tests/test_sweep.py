@@ -290,3 +290,22 @@ def test_token_id_programs_are_shared_by_what_does_not_change_them():
     want = sweep.finetune_seeds(key, ids, psi0, wider[0], wider[2:], 0, setup=setup)     # M traced: the same bits
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sgd_on_ids_where_it_is_cheaper_trains_the_same_fine_tunes_to_rounding():
+    """Once d >= 2P the paper's binary merged model trains on the ids themselves (model.apply_ids): a short fine-tune
+    equals the dense step's (finetune_seeds) to float rounding. The rule holds for that model alone."""
+    spec = Data(d=12, P=6, n_rel=2, n_conf=1)
+    setup = sweep.Setup(spec, Model(m=16), Train(steps=8, log_every=4))
+    assert sweep.ids_step(setup, spec.P) and not sweep.ids_step(setup, 7)
+    for other in (setup._replace(model=Model(m=16, form="four", sigma_w=0.1)),
+                  setup._replace(model=Model(m=16, arch="mlp")), setup._replace(data=Data(d=12, P=6, classes=3))):
+        assert not sweep.ids_step(other, spec.P)
+    key, ids = streams.run_key(4), np.array([0, 1], np.int32)
+    mu, irr = np.eye(12, dtype=np.float32)[0], np.eye(12, dtype=np.float32)[2:]
+    psi0 = sweep.init_seeds(key, ids, setup=setup)
+    got = sweep.finetune_from(key, ids, psi0, mu, irr, 0, setup)
+    want = sweep.finetune_seeds(key, ids, psi0, mu, irr, 0, setup=setup)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g, float), np.asarray(w, float), rtol=1e-4, atol=1e-6)
+    assert not all(np.array_equal(g, w) for g, w in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)))

@@ -513,15 +513,16 @@ def _preactivation(net: Model) -> Callable:
 
 
 def grid_eval(net: Model, classes: int, base, taus_K, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array,
-              chunk: int = 1, q: int | None = None) -> tuple[jax.Array, jax.Array]:
+              chunk: int = 1, q: int | None = None, table: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Hinge loss and accuracy (two (G,)) of base + sum_k c_k taus[k] for every row c of the grid, exactly, for any
     model config: model.grid_eval for the paper's binary model (its lambda-independent products reused, ``q``
     distinct tokens per sample); ``grid_eval_attention`` (the same reuse per head, K outputs) for multihead and the
     paper's merged form with K classes; ``grid_eval_affine`` where the pre-activations are linear in the weights
     (mlp, cnn, one-round gnn: LINEARITY); ``grid_eval_direct`` (a forward pass per point, ``chunk`` at a time)
-    otherwise (two_layer, two-round gnn, the four-matrix form with K classes)."""
+    otherwise (two_layer, two-round gnn, the four-matrix form with K classes). ``table``: the pattern table every
+    token of X is a row of, if any (model.grid_eval uses it; the others need not)."""
     if net.arch == "paper" and classes == 2:
-        return model.grid_eval(base, taus_K, coeffs_GxK, X, y, chunk, q=q)
+        return model.grid_eval(base, taus_K, coeffs_GxK, X, y, chunk, q=q, table=table)
     K = classes if classes > 2 else None
     if net.arch == "multihead" or net.arch == "paper" and net.form == "merged":
         return grid_eval_attention(base, taus_K, coeffs_GxK, X, y, chunk, K, q)

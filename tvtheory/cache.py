@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 # heads, width, rounds, radius; data.rho, classes, label_noise) join every key through the config blocks (the
 # default path's numbers are unchanged); 7: XLA's elemental CPU emitters (tvtheory/__init__.py) and whole-tree
 # task-vector programs, which move digits' ViT numbers by float rounding (every other experiment's are unchanged).
-VERSION = 7
+# 8: SGD on token ids for the paper's model once d >= 2P (sweep.ids_step), which moves scaling's fine-tunes at
+# d = 64 and 128 by float rounding, grown by SGD (every other fine-tune is unchanged), and grid points' values
+# gathered from the pattern table (model.grid_eval), which moves grid losses by float rounding (1e-7).
+VERSION = 8
 
 
 def canonical(fields: dict) -> str:

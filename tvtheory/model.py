@@ -116,6 +116,18 @@ def apply(params: dict[str, jax.Array], X: jax.Array) -> jax.Array:
     return readout_mean(A, X @ V.T)
 
 
+def apply_ids(params: dict[str, jax.Array], ids: jax.Array, table: jax.Array) -> jax.Array:
+    """``apply(params, table[ids])`` for the merged form, with every token a row of a pattern table (T, d) and ids
+    (..., P) its rows: the logits x_s^T W x_l and the values V x_s are gathered from their table-sized products
+    instead of formed per token, so that the products with V cost T m d plus P^2 m per sample (the attention times
+    the gathered values) instead of P d m. The same function; its rounding differs from ``apply``'s (another order
+    of the sums). SGD on ids uses it where it is the cheaper order (sweep.ids_step)."""
+    W, V = params["W"], params["V"]
+    S_TxT = (table @ W.T) @ table.T                                       # [l, s] = t_s^T W t_l
+    A = jax.nn.softmax(S_TxT[ids[..., :, None], ids[..., None, :]], axis=-1)
+    return readout_mean(A, (table @ V.T)[ids])
+
+
 @jax.custom_jvp
 def readout_relu(T_PxD: jax.Array, V: jax.Array) -> jax.Array:
     """(1/P) sum_l a^T ReLU(V T_l) for the attended tokens T = A X (..., P, d): the same numbers as autodiff of the
@@ -173,7 +185,7 @@ def complete(c_Nxq: jax.Array, P: int) -> jax.Array:
 
 # ------------------------------------------------------------------------- exact evaluation on a coefficient grid
 def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chunk: int = 1,
-              block: int | None = None, q: int | None = None):
+              block: int | None = None, q: int | None = None, table: jax.Array | None = None):
     """Hinge loss and accuracy of base + sum_k c_k taus[k] on (X, y) for every row c of coeffs. Returns two (G,).
 
     ``taus`` is a pytree whose leaves carry a leading axis K (stacked task vectors). The merged form walks the test
@@ -182,6 +194,12 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     other way round). With ``q`` < P each sample is first reduced to its at most q distinct tokens and their counts
     (model.distinct_tokens; exact), which shrinks those products by q/P; a sample with more than q distinct tokens
     turns the result into NaN, never into a wrong number.
+
+    With ``table`` (T, d), the rows every token of X is drawn from (noiseless data: data.token_table), a grid point
+    forms the values V(c) t of the T patterns once and gathers them for every distinct token of the block, instead of
+    summing the precomputed (N, q, m) products for each: the same sums of the same numbers in less time (a point
+    ~22% faster at K = 1, d = 32, m = 256, on one core). A token that is not a row of the table turns the result
+    into NaN.
     """
     if "W" not in base:                                       # four-matrix form: quadratic in c
         base, taus, coeffs_GxK = _four_as_merged(base, taus, coeffs_GxK)
@@ -193,34 +211,54 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     Xb = jnp.concatenate([X, jnp.zeros((pad, P, D), X.dtype)]).reshape(-1, nb, P, D)
     yb = jnp.concatenate([y, jnp.ones(pad, y.dtype)]).reshape(-1, nb)
     a = readout(base["V"].shape[0])
+    K = coeffs_GxK.shape[1]
+    if table is not None:                                     # the values of the table's patterns, (T, m) each
+        H0_TxM, Hk_TxM = table @ base["V"].T, [table @ taus["V"][k].T for k in range(K)]
 
     def one_block(args):
         X, y, w = args
         U, c = distinct_tokens(X, q) if q < P else (X, jnp.ones(X.shape[:2], X.dtype))
         log_c = jnp.where(c > 0, jnp.log(jnp.maximum(c, 1.0)), -jnp.inf)[:, None, :]     # key k counts c_k times
         S0_NxQxQ = jnp.einsum("nsd,nld->nls", U, U @ base["W"].T) + log_c
-        H0_NxQxM = U @ base["V"].T
         Sk_KxNxQxQ = jnp.einsum("nsd,knld->knls", U, jnp.einsum("npd,ked->knpe", U, taus["W"]))
-        Hk_KxNxQxM = jnp.einsum("npd,kmd->knpm", U, taus["V"])
         # Split by task vector here, once per block: indexing the stacked products inside ``point`` made XLA copy
         # each (N, Q, M) slice once per grid point, which made a point 1.1-1.2x as costly at K = 1 and 1.7x at K = 3.
-        Sk = [Sk_KxNxQxQ[k] for k in range(Sk_KxNxQxQ.shape[0])]
-        Hk = [Hk_KxNxQxM[k] for k in range(Hk_KxNxQxM.shape[0])]
+        Sk = [Sk_KxNxQxQ[k] for k in range(K)]
+        if table is None:
+            H0_NxQxM = U @ base["V"].T
+            Hk_KxNxQxM = jnp.einsum("npd,kmd->knpm", U, taus["V"])
+            Hk = [Hk_KxNxQxM[k] for k in range(K)]
+            in_table = True
+        else:
+            on_row = jnp.all(U[..., None, :] == table, axis=-1)                 # (N, Q, T)
+            row_NxQ = jnp.argmax(on_row, axis=-1)
+            in_table = jnp.all(jnp.all(jnp.any(on_row, axis=-1) | (c == 0), axis=-1) | (w == 0))
         weight_NxQ = c / P                                     # query j stands for c_j of the P positions
+
+        def values(c_K):
+            if table is None:
+                H = H0_NxQxM
+                for k in range(K):
+                    H = H + c_K[k] * Hk[k]
+                return H
+            H = H0_TxM
+            for k in range(K):
+                H = H + c_K[k] * Hk_TxM[k]
+            return H[row_NxQ]
 
         def point(c_K):
             # An unrolled sum over the K task vectors fuses into the attention kernel; a tensordot over K does not.
-            S, H = S0_NxQxQ, H0_NxQxM
-            for k in range(c_K.shape[0]):
-                S, H = S + c_K[k] * Sk[k], H + c_K[k] * Hk[k]
+            S = S0_NxQxQ
+            for k in range(K):
+                S = S + c_K[k] * Sk[k]
             # c_j ReLU(z) = ReLU(c_j z) for c_j >= 0: weighting the rows of the attention keeps ReLU and the sum
             # over queries inside the attention kernel.
-            G = jax.nn.relu((jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]) @ H)
+            G = jax.nn.relu((jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]) @ values(c_K))
             f = G.sum(axis=-2) @ a
             return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
 
         loss, correct = jax.lax.map(point, coeffs_GxK, batch_size=chunk if chunk > 1 else None)
-        return loss, correct, jnp.all(complete(c, P) | (w == 0))
+        return loss, correct, jnp.all(complete(c, P) | (w == 0)) & in_table
 
     loss_sum, correct, ok = jax.lax.map(one_block, (Xb, yb, w))
     nan_unless_ok = jnp.where(jnp.all(ok), 1.0, jnp.nan)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvtheory import architectures, cache, data, data_options, metrics, streams, taskvec, train
+from tvtheory import architectures, cache, data, data_options, metrics, model, streams, taskvec, train
 from tvtheory.config import Data, Model, Train, grid, to_plain
 
 
@@ -112,13 +112,29 @@ def batch_ids(key, seed_ids, task_index, M, *, steps: int, batch: int, spec: Dat
     return jax.lax.map(one, seed_ids)
 
 
+def ids_step(setup: Setup, P: int) -> bool:
+    """Whether SGD on ids runs the network on the ids themselves (model.apply_ids: the logits and values gathered from
+    the pattern table) rather than on table[ids]: for the paper's binary merged model once d >= 2P, where its
+    products with V cost P^2 m + T m d / batch per sample instead of P d m (measured on one core, 300 steps of 64,
+    m = 256: 1.9x faster at d = 64, 1.1x at d = 32, 0.7x at d = 16; 2.4x at d = 128, m = 1024). The same function,
+    another order of the sums: the fine-tunes it trains differ from the dense step's by rounding, which SGD grows."""
+    m = setup.model
+    return m.arch == "paper" and m.form == "merged" and not setup.data.multiclass and setup.data.d >= 2 * P
+
+
 @partial(jax.jit, static_argnames=("setup",))
 def finetune_ids(psi0_S, ids_S, y_S, table, *, setup: Setup):
     """``finetune_seeds`` on batches drawn by ``batch_ids``: step t trains on table[ids[t]], the same tokens (bit for
-    bit) as the in-loop draw. ``setup``'s data block matters here only through its classes (``training_setup``)."""
+    bit) as the in-loop draw, or on the ids themselves where ``ids_step``. ``setup``'s data block matters here only
+    through d and classes (``training_setup``)."""
+    if ids_step(setup, ids_S.shape[-1]):
+        apply, batch = (lambda p, ids: model.apply_ids(p, ids, table)), (lambda ids, t: ids[t])
+    else:
+        apply, batch = setup.net.apply, (lambda ids, t: table[ids[t]])
+
     def one(args):
         p0, ids, y = args
-        return train.sgd(setup.net.apply, p0, lambda t: (table[ids[t]], y[t]), setup.train)
+        return train.sgd(apply, p0, lambda t: (batch(ids, t), y[t]), setup.train)
     return jax.lax.map(one, (psi0_S, ids_S, y_S))
 
 
@@ -169,11 +185,12 @@ def draw(key, seed_ids, stream: int, task_indices, mus_K, irr, n: int, data_spec
 
 
 @partial(jax.jit, static_argnames=("setup", "n_alpha_hat", "chunk", "q"))
-def pair_eval(X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_alpha_hat: int, chunk: int, q: int,
-              comp: Compression = Compression()):
+def pair_eval(X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S, lams_L, tables_2=None, *, setup: Setup, n_alpha_hat: int,
+              chunk: int, q: int, comp: Compression = Compression()):
     """Per seed: Psi_0 + dPsi_T1 + lambda dPsi_T2 on both tasks' test sets (``X_Sx2``, ``y_Sx2``: eval_sets of stream
     TEST, tasks 0 and 1), each fine-tune on its own task (the first ``n_alpha_hat`` test samples), alpha_hat, the task
-    vectors' cosine and the norms of dW, dV (architectures.delta_norms). ``q``: data.max_distinct."""
+    vectors' cosine and the norms of dW, dV (architectures.delta_norms). ``q``: data.max_distinct; ``tables_2``: the
+    two tasks' pattern tables (``pattern_tables``), or None."""
     coeffs_Lx1 = lams_L[:, None]
     net, paper = setup.net, setup.model.arch == "paper"
 
@@ -186,7 +203,8 @@ def pair_eval(X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_a
         for i, mine in enumerate((base, psi2)):
             X, y = X2[i], y2[i]
             lo, ac = architectures.grid_eval(setup.model, setup.data.classes, base,
-                                             jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q)
+                                             jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q,
+                                             table=None if tables_2 is None else tables_2[i])
             out_loss.append(lo)
             out_acc.append(ac)
             ev = metrics.evaluate_with(net.apply, mine, X[:n_alpha_hat], y[:n_alpha_hat])
@@ -200,15 +218,15 @@ def pair_eval(X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S, lams_L, *, setup: Setup, n_a
 
 
 @partial(jax.jit, static_argnames=("setup", "chunk", "q"))
-def ood_eval(test, val, own_sets, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, setup: Setup, chunk: int, q: int,
-             comp: Compression = Compression()):
+def ood_eval(test, val, own_sets, psi0_S, taus_SxK, direct_S, coeffs_GxK, table=None, *, setup: Setup, chunk: int,
+             q: int, comp: Compression = Compression()):
     """Per seed: the coefficient grid on a validation set (``val``: eval_sets of stream VAL, task 0) and a test set
     (``test``: stream TEST, task 0) of T', the references (the direct fine-tune on T', then Psi_0 + dPsi_Ti for each
     source) on the test set, and each source's fine-tune on its own task's test set (``own_sets``: TEST, task 1 + i;
     to flag a fine-tune at chance). Each is an (X, y) pair with a leading seed axis; ``own_sets`` has a set axis
-    after it."""
+    after it. ``table``: T's pattern table (``pattern_tables``), or None."""
     net, paper = setup.net, setup.model.arch == "paper"
-    grid = partial(architectures.grid_eval, setup.model, setup.data.classes, chunk=chunk, q=q)
+    grid = partial(architectures.grid_eval, setup.model, setup.data.classes, chunk=chunk, q=q, table=table)
 
     def one(args):
         (X, y), (Xv, yv), (Xo, yo), psi0, taus, direct = args
@@ -222,6 +240,14 @@ def ood_eval(test, val, own_sets, psi0_S, taus_SxK, direct_S, coeffs_GxK, *, set
         return (loss, acc, val_loss, val_acc, jnp.stack([e["loss"] for e in ev]), jnp.stack([e["acc"] for e in ev]),
                 jnp.stack([ev[0]["acc"], *own]))
     return jax.lax.map(one, (test, val, own_sets, psi0_S, taus_SxK, direct_S))
+
+
+def pattern_tables(mus_K, irr, spec: Data):
+    """The pattern table of each task of ``mus_K`` (K, T, d) for the grid evaluations (model.grid_eval gathers the
+    values of a grid point from it), or None where tokens are not rows of a table (token noise)."""
+    if not data_options.token_ids(spec):
+        return None
+    return jnp.stack([data_options.table(jnp.asarray(mu), jnp.asarray(irr), spec) for mu in mus_K])
 
 
 # ------------------------------------------------------------------------------------------------ cached stages
@@ -366,7 +392,8 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
                             lambda ids: pair_eval(*draw(key, ids, streams.TEST, (0, 1), mus[i], irr, n_test,
                                                         setup.data),
                                                   select(psi0, ids), select(tau1, ids), select(tau2, ids), lams,
-                                                  setup=setup, n_alpha_hat=n_alpha_hat, chunk=chunk, q=q, comp=comp))
+                                                  pattern_tables(mus[i], irr, setup.data), setup=setup,
+                                                  n_alpha_hat=n_alpha_hat, chunk=chunk, q=q, comp=comp))
         ok = np.asarray(ft1.finite) & np.asarray(ft2.finite) & valid(*ev)
         curves = np.stack([np.asarray(ft1.curve_loss), np.asarray(ft2.curve_loss)], axis=1)
         cells.append((*ev, ok, curves))
@@ -430,8 +457,10 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
         test = only(draw(key, ids, streams.TEST, (0,), target[None], irr, n_test, setup.data))
         val = only(draw(key, ids, streams.VAL, (0,), target[None], irr, n_val, setup.data))
         own = draw(key, ids, streams.TEST, 1 + np.arange(K), sources, irr, min(n_test, 500), setup.data)
+        tables = pattern_tables(target[None], irr, setup.data)
         return ood_eval(test, val, own, select(psi0, ids), select(taus, ids), select(direct.params, ids), coeffs,
-                        setup=setup, chunk=chunk, q=setup.data.max_distinct(irr.shape[0]), comp=comp)
+                        None if tables is None else tables[0], setup=setup, chunk=chunk,
+                        q=setup.data.max_distinct(irr.shape[0]), comp=comp)
 
     ev = cache.per_seed(store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids, evaluate)
     finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0) & valid(*ev)
