@@ -207,13 +207,27 @@ def test_a_non_editable_install_ships_configs_and_experiments_and_runs_outside_t
     assert "model=<cnn|four|gnn|gnn2|merged|mlp|multihead|pretrained|two_layer>" in p.stdout
 
 
-def test_compiled_programs_are_kept_beside_the_cache_and_threads_limit_xla(monkeypatch):
-    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    runner.environment(typed(overrides=["cache.dir=/tmp/somewhere", "threads=1"]))
+def test_compiled_programs_are_kept_beside_the_cache_and_threads_pin_the_process(monkeypatch):
+    """``threads`` keeps the process on that many CPUs (XLA's CPU thread pool follows the affinity), job j of a
+    launcher on the j-th block; the CPUS variable (reproduce's lanes) names them; a process is pinned once."""
     import os
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv(runner.CPUS, raising=False)
+    pinned = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: pinned.append(set(cpus)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(runner, "_pinned", False)
+    runner.environment(typed(overrides=["cache.dir=/tmp/somewhere", "threads=1"]), job=2)
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/tmp/somewhere/xla"
-    assert "intra_op_parallelism_threads=1" in os.environ["XLA_FLAGS"]
+    assert pinned == [{2}]
+    runner.environment(typed(overrides=["threads=2"]), job=1)
+    assert pinned == [{2}]                                          # a launcher's worker keeps its first job's CPUs
+    assert runner.cpus_for(2, 3, [0, 1, 2, 3]) == {2, 3} and runner.cpus_for(None, 0, [0, 1]) is None
+    assert runner.cpus_for(4, 0, [0, 1]) is None                    # no fewer than there are: every CPU
+    assert runner.cpus_for(None, 0, [0, 1, 2, 3], "1,3-5") == {1, 3}
+    for bad in ("x", "2-a", ",", "7"):
+        with pytest.raises(ValueError, match=runner.CPUS):
+            runner.cpus_for(None, 0, [0, 1], bad)
 
 
 def test_help_shows_the_defaults_a_nested_block_is_given_not_its_class_defaults():

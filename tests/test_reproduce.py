@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tvtheory import compiles, reproduce
 
@@ -24,6 +25,19 @@ def test_schedule_starts_an_experiment_only_after_what_it_reuses():
     # a is the cheapest but waits for b: it runs after c on c's lane, or after b on b's.
     assert plan[lane_of["a"]].index("a") > 0
     assert plan[lane_of["b"]][0] == "b"
+
+
+def test_schedule_starts_first_what_the_longest_chain_waits_on():
+    """Critical path first: x is short but z (the longest) waits on it, so x starts at once and z right after; the
+    longest-first order (y and w first) would end at 15 instead of 12."""
+    cost = {"x": 3.0, "y": 6.0, "z": 9.0, "w": 5.0}
+    after = {"x": (), "y": (), "z": ("x",), "w": ()}
+    assert reproduce.levels(cost, after) == {"x": 12.0, "y": 6.0, "z": 9.0, "w": 5.0}
+    plan = reproduce.schedule(cost, after, 2)
+    assert plan == [["x", "z"], ["y", "w"]]
+    assert max(sum(cost[n] for n in lane) for lane in plan) == 12.0
+    with pytest.raises(ValueError, match="cycle"):
+        reproduce.levels({"a": 1.0, "b": 1.0}, {"a": ("b",), "b": ("a",)})
 
 
 def test_compile_counter_counts_each_program_once_under_its_name():
@@ -52,3 +66,23 @@ def test_compile_report_reads_a_finished_run_and_tolerates_none(tmp_path):
     assert reproduce.compile_report(tmp_path / "x") == {"programs": 3, "seconds": 1.5}
     assert reproduce.compile_report(tmp_path / "missing") == {}
     assert np.isfinite(reproduce.compile_report(tmp_path / "x")["seconds"])
+
+
+def test_each_lane_gets_its_own_cpus_and_an_experiment_process_keeps_to_them(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from tvtheory import runner
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
+    assert reproduce.lane_cpus(2) == [[0, 1], [2, 3]]
+    assert reproduce.lane_cpus(6) is None                                    # fewer CPUs than lanes: no pinning
+    monkeypatch.undo()
+    one = min(os.sched_getaffinity(0))
+    code = ("import os; from tvtheory import runner; from tvtheory.experiments import arithmetic; "
+            "runner.environment(arithmetic.Config()); print(sorted(os.sched_getaffinity(0)))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, runner.CPUS: str(one)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == f"[{one}]"

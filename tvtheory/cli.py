@@ -121,9 +121,9 @@ def job(exp, cfg) -> None:
         c = runner.typed(exp, cfg)
         out = Path(c.out_dir) if c.out_dir else Path(hc.runtime.output_dir)
         runner.preflight(exp, c, out)
+        runner.environment(c, hc.job.num if hc.mode == RunMode.MULTIRUN else 0)
     except ValueError as e:
         fail(f"config error: {e}")
-    runner.environment(c)
     tag = f"{name}#{hc.job.num}" if hc.mode == RunMode.MULTIRUN else ""
     try:
         runner.execute(exp, c, out, raw_config=OmegaConf.to_container(cfg, resolve=True), replace=bool(c.out_dir),

@@ -141,18 +141,57 @@ class _Tagged(logging.LoggerAdapter):
         super().__init__(logger, {"tag": tag})
 
 
-def environment(cfg: C.Node) -> None:
-    """XLA settings that must precede JAX's import: threads, and the persistent cache of compiled programs."""
+CPUS = "TVTHEORY_CPUS"      # the CPUs a run may use, as a list ("1", "0,2", "4-7"); python -m tvtheory.reproduce
+                            # gives each lane its own
+_pinned = False
+
+
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a list like "0,2-3" (CPUS)."""
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            cpus |= set(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"{CPUS}={text!r}: must list CPUs like 0,2-3") from None
+    if not cpus:
+        raise ValueError(f"{CPUS}={text!r}: must list at least one CPU")
+    return cpus
+
+
+def cpus_for(threads: int | None, job: int, available: list[int], listed: str | None = None) -> set[int] | None:
+    """The CPUs a run is kept on: those ``listed`` (the CPUS variable) among the ``available`` ones; else, with
+    ``threads`` fewer than available, the block of ``threads`` CPUs numbered ``job`` (modulo the blocks there are),
+    so that the jobs of a parallel launcher spread over the machine; else None (every CPU)."""
+    if listed:
+        cpus = cpu_list(listed) & set(available)
+        if not cpus:
+            raise ValueError(f"{CPUS}={listed!r}: none of these CPUs is available to this process {available}")
+        return cpus
+    if threads and threads < len(available):
+        i = job % (len(available) // threads)
+        return set(available[i * threads:(i + 1) * threads])
+    return None
+
+
+def environment(cfg: C.Node, job: int = 0) -> None:
+    """Settings that must precede JAX's first computation: the CPUs (``threads``, or the CPUS variable), and the
+    persistent cache of compiled programs. XLA's CPU runtime sizes its thread pool by the CPUs the process may run
+    on, so the CPUs are set as the process's affinity (flags such as intra_op_parallelism_threads no longer limit
+    it); a launcher's worker keeps its first job's CPUs, for every job it runs after."""
+    global _pinned
     cache_dir = getattr(getattr(cfg, "cache", None), "dir", None)
     if cache_dir:
         # Compiled programs are kept beside the stage cache: a rerun, or another experiment with the same shapes,
         # skips XLA compilation (seconds per program on 2 cores).
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(cache_dir) / "xla"))
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-    if cfg.threads:
-        # A launcher that reuses a worker process keeps the first job's setting, the same for every job of a sweep.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                                   f"intra_op_parallelism_threads={cfg.threads}").strip()
+    if hasattr(os, "sched_setaffinity") and not _pinned:
+        cpus = cpus_for(cfg.threads, job, sorted(os.sched_getaffinity(0)), os.environ.get(CPUS))
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+            _pinned = True
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)       # "no TPU" notice on every run
 
 
