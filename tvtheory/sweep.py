@@ -199,19 +199,21 @@ def pair_eval(X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S, lams_L, tables_2=None, *, se
         if paper:                       # compressed task vectors are the paper's model's (pair_sweep checks)
             tau1, tau2 = comp.apply(tau1), comp.apply(tau2)
         base, psi2 = taskvec.add(psi0, tau1), taskvec.add(psi0, tau2)
-        out_loss, out_acc, own, X_mix = [], [], [], []
+
+        def grid(args):                 # one set: a loop over the two, so that the grid is compiled once
+            X, y, table = args
+            return architectures.grid_eval(setup.model, setup.data.classes, base,
+                                           jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q,
+                                           table=table)
+        loss_2xL, acc_2xL = jax.lax.map(grid, (X2, y2, tables_2))
+        own, X_mix = [], []
         for i, mine in enumerate((base, psi2)):
-            X, y = X2[i], y2[i]
-            lo, ac = architectures.grid_eval(setup.model, setup.data.classes, base,
-                                             jax.tree.map(lambda t: t[None], tau2), coeffs_Lx1, X, y, chunk, q=q,
-                                             table=None if tables_2 is None else tables_2[i])
-            out_loss.append(lo)
-            out_acc.append(ac)
-            ev = metrics.evaluate_with(net.apply, mine, X[:n_alpha_hat], y[:n_alpha_hat])
+            X, y = X2[i, :n_alpha_hat], y2[i, :n_alpha_hat]
+            ev = metrics.evaluate_with(net.apply, mine, X, y)
             own.append(jnp.stack([ev["loss"], ev["acc"]]))
-            X_mix.append(X[:n_alpha_hat])
+            X_mix.append(X)
         norms = jnp.array([list(architectures.delta_norms(setup.model, psi0, t)) for t in (tau1, tau2)])
-        return (jnp.stack(out_loss, -1), jnp.stack(out_acc, -1), jnp.stack(own),
+        return (loss_2xL.T, acc_2xL.T, jnp.stack(own),
                 metrics.alpha_hat(base, psi2, jnp.concatenate(X_mix), net.apply), taskvec.cosine(tau1, tau2), norms)
 
     return jax.lax.map(one, (X_Sx2, y_Sx2, psi0_S, tau1_S, tau2_S))
