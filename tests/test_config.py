@@ -225,7 +225,7 @@ def test_compiled_programs_are_kept_beside_the_cache_and_threads_pin_the_process
     assert runner.cpus_for(2, 3, [0, 1, 2, 3]) == {2, 3} and runner.cpus_for(None, 0, [0, 1]) is None
     assert runner.cpus_for(4, 0, [0, 1]) is None                    # no fewer than there are: every CPU
     assert runner.cpus_for(None, 0, [0, 1, 2, 3], "1,3-5") == {1, 3}
-    for bad in ("x", "2-a", ",", "7"):
+    for bad in ("x", "2-a", ",", "7", "0,3-1"):
         with pytest.raises(ValueError, match=runner.CPUS):
             runner.cpus_for(None, 0, [0, 1], bad)
 

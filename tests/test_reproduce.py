@@ -29,7 +29,7 @@ def test_schedule_starts_an_experiment_only_after_what_it_reuses():
 
 def test_schedule_starts_first_what_the_longest_chain_waits_on():
     """Critical path first: x is short but z (the longest) waits on it, so x starts at once and z right after; the
-    longest-first order (y and w first) would end at 15 instead of 12."""
+    longest-first order (y, then z waiting for x on the other lane) would end at 17 instead of 12."""
     cost = {"x": 3.0, "y": 6.0, "z": 9.0, "w": 5.0}
     after = {"x": (), "y": (), "z": ("x",), "w": ()}
     assert reproduce.levels(cost, after) == {"x": 12.0, "y": 6.0, "z": 9.0, "w": 5.0}
@@ -60,6 +60,15 @@ def test_compile_counter_counts_each_program_once_under_its_name():
     assert counter.report() == rep
 
 
+def test_only_a_run_that_computed_counts_as_a_measured_time(tmp_path):
+    (tmp_path / "cold").mkdir()
+    (tmp_path / "cold" / "provenance.json").write_text(json.dumps({"cache": {"computed": 4, "reused": 1}}))
+    (tmp_path / "warm").mkdir()
+    (tmp_path / "warm" / "provenance.json").write_text(json.dumps({"cache": {"computed": 0, "reused": 5}}))
+    assert reproduce.computed(tmp_path / "cold")
+    assert not reproduce.computed(tmp_path / "warm") and not reproduce.computed(tmp_path / "missing")
+
+
 def test_compile_report_reads_a_finished_run_and_tolerates_none(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "provenance.json").write_text(json.dumps({"compile": {"programs": 3, "seconds": 1.5}}))
@@ -69,6 +78,7 @@ def test_compile_report_reads_a_finished_run_and_tolerates_none(tmp_path):
 
 
 def test_each_lane_gets_its_own_cpus_and_an_experiment_process_keeps_to_them(monkeypatch):
+    """reproduce splits the CPUs among the lanes; an experiment's process pins itself to the CPUS it is given."""
     import os
     import subprocess
     import sys
@@ -76,9 +86,13 @@ def test_each_lane_gets_its_own_cpus_and_an_experiment_process_keeps_to_them(mon
     from tvtheory import runner
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
-    assert reproduce.lane_cpus(2) == [[0, 1], [2, 3]]
+    assert reproduce.lane_cpus(2) == [[0, 1], [2, 3, 5]]                     # the remainder to the last lane
     assert reproduce.lane_cpus(6) is None                                    # fewer CPUs than lanes: no pinning
+    monkeypatch.setenv(runner.CPUS, "1-3")                                   # a user's restriction holds
+    assert reproduce.lane_cpus(2) == [[1], [2, 3]]
     monkeypatch.undo()
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
     one = min(os.sched_getaffinity(0))
     code = ("import os; from tvtheory import runner; from tvtheory.experiments import arithmetic; "
             "runner.environment(arithmetic.Config()); print(sorted(os.sched_getaffinity(0)))")

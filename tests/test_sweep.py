@@ -292,9 +292,12 @@ def test_token_id_programs_are_shared_by_what_does_not_change_them():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_sgd_on_ids_where_it_is_cheaper_trains_the_same_fine_tunes_to_rounding():
+def test_sgd_on_ids_where_it_is_cheaper_trains_the_same_fine_tunes_to_rounding(monkeypatch):
     """Once d >= 2P the paper's binary merged model trains on the ids themselves (model.apply_ids): a short fine-tune
     equals the dense step's (finetune_seeds) to float rounding. The rule holds for that model alone."""
+    traced = []
+    real = model.apply_ids
+    monkeypatch.setattr(model, "apply_ids", lambda *a: traced.append(1) or real(*a))
     spec = Data(d=12, P=6, n_rel=2, n_conf=1)
     setup = sweep.Setup(spec, Model(m=16), Train(steps=8, log_every=4))
     assert sweep.ids_step(setup, spec.P) and not sweep.ids_step(setup, 7)
@@ -308,4 +311,33 @@ def test_sgd_on_ids_where_it_is_cheaper_trains_the_same_fine_tunes_to_rounding()
     want = sweep.finetune_seeds(key, ids, psi0, mu, irr, 0, setup=setup)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(g, float), np.asarray(w, float), rtol=1e-4, atol=1e-6)
-    assert not all(np.array_equal(g, w) for g, w in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)))
+    assert traced                                            # the step ran on the ids
+
+
+def test_evaluations_with_each_sets_pattern_table_equal_those_without():
+    """pair_eval and ood_eval given each test set's pattern table (sweep.pattern_tables) equal the per-token sums to
+    rounding; a set given the other task's table gives NaN (the guard), not numbers."""
+    setup = sweep.Setup(Data(d=D), Model(m=12), Train(steps=4, log_every=2))
+    key, ids = streams.run_key(5), np.array([0, 1], np.int32)
+    mus = np.asarray(data.pair_patterns(0.6, D))
+    irr = sweep.irrelevant(0, setup, np.eye(D)[:2])
+    psi0 = sweep.init_seeds(key, ids, setup=setup)
+    taus = [jax.tree.map(lambda x, k=k: 0.3 * jax.random.normal(jax.random.key(k), x.shape), psi0) for k in (1, 2)]
+    X, y = sweep.draw(key, ids, streams.TEST, (0, 1), mus, irr, 60, setup.data)
+    tables = sweep.pattern_tables(mus, irr, setup.data)
+    kw = dict(setup=setup, n_alpha_hat=20, chunk=1, q=setup.data.max_distinct(irr.shape[0]))
+    lams = np.linspace(-1, 2, 4).astype(np.float32)
+    plain = sweep.pair_eval(X, y, psi0, *taus, lams, **kw)
+    gathered = sweep.pair_eval(X, y, psi0, *taus, lams, tables, **kw)
+    for g, p in zip(gathered, plain):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(p), rtol=1e-5, atol=1e-6)
+    swapped = sweep.pair_eval(X, y, psi0, *taus, lams, tables[::-1], **kw)
+    assert np.all(np.isnan(np.asarray(swapped[0])))
+    assert sweep.pattern_tables(mus, irr, Data(d=D, sigma=0.1)) is None
+    test = jax.tree.map(lambda a: a[:, 0], (X, y))
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b], 1), *taus)
+    coeffs = np.array([[0.0, 0.5], [1.0, -1.0], [2.0, 1.0]], np.float32)
+    args = (test, test, (X, y), psi0, stacked, psi0, coeffs)
+    ood_kw = dict(setup=setup, chunk=1, q=kw["q"])
+    for g, p in zip(sweep.ood_eval(*args, tables[0], **ood_kw), sweep.ood_eval(*args, **ood_kw)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(p), rtol=1e-5, atol=1e-6)

@@ -427,8 +427,8 @@ class Run(Node):
     seed: int = field(0, "base seed: seed index s uses fold_in(key(seed), s)")
     n_seeds: int = field(5, "seeds (>= claims.min_seeds for a conclusive verdict)")
     out_dir: Optional[str] = field(None, "result folder; null: the Hydra job's output folder")
-    threads: Optional[int] = field(None, "CPUs this process runs on (null: all); for parallel launchers, whose job j "
-                                   "takes the j-th block of this many CPUs")
+    threads: Optional[int] = field(None, "CPUs this process runs on (null: all): a run takes the first this many, job "
+                                   "j of a parallel launcher the j-th block (a worker keeps its first job's)")
     cache: Cache = field(Cache(), "the cache of stages")
     budget: Budget = field(Budget(), "limits on the estimated cost")
 

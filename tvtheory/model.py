@@ -119,9 +119,9 @@ def apply(params: dict[str, jax.Array], X: jax.Array) -> jax.Array:
 def apply_ids(params: dict[str, jax.Array], ids: jax.Array, table: jax.Array) -> jax.Array:
     """``apply(params, table[ids])`` for the merged form, with every token a row of a pattern table (T, d) and ids
     (..., P) its rows: the logits x_s^T W x_l and the values V x_s are gathered from their table-sized products
-    instead of formed per token, so that the products with V cost T m d plus P^2 m per sample (the attention times
-    the gathered values) instead of P d m. The same function; its rounding differs from ``apply``'s (another order
-    of the sums). SGD on ids uses it where it is the cheaper order (sweep.ids_step)."""
+    instead of formed per token, so that the products with V cost T m d per call plus P^2 m per sample (the
+    attention times the gathered values) instead of P d m per sample. The same function; its rounding differs from
+    ``apply``'s (another order of the sums). SGD on ids uses it where it is the cheaper order (sweep.ids_step)."""
     W, V = params["W"], params["V"]
     S_TxT = (table @ W.T) @ table.T                                       # [l, s] = t_s^T W t_l
     A = jax.nn.softmax(S_TxT[ids[..., :, None], ids[..., None, :]], axis=-1)

@@ -152,6 +152,8 @@ def cpu_list(text: str) -> set[int]:
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
             lo, _, hi = part.partition("-")
+            if int(hi or lo) < int(lo):
+                raise ValueError
             cpus |= set(range(int(lo), int(hi or lo) + 1))
     except ValueError:
         raise ValueError(f"{CPUS}={text!r}: must list CPUs like 0,2-3") from None
@@ -187,7 +189,10 @@ def environment(cfg: C.Node, job: int = 0) -> None:
         # skips XLA compilation (seconds per program on 2 cores).
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(cache_dir) / "xla"))
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-    if hasattr(os, "sched_setaffinity") and not _pinned:
+    if not hasattr(os, "sched_setaffinity"):
+        if cfg.threads or os.environ.get(CPUS):
+            log.warning("threads / %s: this platform cannot keep a process on given CPUs; using them all", CPUS)
+    elif not _pinned:
         cpus = cpus_for(cfg.threads, job, sorted(os.sched_getaffinity(0)), os.environ.get(CPUS))
         if cpus:
             os.sched_setaffinity(0, cpus)

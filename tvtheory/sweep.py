@@ -117,7 +117,8 @@ def ids_step(setup: Setup, P: int) -> bool:
     the pattern table) rather than on table[ids]: for the paper's binary merged model once d >= 2P, where its
     products with V cost P^2 m + T m d / batch per sample instead of P d m (measured on one core, 300 steps of 64,
     m = 256: 1.9x faster at d = 64, 1.1x at d = 32, 0.7x at d = 16; 2.4x at d = 128, m = 1024). The same function,
-    another order of the sums: the fine-tunes it trains differ from the dense step's by rounding, which SGD grows."""
+    another order of the sums: the fine-tunes it trains differ from the dense step's by rounding, which SGD grows; at
+    the default d = 32 the gain is too small for that, so d < 2P keeps the dense step (and its bits)."""
     m = setup.model
     return m.arch == "paper" and m.form == "merged" and not setup.data.multiclass and setup.data.d >= 2 * P
 
@@ -141,7 +142,8 @@ def finetune_ids(psi0_S, ids_S, y_S, table, *, setup: Setup):
 def finetune_from(key, seed_ids, psi0_S, mu, irr, task_index: int, setup: Setup) -> train.TrainResult:
     """Psi*_T for each seed: tokens as ids (``batch_ids`` then ``finetune_ids``, two programs shared across models
     and across data options that do not change them) wherever the data are a finite pattern table and training
-    draws fresh batches; ``finetune_seeds`` otherwise (token noise, a fixed training set). The same bits either way."""
+    draws fresh batches; ``finetune_seeds`` otherwise (token noise, a fixed training set). The same bits either way,
+    except where ``ids_step`` trains on the ids themselves (d >= 2P: the same fine-tune to rounding)."""
     spec, tr = setup.data, setup.train
     if tr.n_train or not data_options.token_ids(spec):
         return finetune_seeds(key, seed_ids, psi0_S, mu, irr, task_index, setup=setup)
