@@ -207,17 +207,22 @@ def test_fine_tune_with_the_hand_written_gradient_is_autodiffs_bit_for_bit():
 grid_eval = jax.jit(model.grid_eval, static_argnames=("chunk", "block", "q"))
 
 
+def grid_problem(form: str, K: int, P: int, n: int, task: int = 0, d: int = 8, m: int = 16):
+    """n samples of P tokens of task ``task`` of a pair (alpha = 0.3), a random base and K random task vectors."""
+    mus = data.pair_patterns(0.3, d)
+    irr = data.irrelevant_patterns(mus)
+    spec = Data(d=d, P=P, n_rel=3, n_conf=1)
+    X, y = data.sample(jax.random.key(0), mus[task], irr, n, spec)
+    base = model.init_params(jax.random.key(1), d, m, form, sigma_0=0.5, sigma_w=0.3)
+    taus = [model.init_params(jax.random.key(2 + k), d, m, form, sigma_0=0.5, sigma_w=0.3) for k in range(K)]
+    return spec, mus, irr, X, y, base, taus
+
+
 @pytest.mark.parametrize("form", ["merged", "four"])
 def test_grid_eval_matches_plain_evaluation(form):
     """The affine reuse of products (merged form) and its quadratic expansion (four-matrix form) equal a direct
     forward pass of base + sum_k c_k tau_k."""
-    d, m = 8, 16
-    mus = data.pair_patterns(0.3, d)
-    irr = data.irrelevant_patterns(mus)
-    spec = Data(d=d, P=10, n_rel=3, n_conf=1)
-    X, y = data.sample(jax.random.key(0), mus[0], irr, 50, spec)
-    base = model.init_params(jax.random.key(1), d, m, form, sigma_0=0.5, sigma_w=0.3)
-    taus = [model.init_params(jax.random.key(k), d, m, form, sigma_0=0.5, sigma_w=0.3) for k in (2, 3)]
+    _, _, _, X, y, base, taus = grid_problem(form, 2, P=10, n=50)
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *taus)
     coeffs = jnp.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 3.0], [0.3, 0.7], [1.5, 1.5]])
     loss, acc = grid_eval(base, stacked, coeffs, X, y, chunk=2)
@@ -252,14 +257,8 @@ def test_grid_eval_gathering_values_from_the_pattern_table_matches_the_sums_per_
     """With the pattern table, a grid point's values are formed for the table's rows and gathered: the numbers of
     the per-token sums to float rounding, for either form and any number of task vectors; a token that is not a row
     of the table gives NaN, not a number."""
-    d, m = 8, 16
-    mus = data.pair_patterns(0.3, d)
-    irr = data.irrelevant_patterns(mus)
-    spec = Data(d=d, P=12, n_rel=3, n_conf=1)
-    X, y = data.sample(jax.random.key(0), mus[1], irr, 90, spec)
-    base = model.init_params(jax.random.key(1), d, m, form, sigma_0=0.5, sigma_w=0.3)
-    taus = jax.tree.map(lambda *x: jnp.stack(x), *[model.init_params(jax.random.key(2 + k), d, m, form, sigma_0=0.5,
-                                                                     sigma_w=0.3) for k in range(K)])
+    spec, mus, irr, X, y, base, taus = grid_problem(form, K, P=12, n=90, task=1)
+    taus = jax.tree.map(lambda *x: jnp.stack(x), *taus)
     coeffs = jax.random.uniform(jax.random.key(9), (7, K), minval=-2, maxval=3)
     q, table = spec.max_distinct(irr.shape[0]), data.token_table(mus[1], irr)
     per_token = grid_eval(base, taus, coeffs, X, y, block=32, q=q)
