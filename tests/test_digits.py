@@ -52,7 +52,7 @@ def test_colouring_is_deterministic_per_stream(splits):
 
 
 def test_vit_evaluations_match_their_definitions(splits):
-    """vit.evaluate and vit.output_cosine (one compiled call each) equal the plain expressions."""
+    """vit.evaluate, vit.output_cosine and vit.grid_eval (one compiled call each) equal the plain expressions."""
     import jax
     import jax.numpy as jnp
 
@@ -67,6 +67,13 @@ def test_vit_evaluations_match_their_definitions(splits):
     assert float(got["acc"]) == float(metrics.accuracy(f(tau1), y))
     assert np.isclose(vit.output_cosine(graphdef, p0, tau1, tau2, X), metrics.cosine(f(tau1), f(tau2)), atol=1e-6)
     assert np.isclose(vit.output_cosine(graphdef, p0, tau1, tau1, X), 1.0, atol=1e-6)
+    coeffs = jnp.array([[1.0, 0.0], [0.5, -1.0], [2.0, 1.5]])
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), tau1, tau2)
+    for chunk in (1, 2):                                   # one point at a time, or vmapped chunks (padded)
+        loss, acc = vit.grid_eval(graphdef, p0, stacked, coeffs, X, y, chunk=chunk)
+        for c, lo, ac in zip(coeffs, loss, acc):
+            f_c = vit.apply(graphdef, taskvec.apply(p0, [tau1, tau2], c), X)
+            assert np.isclose(lo, metrics.hinge(f_c, y), atol=1e-6) and np.isclose(ac, metrics.accuracy(f_c, y))
 
 
 def test_ink_labels_split_the_images_by_their_median_ink_and_teach_no_parity(splits):

@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 # task-vector programs, which move digits' ViT numbers by float rounding (every other experiment's are unchanged).
 # 8: SGD on token ids for the paper's model once d >= 2P (sweep.ids_step), which moves scaling's fine-tunes at
 # d = 64 and 128 by float rounding, grown by SGD (every other fine-tune is unchanged), and grid points' values
-# gathered from the pattern table (model.grid_eval), which moves grid losses by float rounding (1e-7).
-VERSION = 8
+# gathered from the pattern table (model.grid_eval), which moves grid losses by float rounding (1e-7); 9: the
+# ViT's grid points one at a time (vit.grid_eval), which moves digits' grid losses by float rounding (2e-7).
+VERSION = 9
 
 
 def canonical(fields: dict) -> str:

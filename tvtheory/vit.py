@@ -128,16 +128,17 @@ def _finetune(graphdef, params, key, X, y, lr, *, steps: int, batch: int):
 
 
 @partial(jax.jit, static_argnames=("graphdef", "chunk"))
-def grid_eval(graphdef, psi0, taus, coeffs_GxK, X, y, chunk: int = 16):
+def grid_eval(graphdef, psi0, taus, coeffs_GxK, X, y, chunk: int = 1):
     """Hinge loss, accuracy (G,) and outputs of Psi_0 + sum_k c_k taus[k] for every row c of the grid.
 
     ``taus`` is stacked along a leading K axis. The ViT is not affine in c, so each point is a plain forward pass,
-    ``chunk`` points at a time."""
+    ``chunk`` points at a time (vmapped). One at a time is fastest on a CPU core: a 676-point grid on 360 test
+    images took 3.0 ms a point against 3.5 with 4 points at a time, 5.4 with 16 and 8.0 with 64."""
     def point(c):
         f = apply(graphdef, taskvec.apply(psi0, [jax.tree.map(lambda t: t[k], taus) for k in range(c.shape[0])], c),
                   X)
         return metrics.hinge(f, y), metrics.accuracy(f, y)
-    return jax.lax.map(point, coeffs_GxK, batch_size=chunk)
+    return jax.lax.map(point, coeffs_GxK, batch_size=chunk if chunk > 1 else None)
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
