@@ -192,20 +192,22 @@ def lane_cpus(lanes: int) -> list[list[int]] | None:
     return [available[bounds[i]:bounds[i + 1]] for i in range(lanes)]
 
 
-def compile_report(folder: Path) -> dict:
-    """The compile counts an experiment wrote into its provenance.json ({} when it has none)."""
+def _provenance(folder: Path, block: str) -> dict:
+    """One block of a finished experiment's provenance.json ({} when there is none)."""
     try:
-        return json.loads((folder / results.MARKER).read_text()).get("compile") or {}
+        return json.loads((folder / results.MARKER).read_text()).get(block) or {}
     except (OSError, ValueError):
         return {}
 
 
+def compile_report(folder: Path) -> dict:
+    """The compile counts an experiment wrote into its provenance.json ({} when it has none)."""
+    return _provenance(folder, "compile")
+
+
 def computed(folder: Path) -> bool:
     """Whether a finished experiment computed any stage entry (False: everything came from the cache, or unknown)."""
-    try:
-        return (json.loads((folder / results.MARKER).read_text()).get("cache") or {}).get("computed", 0) > 0
-    except (OSError, ValueError):
-        return False
+    return _provenance(folder, "cache").get("computed", 0) > 0
 
 
 if __name__ == "__main__":
