@@ -87,8 +87,11 @@ def test_training_lowers_the_loss_and_is_fixed_by_the_key(model):
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.allclose(a, b, atol=1e-6), p4, p5)))
 
 
-def test_greedy_is_deterministic_and_the_argmax_of_apply(model):
-    g, p = model
+@pytest.mark.parametrize("tied", [True, False])
+def test_greedy_is_deterministic_and_the_argmax_of_apply(model, tied):
+    """Greedy decoding with its cache of keys and values makes the decisions of the full window recomputed at every
+    step: each emitted token is the argmax of ``apply`` on the window it was read from (tied and untied heads)."""
+    g, p = model if tied else lm.init(jax.random.key(3), **{**KW, "tied": False})
     prompts = tokens(6)[:, :4]
     run = jax.jit(lm.greedy, static_argnames=("graphdef", "n_new"))
     out = run(g, p, prompts, n_new=T - 4)
@@ -96,6 +99,7 @@ def test_greedy_is_deterministic_and_the_argmax_of_apply(model):
     np.testing.assert_array_equal(out, run(g, p, prompts, n_new=T - 4))
     full = jnp.concatenate([prompts, out], axis=1)
     np.testing.assert_array_equal(jnp.argmax(apply(g, p, full)[:, 3:-1], axis=-1), out)
+    assert len(np.unique(np.asarray(out))) > 1                      # not a constant stream that any cache would match
 
 
 def test_rouge_l_on_hand_examples():

@@ -54,11 +54,21 @@ class LM(nnx.Module):
         self.head = None if tied else nnx.Linear(dim, vocab, use_bias=False, rngs=rngs)
 
     def __call__(self, tokens_BxT):
-        T = tokens_BxT.shape[-1]
-        h = jnp.take(self.embed[...], tokens_BxT, axis=0) + self.pos[...][:T]
+        h = self.embedded(tokens_BxT)
         for blk in self.blocks:
             h = blk(h)
-        h = self.norm(h)
+        return self.logits(h)
+
+    def embedded(self, tokens_BxT, start=0):
+        """Token plus position embeddings (B, T, dim) of tokens at positions start .. start + T - 1 (``start`` may be
+        traced)."""
+        T = tokens_BxT.shape[-1]
+        pos = self.pos[...][start:start + T] if isinstance(start, int) else jax.lax.dynamic_slice_in_dim(
+            self.pos[...], start, T)
+        return jnp.take(self.embed[...], tokens_BxT, axis=0) + pos
+
+    def logits(self, h_BxTxD):
+        h = self.norm(h_BxTxD)
         return h @ self.embed[...].T if self.head is None else self.head(h)
 
 
@@ -73,11 +83,21 @@ class Block(nnx.Module):
         self.mlp2 = nnx.Linear(4 * dim, dim, rngs=rngs)
 
     def __call__(self, h_BxTxD):
+        T = h_BxTxD.shape[-2]
+        return self.attend(h_BxTxD, *self.project(h_BxTxD), jnp.tril(jnp.ones((T, T), bool)))
+
+    def project(self, h_BxTxD):
+        """Queries, keys and values (B, T, heads, dim / heads) of the tokens' states."""
         *B, T, D = h_BxTxD.shape
         q, k, v = jnp.split(self.qkv(self.ln1(h_BxTxD)), 3, axis=-1)
-        q, k, v = (x.reshape(*B, T, self.heads, D // self.heads) for x in (q, k, v))
+        return tuple(x.reshape(*B, T, self.heads, D // self.heads) for x in (q, k, v))
+
+    def attend(self, h_BxTxD, q, k, v, visible_TxS):
+        """The block's output for the states h (B, T, dim) whose queries are q, over the keys and values k, v
+        (B, S, heads, dim / heads), key s visible to query t where visible[t, s]."""
+        *B, T, D = h_BxTxD.shape
         s = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(D // self.heads)
-        s = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, -1e9)
+        s = jnp.where(visible_TxS, s, -1e9)
         a = jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(s, axis=-1), v).reshape(*B, T, D)
         h = h_BxTxD + self.out(a)
         return h + self.mlp2(jax.nn.gelu(self.mlp1(self.ln2(h))))
@@ -165,18 +185,42 @@ def _train(graphdef, params, key, tokens_NxT, weights_N, *, steps: int, batch: i
 
 
 def greedy(graphdef, params, prompts_BxP, n_new: int):
-    """Greedy continuation (B, n_new) of each prompt: argmax of the next-token logits, fed back. Each step recomputes
-    the full window (no KV cache: at 32 tokens a cache saves little); future slots hold <pad> = 0, which the causal
-    mask keeps from mattering. ``n_new`` must be static (jit it with ``static_argnames``)."""
+    """Greedy continuation (B, n_new) of each prompt: argmax of the next-token logits, fed back. The keys and values
+    of every block are cached: one pass over the whole window (the prompt, then <pad> = 0 in the future slots, which
+    the causal mask keeps from mattering) fills them, and each later step runs its one new token through the blocks
+    against them; the logits are formed at the one position read. The same decisions as recomputing the window at
+    every step (tested against ``apply``), with the work of ~2 windows instead of ``n_new``: ~8x less in the
+    unlearning experiment, where this is most of the cost. ``n_new`` must be static (jit it with
+    ``static_argnames``)."""
+    model = nnx.merge(graphdef, params)
     B, P = prompts_BxP.shape
+    T = P + n_new
     buf = jnp.concatenate([prompts_BxP, jnp.zeros((B, n_new), prompts_BxP.dtype)], axis=1)
+    h = model.embedded(buf)
+    kv = []
+    for blk in model.blocks:
+        q, k, v = blk.project(h)
+        kv.append((k, v))
+        h = blk.attend(h, q, k, v, jnp.tril(jnp.ones((T, T), bool)))
 
-    def step(i, buf):
-        logits = apply(graphdef, params, buf)
-        nxt = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, P + i - 1, axis=1, keepdims=False), axis=-1)
-        return jax.lax.dynamic_update_index_in_dim(buf, nxt.astype(buf.dtype), P + i, axis=1)
+    def emit(buf, h_Bx1xD, t):                      # the token after position t, written at t + 1
+        nxt = jnp.argmax(model.logits(h_Bx1xD)[:, 0], axis=-1)
+        return jax.lax.dynamic_update_index_in_dim(buf, nxt.astype(buf.dtype), t + 1, axis=1)
 
-    return jax.lax.fori_loop(0, n_new, step, buf)[:, P:]
+    def step(t, carry):
+        buf, kv = carry
+        h = model.embedded(jax.lax.dynamic_slice_in_dim(buf, t, 1, axis=1), t)       # (B, 1, dim)
+        new = []
+        for blk, (k, v) in zip(model.blocks, kv):
+            q, k1, v1 = blk.project(h)
+            k, v = (jax.lax.dynamic_update_slice_in_dim(c, x, t, axis=1) for c, x in ((k, k1), (v, v1)))
+            new.append((k, v))
+            h = blk.attend(h, q, k, v, (jnp.arange(T) <= t)[None, :])
+        return emit(buf, h, t), new
+
+    buf = emit(buf, h[:, P - 1:P], P - 1)
+    buf, _ = jax.lax.fori_loop(P, T - 1, step, (buf, kv))
+    return buf[:, P:]
 
 
 _SCORER = None
@@ -267,9 +311,13 @@ def _finetune(graphdef, keys_S, psi0, books_SxBxNxT, *, steps, batch, lr):
         p, _ = _train(graphdef, p0, jax.random.fold_in(jax.random.fold_in(key, 2), i), x, jnp.ones(x.shape[0]),
                       steps=steps, batch=batch, lr=lr)
         return taskvec.task_vector(p, p0)
-    nb = books_SxBxNxT.shape[1]
-    per_book = jax.vmap(one, in_axes=(None, None, 0, 0))
-    return jax.vmap(per_book, in_axes=(0, 0, 0, None))(keys_S, psi0, books_SxBxNxT, jnp.arange(nb))
+    # One vmap over the (seed, book) pairs: the same numbers as a vmap over books inside one over seeds, and ~25%
+    # less compilation.
+    S, nb = books_SxBxNxT.shape[:2]
+    each = lambda x: jnp.repeat(x, nb, axis=0)  # noqa: E731
+    books = books_SxBxNxT.reshape(S * nb, *books_SxBxNxT.shape[2:])
+    taus = jax.vmap(one)(each(keys_S), jax.tree.map(each, psi0), books, jnp.tile(jnp.arange(nb), S))
+    return jax.tree.map(lambda t: t.reshape(S, nb, *t.shape[1:]), taus)
 
 
 PAIRS = ("forget/aligned", "forget/unrelated", "aligned/unrelated")
