@@ -202,12 +202,15 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         path = dict(zip(stages, vit.pretrain_stages(graphdef, p, streams.concern(k, streams.DIGITS_PRETRAIN), X_pre,
                                                     labels, stages=stages, batch=cfg.pretrain.batch,
                                                     lr=cfg.pretrain.lr)))
-        maps = []
+        maps, full = [], {}
         for st in cfg.map_steps:
             tv = finetuned(path[st], k, setting, ("T1",) + RELATIONS)
             maps.append(relation_stats(graphdef, path[st], tv, data))
+            if st == cfg.pretrain.steps:        # the same fine-tunes (same keys) as the evaluation's: not run twice
+                full = tv
         p0 = path[cfg.pretrain.steps]
-        return p0, finetuned(p0, k, setting, TASKS), jax.tree.map(lambda *x: jnp.stack(x), *maps)
+        full |= finetuned(p0, k, setting, [n for n in TASKS if n not in full])
+        return p0, {n: full[n] for n in TASKS}, jax.tree.map(lambda *x: jnp.stack(x), *maps)
 
     lams = cfg.lams()
     line = np.stack([np.ones_like(lams), lams], -1).astype(np.float32)
