@@ -40,6 +40,29 @@ def test_schedule_starts_first_what_the_longest_chain_waits_on():
         reproduce.levels({"a": 1.0, "b": 1.0}, {"a": ("b",), "b": ("a",)})
 
 
+def test_the_search_beats_the_critical_path_rule_and_keeps_its_schedule_within_its_budget():
+    """Longest first puts a and b side by side and ends at 7; the search finds the split that ends both lanes at 6.
+    With a budget of one branch it still returns a whole schedule: the critical-path-first one."""
+    cost = {"a": 3.0, "b": 3.0, "c": 2.0, "d": 2.0, "e": 2.0}
+    after = {n: () for n in cost}
+    ends = lambda p: max(sum(cost[n] for n in lane) for lane in p)  # noqa: E731
+    plan = reproduce.schedule(cost, after, 2)
+    assert ends(plan) == 6.0 and sorted(sum(plan, [])) == sorted(cost)
+    greedy = reproduce.plan(cost, after, [0.0, 0.0], budget=1)
+    assert ends(greedy) == 7.0 and greedy[0][0] == "a" and sorted(sum(greedy, [])) == sorted(cost)
+
+
+def test_a_plan_from_mid_run_waits_for_what_is_running_and_skips_what_is_done():
+    """Lane 0 is free at 10 while lane 1 runs r until 14 (an estimate); f finished. x reuses r's cache, so lane 0 cannot
+    start it before 14: it starts y (and only y and z, which are still to start, are placed before x)."""
+    cost = {"f": 5.0, "r": 8.0, "x": 6.0, "y": 4.0, "z": 1.0}
+    after = {"f": (), "r": (), "x": ("r",), "y": (), "z": ()}
+    p = reproduce.plan(cost, after, [10.0, 14.0], {"f": 9.0, "r": 14.0}, {"x", "y", "z"})
+    assert p[0][0] == "y" and sorted(sum(p, [])) == ["x", "y", "z"]
+    # y on lane 0 (10 -> 14), x on lane 1 at 14 (-> 20) and z on lane 0 (14 -> 15): 20, the least possible
+    assert max(14.0 + sum(cost[n] for n in p[1]), 10.0 + sum(cost[n] for n in p[0])) == 20.0
+
+
 def test_compile_counter_counts_each_program_once_under_its_name():
     counter = compiles.Counter().start()
 
