@@ -59,8 +59,10 @@ def test_a_plan_from_mid_run_waits_for_what_is_running_and_skips_what_is_done():
     after = {"f": (), "r": (), "x": ("r",), "y": (), "z": ()}
     p = reproduce.plan(cost, after, [10.0, 14.0], {"f": 9.0, "r": 14.0}, {"x", "y", "z"})
     assert p[0][0] == "y" and sorted(sum(p, [])) == ["x", "y", "z"]
-    # y on lane 0 (10 -> 14), x on lane 1 at 14 (-> 20) and z on lane 0 (14 -> 15): 20, the least possible
+    # y on lane 0 (10 -> 14), then x at 14 on whichever lane is free (-> 20) and z on the other: 20, the least possible
     assert max(14.0 + sum(cost[n] for n in p[1]), 10.0 + sum(cost[n] for n in p[0])) == 20.0
+    with pytest.raises(ValueError, match="no schedule"):                 # x waits on r, which is neither done nor to do
+        reproduce.plan(cost, after, [0.0, 0.0], {}, {"x"})
 
 
 def test_compile_counter_counts_each_program_once_under_its_name():

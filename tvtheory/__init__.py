@@ -8,9 +8,10 @@ __version__ = "0.1.0"
 # import): the elemental emitters compile this suite's programs 20-57% faster than the fusion emitters (XLA's
 # default) and run them as fast; a cold `make reproduce` wrote the same bits in every table but digits' (a ViT's
 # losses, within 1e-5), and the same verdicts (docs/performance.md). An XLA_FLAGS that names the option wins.
-# LLVM's optimisation level 1 (of 0-3; XLA's default is 2): ~40% less compilation than the default, the programs
-# run as fast, and the numbers are the same to float rounding (docs/performance.md). Level 0 would halve compilation
-# again but run SGD ~5x slower; the tests use it (tests/conftest.py), where compilation is most of the time.
+# LLVM's optimisation level 1 (of 0-3; XLA's default is 3) for the generated kernels: ~40% less compilation, the
+# programs run as fast, and the numbers are the same to float rounding (docs/performance.md). Level 0 would halve
+# compilation again but run SGD ~5x slower; the tests use it (tests/conftest.py), where compilation is most of the
+# time. The option is process-wide (a GPU backend's LLVM kernels too).
 for _flag, _value in (("xla_cpu_use_fusion_emitters", "false"), ("xla_backend_optimization_level", "1")):
     if _flag not in _os.environ.get("XLA_FLAGS", ""):
         _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()

@@ -99,6 +99,9 @@ def plan(cost: dict[str, float], after: dict[str, tuple], free: list[float], don
             del done[n]
 
     search(list(free), todo, [[] for _ in range(lanes)])
+    if best["end"] == float("inf"):
+        raise ValueError(f"{sorted(todo)}: no schedule starts them all (an AFTER names an experiment that is neither "
+                         "done nor to start)")
     return best["plan"]
 
 
@@ -109,8 +112,9 @@ def schedule(cost: dict[str, float], after: dict[str, tuple], lanes: int) -> lis
 
 def pick(ready, level: dict[str, float]) -> str:
     """The critical-path-first rule: the ready experiment of the highest level (what others wait on, then the
-    longest); ``main`` falls back on it where the search leaves a free lane nothing to start."""
-    return max(ready, key=lambda x: (level[x], x))
+    longest; the first name on a tie, as in ``plan``'s order of choices); ``main`` falls back on it where the search
+    leaves a free lane nothing to start."""
+    return min(ready, key=lambda x: (-level[x], x))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,10 +186,11 @@ def main(argv: list[str] | None = None) -> None:
                 ok = subprocess.run([sys.executable, "-m", "tvtheory", n, f"out_dir={root / n}", *a.overrides],
                                     env=env).returncode == 0
             finally:                    # whatever happens here, the other lanes must not wait for n forever
+                end = time.time() - t0      # before the lock, which another lane's search may hold for a moment
                 with cond:
                     if not ok:
                         failed.append(n)
-                    finished[n] = time.time() - t0
+                    finished[n] = end
                     running[i] = None
                     cond.notify_all()
             prev = n
