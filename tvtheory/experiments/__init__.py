@@ -8,8 +8,8 @@
   claims(analysis, cfg)          the verdict records (claims.Claim)
   plot(tables, analysis, cfg, out)  the figures, from the tables alone
   estimate(cfg) -> runner.Cost   time and memory before any compute (the budget check)
-  COST, AFTER                    measured seconds of the default run, and the experiments whose cache it reuses
-                                 (the reproduce scheduler)
+  COST, AFTER                    measured seconds of the default run (one core, cold cache), and the experiments
+                                 whose cache it reuses (the reproduce scheduler)
 
 This package is the registry: every module here that does not start with "_" is an experiment.
 """

@@ -13,7 +13,7 @@ from tvtheory import analysis, claims as rules
 from tvtheory.config import Sweep, Synthetic, config, field
 from tvtheory.experiments import _pairs
 
-COST, AFTER = 100, ()
+COST, AFTER = 136, ()
 TABLES = ("metrics", "phase_metrics", "diagnostics", "curves")
 SIZE_FIELDS = ("n_seeds", "sweep.lam_step", "sweep.n_test", "sweep.alphas", "sweep.phase_alphas", "train.steps",
                "train.batch", "data.d", "data.P", "model.m")

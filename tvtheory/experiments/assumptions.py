@@ -21,7 +21,7 @@ from tvtheory.config import Model, Sweep, Synthetic, config, field, validate
 from tvtheory.experiments import _pairs
 from tvtheory.runner import Cost
 
-COST, AFTER = 90, ("arithmetic",)
+COST, AFTER = 78, ("arithmetic",)
 TABLES = ("metrics", "diagnostics", "psi0")
 SIZE_FIELDS = ("n_seeds", "models", "sweep.lam_step", "sweep.n_test", "sweep.alphas", "train.steps", "data.d")
 

@@ -28,7 +28,7 @@ from tvtheory.config import Data, Model, Node, Sweep, Synthetic, check_list, con
 from tvtheory.experiments import _pairs
 from tvtheory.runner import Cost
 
-COST, AFTER = 265, ()
+COST, AFTER = 146, ()
 TABLES = ("metrics", "dose", "diagnostics")
 SIZE_FIELDS = ("n_seeds", "beyond.models", "beyond.datas", "beyond.cross", "beyond.sigmas", "beyond.rhos",
                "beyond.heads", "beyond.classes", "sweep.alphas", "sweep.lam_step", "sweep.n_test", "train.steps",

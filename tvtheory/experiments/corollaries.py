@@ -18,7 +18,7 @@ from tvtheory.config import OOD, Node, Sweep, Synthetic, check_list, config, fie
 from tvtheory.experiments import _pairs, ood as ood_exp
 from tvtheory.runner import Cost
 
-COST, AFTER = 150, ("arithmetic", "ood")
+COST, AFTER = 208, ("arithmetic", "ood")
 TABLES = ("pair_metrics", "ood_metrics", "spectra", "lowrank", "rownorms")
 SIZE_FIELDS = ("n_seeds", "sweep.lam_step", "corollaries.n_test", "ood.ranges", "ood.n_test", "corollaries.ranks",
                "corollaries.prune", "train.steps", "model.m", "data.d")

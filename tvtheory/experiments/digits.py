@@ -18,7 +18,7 @@ from tvtheory.config import Cache, Node, Run, check_grid, check_list, check_rang
 from tvtheory.experiments.arithmetic import PAPER_ALPHA_HAT, PAPER_TABLE1
 from tvtheory.runner import Cost
 
-COST, AFTER = 60, ()
+COST, AFTER = 123, ()
 TABLES = ("metrics", "alpha_hat", "ood", "reference", "map")
 SIZE_FIELDS = ("n_seeds", "lam_step", "ood_ranges", "pretrain.steps", "finetune.steps", "map_steps", "vit.dim",
                "vit.depth")

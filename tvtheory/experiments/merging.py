@@ -48,7 +48,7 @@ from tvtheory.config import Node, Synthetic, check_list, config, field
 from tvtheory.experiments import _pairs
 from tvtheory.runner import Cost
 
-COST, AFTER = 270, ("arithmetic",)
+COST, AFTER = 174, ("arithmetic",)
 TABLES = ("methods", "methods_val", "diagnostics", "wde", "adaptive", "k_tasks", "k_val")
 SIZE_FIELDS = ("n_seeds", "merging.phase_alphas", "merging.alphas", "merging.ratios", "merging.scales",
                "merging.n_val", "merging.n_test", "merging.methods", "merging.ks", "merging.k_scales",

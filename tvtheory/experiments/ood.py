@@ -16,7 +16,7 @@ from tvtheory.config import OOD, Synthetic, config, field, grid
 from tvtheory.experiments import _pairs
 from tvtheory.runner import Cost
 
-COST, AFTER = 80, ()
+COST, AFTER = 110, ()
 TABLES = ("metrics", "reference")
 SIZE_FIELDS = ("n_seeds", "ood.ranges", "ood.n_test", "ood.n_val", "ood.gammas", "train.steps", "train.batch",
                "data.d", "data.P", "model.m")

@@ -31,7 +31,7 @@ from tvtheory.config import Node, Sweep, Synthetic, check_grid, check_list, conf
 from tvtheory.experiments import _pairs
 from tvtheory.runner import Cost
 
-COST, AFTER = 130, ("arithmetic",)
+COST, AFTER = 77, ("arithmetic",)
 TABLES = ("estimators", "metrics", "validation", "norm")
 SIZE_FIELDS = ("n_seeds", "sweep.n_test", "sweep.lam_step", "sweep.phase_alphas", "practice.probes",
                "practice.n_vals", "practice.norm_n_test", "practice.norm_seeds", "practice.norm_lam_step",

@@ -17,7 +17,7 @@ from tvtheory.config import Node, Synthetic, check_grid, check_list, config, fie
 from tvtheory.experiments import _pairs
 from tvtheory.runner import Cost
 
-COST, AFTER = 200, ()
+COST, AFTER = 189, ()
 TABLES = ("metrics", "convergence_curves")
 SIZE_FIELDS = ("n_seeds", "scaling.ds", "scaling.ms", "scaling.lam_step", "scaling.n_test", "scaling.conv_steps",
                "scaling.n_rels", "train.steps", "train.batch")
