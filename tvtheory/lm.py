@@ -16,10 +16,10 @@ with dPsi_forget whole and truncated to rank r. Memorisation is measured as the 
 continuations of the prompts of the training documents, Rouge-L F against their true continuations; the per-token
 loss on each book and on held-out general text is reported beside it.
 
-What the default size shows (seeds 0-5): relative Rouge-L drops
-at lambda = -1 of ~0.53 / 0.39 / 0.20 (forget / aligned / unrelated) with dPsi_forget, ~0.38 / 0.26 / 0.16 at rank 8,
-~0.16 / 0.10 / 0.04 at rank 2, ordered forget > aligned > unrelated in every seed but one at rank 2; centred alpha_hat
-~0.57 (forget, aligned) and ~0.08 (forget, unrelated); general-text loss +7% (full) at lambda = -1. The ordering
+What the default size shows (seeds 0-5): relative Rouge-L drops at lambda = -1 of ~0.53 / 0.39 / 0.20 (forget /
+aligned / unrelated) with dPsi_forget, ~0.38 / 0.26 / 0.16 at rank 8, ~0.16 / 0.10 / 0.04 at rank 2, ordered
+forget > aligned > unrelated in every seed but one at rank 2; centred alpha_hat ~0.57 (forget, aligned) and ~0.08
+(forget, unrelated); general-text loss +7% (full) at lambda = -1. The ordering
 depends on Psi_0: with the books at 5% of pre-training instead of 30% (seeds 0-2), Psi_0 knows world A poorly
 (Rouge-L ~0.45), the aligned book has little memorisation for the negation to take, and its drop falls to the
 unrelated book's level (0.24 vs 0.25). At that 5% share the fine-tuning step matters too: Adam at lr 1e-3 makes

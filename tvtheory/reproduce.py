@@ -110,13 +110,6 @@ def schedule(cost: dict[str, float], after: dict[str, tuple], lanes: int) -> lis
     return plan(cost, after, [0.0] * lanes)
 
 
-def pick(ready, level: dict[str, float]) -> str:
-    """The critical-path-first rule: the ready experiment of the highest level (what others wait on, then the
-    longest; the first name on a tie, as in ``plan``'s order of choices); ``main`` falls back on it where the search
-    leaves a free lane nothing to start."""
-    return min(ready, key=lambda x: (-level[x], x))
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="results")
@@ -133,7 +126,6 @@ def main(argv: list[str] | None = None) -> None:
     planned = schedule(cost, after, a.lanes)
     print("lanes (from the last run's times): " + " | ".join(", ".join(lane) for lane in planned), file=sys.stderr,
           flush=True)
-    level = levels(cost, after)
     finished: dict[str, float] = {}
     started_at: dict[str, float] = {}
     waited_on: dict[str, str] = {}
@@ -149,14 +141,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def choose(i: int) -> str:
         """Lane i's next experiment: the search again from now (``plan``), the other lanes busy until their running
-        experiment's expected end (its cost; at least a second from now once it has overrun)."""
+        experiment's expected end (its cost; at least a second from now once it has overrun). Lane i goes first in
+        the search, free now, so its first start is an experiment ready now: one whose AFTER has finished (a running
+        one is expected to end later than now)."""
         now = time.time() - t0
         ends = {n: max(started_at[n] + cost[n], now + 1.0) for n in running if n}
-        order = [i] + [j for j in range(len(running)) if j != i]            # lane i first: it takes the first start
+        order = [i] + [j for j in range(len(running)) if j != i]
         free = [now if j == i or not running[j] else ends[running[j]] for j in order]
-        first = plan(cost, after, free, {**finished, **ends}, pending)[0]
-        now_ready = ready()
-        return first[0] if first and first[0] in now_ready else pick(now_ready, level)
+        return plan(cost, after, free, {**finished, **ends}, pending)[0][0]
 
     def lane(i: int) -> None:
         prev = None
