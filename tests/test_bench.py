@@ -1,6 +1,7 @@
 """`make bench` end to end at tiny size: the report it writes, not the speed (speed is measured, never tested)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,27 @@ def test_bench_rejects_a_bad_workload_before_running_anything(tmp_path):
     assert p.returncode != 0
     assert p.stderr.strip().splitlines() == ["--workloads: 'W4' is not one of W1, W2, W3"]
     assert not out.exists()
+
+
+def test_the_out_of_domain_workload_finishes_on_two_cpus():
+    """XLA's default (concurrency-optimised) schedule made this stage hang for good on two CPUs: every XLA thread
+    idle, the result never delivered. tvtheory/__init__.py sets the other schedule; a hang fails here by timeout."""
+    try:
+        p = subprocess.run([sys.executable, "bench/workloads.py", "W2", "--tiny", "--seeds", "2"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("bench/workloads.py W2 --tiny --seeds 2 did not finish in 240 s") from None
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["workload"] == "W2"
+
+
+def test_import_sets_the_xla_options_unless_xla_flags_names_them():
+    code = "import os, tvtheory; print(os.environ['XLA_FLAGS'])"
+    run = lambda env: subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,  # noqa: E731
+                                     env=env, timeout=60).stdout.split()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    assert set(run(env)) == {"--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=1",
+                             "--xla_cpu_enable_concurrency_optimized_scheduler=false"}
+    named = run({**env, "XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"})
+    assert "--xla_cpu_enable_concurrency_optimized_scheduler=true" in named and len(named) == 3
+    assert not any(f.endswith("scheduler=false") for f in named)

@@ -12,6 +12,11 @@ __version__ = "0.1.0"
 # programs run as fast, and the numbers are the same to float rounding (docs/performance.md). Level 0 would halve
 # compilation again but run SGD ~5x slower; the tests use it (tests/conftest.py), where compilation is most of the
 # time. The option is process-wide (a GPU backend's LLVM kernels too).
-for _flag, _value in (("xla_cpu_use_fusion_emitters", "false"), ("xla_backend_optimization_level", "1")):
+# XLA's memory-minimising instruction schedule instead of its concurrency-optimised one (the default): with the
+# default, an out-of-domain evaluation stage on two CPUs (`python bench/workloads.py W2 --tiny`) hung for good, every
+# XLA thread idle and the result never delivered (jaxlib 0.10.2; tests/test_bench.py runs it). With this schedule it
+# finishes, the programs run as fast, and the numbers are the same bits (docs/performance.md).
+for _flag, _value in (("xla_cpu_use_fusion_emitters", "false"), ("xla_backend_optimization_level", "1"),
+                      ("xla_cpu_enable_concurrency_optimized_scheduler", "false")):
     if _flag not in _os.environ.get("XLA_FLAGS", ""):
         _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()
