@@ -15,8 +15,15 @@ __version__ = "0.1.0"
 # XLA's memory-minimising instruction schedule instead of its concurrency-optimised one (the default): with the
 # default, an out-of-domain evaluation stage on two CPUs (`python bench/workloads.py W2 --tiny`) hung for good, every
 # XLA thread idle and the result never delivered (jaxlib 0.10.2; tests/test_bench.py runs it). With this schedule it
-# finishes, the programs run as fast, and the numbers are the same bits (docs/performance.md).
-for _flag, _value in (("xla_cpu_use_fusion_emitters", "false"), ("xla_backend_optimization_level", "1"),
-                      ("xla_cpu_enable_concurrency_optimized_scheduler", "false")):
-    if _flag not in _os.environ.get("XLA_FLAGS", ""):
-        _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()
+# finishes, with the same bits; on one CPU the programs run as fast, on two W1 is ~5% slower (docs/performance.md).
+XLA_DEFAULTS = {"xla_cpu_use_fusion_emitters": "false", "xla_backend_optimization_level": "1",
+                "xla_cpu_enable_concurrency_optimized_scheduler": "false"}
+
+
+def with_xla_defaults(flags: str) -> str:
+    """``flags`` (an XLA_FLAGS value) with each option of XLA_DEFAULTS appended that it does not set itself."""
+    named = {f.lstrip("-").split("=")[0] for f in flags.split()}
+    return " ".join([*flags.split(), *(f"--{k}={v}" for k, v in XLA_DEFAULTS.items() if k not in named)])
+
+
+_os.environ["XLA_FLAGS"] = with_xla_defaults(_os.environ.get("XLA_FLAGS", ""))
