@@ -52,9 +52,11 @@ def test_the_out_of_domain_workload_finishes_on_two_cpus():
     if len(cpus) < 2:
         pytest.skip("needs two CPUs (the hang needs XLA's intra-op threads)")
     try:
-        p = subprocess.run([sys.executable, "bench/workloads.py", "W2", "--tiny", "--seeds", "2"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=240,
-                           preexec_fn=lambda: os.sched_setaffinity(0, cpus[:2]))
+        # The child pins itself before JAX starts (a preexec_fn would fork this multithreaded process).
+        child = (f"import os, runpy, sys; os.sched_setaffinity(0, {cpus[:2]}); "
+                 "sys.argv = ['bench/workloads.py', 'W2', '--tiny', '--seeds', '2']; "
+                 "runpy.run_path('bench/workloads.py', run_name='__main__')")
+        p = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
         raise AssertionError("bench/workloads.py W2 --tiny --seeds 2 did not finish in 240 s") from None
     assert p.returncode == 0, p.stderr[-3000:]
