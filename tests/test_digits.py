@@ -184,16 +184,16 @@ def test_digits_claims_pass_and_fail():
 
 @pytest.mark.slow
 def test_digits_experiment_end_to_end_and_rerun_from_its_cache(tmp_path):
-    def run(out):
+    def run(out, *extra):
         p = subprocess.run([sys.executable, str(ROOT / "experiments" / "digits.py"), "n_seeds=2", "pretrain.steps=20",
                             "map_steps=[0,20]", "finetune.steps=10", "lam_step=1.0", "ood_ranges=[[-1,2,1],[-1,1,1]]",
-                            "claims.chance_acc=0", f"out_dir={out}", f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+                            "claims.chance_acc=0", f"out_dir={out}", f"cache.dir={tmp_path / 'cache'}", *extra],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         return p.stderr
     log = run(tmp_path / "cold")
     assert "0 entries reused, 8 computed" in log, log[-1500:]
-    log = run(tmp_path / "again")                                          # models and evaluations, per seed, setting
+    log = run(tmp_path / "again", "figures=false")                         # models and evaluations, per seed, setting
     assert "8 entries reused, 0 computed" in log, log[-1500:]
     assert all((tmp_path / "cold" / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
                for f in ("metrics.csv", "alpha_hat.csv", "ood.csv", "reference.csv", "map.csv"))

@@ -431,6 +431,8 @@ class Run(Node):
                                    "j of a parallel launcher the j-th block (a worker keeps its first job's)")
     cache: Cache = field(Cache(), "the cache of stages")
     budget: Budget = field(Budget(), "limits on the estimated cost")
+    figures: bool = field(True, "draw the figures; false: tables and verdicts only (`python -m tvtheory.plots DIR` "
+                          "draws them later from the tables)")
 
     def check(self):
         _check.integer("seed", self.seed, lo=0)

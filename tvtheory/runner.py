@@ -237,7 +237,7 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
             # ``python -m tvtheory.claims`` later derives from its folder (the CSVs keep 6 significant digits).
             tables = {t: results.read_csv(stage / f"{t}.csv") for t in tables}
             _write_config(stage, plain)
-            records = derive(exp, stage, tables, cfg, final=out)
+            records = derive(exp, stage, tables, cfg, final=out, figures=getattr(cfg, "figures", True))
             results.write_json(stage / results.MARKER, results.provenance(
                 name, plain, started, list(range(getattr(cfg, "n_seeds", 1))), cache=store.provenance(),
                 overrides=list(overrides), compile=compiled.report()))
