@@ -484,12 +484,14 @@ def tables_of():
     return get
 
 
-def recomputed(name, tables, tmp_path) -> dict:
-    """Verdicts recomputed from a copy of results/<name> whose tables are ``tables``."""
+def recomputed(name, tables, tmp_path, base=None) -> dict:
+    """Verdicts recomputed from a copy of results/<name> whose tables are ``tables``; a table that is the very object
+    of ``base`` (what the perturbation left alone) keeps the committed file."""
     folder = tmp_path / name
     shutil.copytree(RESULTS / name, folder, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
     for t, df in tables.items():
-        df.to_csv(folder / f"{t}.csv", index=False)
+        if base is None or df is not base[t]:
+            df.to_csv(folder / f"{t}.csv", index=False)
     return {r["id"]: r["verdict"] for r in runner.recompute(folder)}
 
 
@@ -502,7 +504,7 @@ def verdicts_under(tables_of, tmp_path_factory):
         key = (name, id(f))
         if key not in cache:
             base = tables_of(name)
-            cache[key] = recomputed(name, base if f is None else f(base), tmp_path_factory.mktemp(name))
+            cache[key] = recomputed(name, base if f is None else f(base), tmp_path_factory.mktemp(name), base)
         return cache[key]
     return get
 

@@ -18,7 +18,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["sweep=tiny", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32"]
+# No figures: no test here looks at one (tests/test_experiments.py does), and drawing them is a third of a tiny run.
+TINY = ["sweep=tiny", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "figures=false"]
 
 BAD = [  # (override, text the one-line message must contain)
     ("data.alpha=0.3", "data.alpha"),                     # unknown key
@@ -61,13 +62,24 @@ def one_line_error(p, code=2):
     return lines[-1]
 
 
-def test_bad_values_and_paths_stop_with_one_line_naming_the_field(tmp_path):
-    out, cache_dir = tmp_path / "results", tmp_path / "cache"
+# Through the real command line, one case of each kind (the others take the same path, checked in-process below):
+# an unknown key, a wrong type, a missing option, a value out of range, a cost beyond the budget, unwritable folders.
+THROUGH_CLI = ("+foo=1", "data.d=abc", "sweep=nope", "sweep.alphas=[0.2,1.5]", "train.steps=1000000000",
+               "out_dir=/proc/nope", "cache.dir=/proc/nope", "hydra.run.dir=/proc/nope/run")
+
+
+def bad_cases(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    cases = BAD + [(f"out_dir={a_file}", f"out_dir='{a_file}': is a file"),
-                   (f"out_dir={a_file}/sub", f"out_dir='{a_file}/sub': {a_file} is a file"),
-                   (f"cache.dir={a_file}", f"cache.dir='{a_file}': {a_file} is a file")]
+    return BAD + [(f"out_dir={a_file}", f"out_dir='{a_file}': is a file"),
+                  (f"out_dir={a_file}/sub", f"out_dir='{a_file}/sub': {a_file} is a file"),
+                  (f"cache.dir={a_file}", f"cache.dir='{a_file}': {a_file} is a file")]
+
+
+def test_bad_values_and_paths_stop_with_one_line_naming_the_field(tmp_path):
+    out, cache_dir = tmp_path / "results", tmp_path / "cache"
+    cases = [(o, msg) for o, msg in bad_cases(tmp_path) if o in THROUGH_CLI or "a_file" in o]
+    assert len(cases) == len(THROUGH_CLI) + 3
     procs = [(o, msg, run("arithmetic.py", *TINY, f"out_dir={out}", f"cache.dir={cache_dir}", o, cwd=tmp_path))
              for o, msg in cases]
     for override, msg, p in procs:
@@ -75,6 +87,24 @@ def test_bad_values_and_paths_stop_with_one_line_naming_the_field(tmp_path):
         assert line.startswith("config error: ") and msg in line, (override, line)
     assert not out.exists() and not cache_dir.exists() and not list(tmp_path.glob(".*staging*"))
     assert not (tmp_path / "outputs").exists()                # not even Hydra's run folder
+
+
+def test_every_bad_value_stops_the_commands_check_with_one_line(tmp_path, capsys):
+    """Every case, through the check the command runs before Hydra starts (``cli.precheck``), in this process."""
+    from tvtheory import cli, experiments
+
+    cli.register()                                            # as cli.main does first
+    out, cache_dir = tmp_path / "results", tmp_path / "cache"
+    for override, msg in bad_cases(tmp_path):
+        if override.startswith("hydra."):
+            continue                                          # Hydra's own folders: the command line above
+        with pytest.raises(SystemExit) as e:
+            cli.precheck("arithmetic", experiments.get("arithmetic"),
+                         [*TINY, f"out_dir={out}", f"cache.dir={cache_dir}", override])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(lines) == 1, (override, lines)
+        assert lines[0].startswith("config error: ") and msg in lines[0], (override, lines[0])
+    assert not out.exists() and not cache_dir.exists()
 
 
 def test_a_multirun_checks_every_job_before_the_first_starts(tmp_path):
@@ -109,6 +139,7 @@ def test_reruns_are_byte_identical_with_and_without_cache_refresh_recomputes_and
         assert p.returncode == 0, logs[name]
     assert " 0 computed" in logs["warm"] and " 0 entries reused" in logs["refresh"]
     assert not (outs["warm"] / "old_figure.png").exists()
+    assert not [f for out in outs.values() for f in out.iterdir() if f.suffix in (".png", ".pdf")]   # figures=false
     got = [tables(out) for out in outs.values()]
     assert all(t == got[0] for t in got) and len(got[0]) == 5         # 4 measurement tables, summary
     prov = json.loads((outs["warm"] / "provenance.json").read_text())
@@ -136,7 +167,7 @@ def test_a_result_folder_belongs_to_one_experiment_and_the_results_root_is_refus
 
 
 def test_two_runs_without_out_dir_in_the_same_second_get_their_own_folders(tmp_path):
-    procs = [run("arithmetic.py", *TINY, "sweep.n_test=50", "train.steps=20", "cache.dir=null", cwd=tmp_path)
+    procs = [run("arithmetic.py", *TINY, "cache.dir=null", cwd=tmp_path)
              for _ in range(2)]
     for p in procs:
         assert p.wait(300) == 0
