@@ -504,7 +504,10 @@ def verdicts_under(tables_of, tmp_path_factory):
         key = (name, id(f))
         if key not in cache:
             base = tables_of(name)
-            cache[key] = recomputed(name, base if f is None else f(base), tmp_path_factory.mktemp(name), base)
+            tables = base if f is None else f(base)
+            # a perturbation hands back new frames for the tables it edits (only those are written)
+            assert f is None or any(tables[t] is not base[t] for t in base), f"{name}: a perturbation changed nothing"
+            cache[key] = recomputed(name, tables, tmp_path_factory.mktemp(name), base)
         return cache[key]
     return get
 

@@ -167,7 +167,7 @@ def test_a_result_folder_belongs_to_one_experiment_and_the_results_root_is_refus
 
 
 def test_two_runs_without_out_dir_in_the_same_second_get_their_own_folders(tmp_path):
-    procs = [run("arithmetic.py", *TINY, "cache.dir=null", cwd=tmp_path)
+    procs = [run("arithmetic.py", *TINY, "cache.dir=null", cwd=tmp_path)      # TINY's programs: compiled already
              for _ in range(2)]
     for p in procs:
         assert p.wait(300) == 0
