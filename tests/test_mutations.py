@@ -484,13 +484,13 @@ def tables_of():
     return get
 
 
-def recomputed(name, tables, tmp_path, base=None) -> dict:
+def recomputed(name, tables, tmp_path, base) -> dict:
     """Verdicts recomputed from a copy of results/<name> whose tables are ``tables``; a table that is the very object
     of ``base`` (what the perturbation left alone) keeps the committed file."""
     folder = tmp_path / name
     shutil.copytree(RESULTS / name, folder, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
     for t, df in tables.items():
-        if base is None or df is not base[t]:
+        if df is not base[t]:
             df.to_csv(folder / f"{t}.csv", index=False)
     return {r["id"]: r["verdict"] for r in runner.recompute(folder)}
 
