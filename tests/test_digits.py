@@ -137,9 +137,10 @@ def test_pretraining_stages_and_rates_share_one_compiled_program(splits):
 LAMS = np.round(np.arange(-2, 3.0001, 0.5), 2)
 
 
-def fake(rel_curves, ood_best=0.99, t1=0.95, seeds=(0, 1, 2)):
+def fake_tables(rel_curves, ood_best=0.99, t1=0.95, seeds=(0, 1, 2), invalid=()):
     """Tables of one setting: relation -> (T1 accuracy curve, T2 accuracy curve) on both splits, own accuracy 0.95;
-    an out-of-domain grid whose best combination reaches ``ood_best`` while T1 alone reaches ``t1``."""
+    an out-of-domain grid whose best combination reaches ``ood_best`` while T1 alone reaches ``t1``; every seed of
+    the relations in ``invalid`` marked diverged."""
     rows, own = [], []
     for rel, (a1, a2) in rel_curves.items():
         for s in seeds:
@@ -147,8 +148,8 @@ def fake(rel_curves, ood_best=0.99, t1=0.95, seeds=(0, 1, 2)):
                 for task, a in (("T1", a1), ("T2", a2)):
                     rows.append(pd.DataFrame({"setting": "default", "split": sp, "relation": rel, "seed": s,
                                               "lam": LAMS, "task": task, "loss": 0.1, "acc": a(LAMS),
-                                              "diverged": False}))
-            own.append({"setting": "default", "relation": rel, "seed": s, "alpha_hat": 0.0, "diverged": False,
+                                              "diverged": rel in invalid}))
+            own.append({"setting": "default", "relation": rel, "seed": s, "alpha_hat": 0.0, "diverged": rel in invalid,
                         **{f"own_acc_{t}_{sp}": 0.95 for t in ("T1", "T2") for sp in ("val", "test")}})
     g = [(l1, l2) for l1 in (0.0, 1.0, 1.5) for l2 in (0.0, 1.0, -1.0)]
     acc = [ood_best if (a, b) == (1.5, -1.0) else t1 if b == 0 and a > 0 else 0.5 for a, b in g]
@@ -156,9 +157,12 @@ def fake(rel_curves, ood_best=0.99, t1=0.95, seeds=(0, 1, 2)):
                                    "lam2": [b for _, b in g], "acc": acc, "diverged": False}) for s in seeds])
     ood["loss"], ood["val_loss"] = 1 - ood["acc"], 1 - ood["acc"]
     ood["val_acc"] = ood["acc"]
-    tables = {"metrics": pd.concat(rows, ignore_index=True), "alpha_hat": pd.DataFrame(own), "ood": ood}
+    return {"metrics": pd.concat(rows, ignore_index=True), "alpha_hat": pd.DataFrame(own), "ood": ood}
+
+
+def fake(rel_curves, **kw):
     from tvtheory.experiments import digits as exp
-    cfg = exp.Config()
+    tables, cfg = fake_tables(rel_curves, **kw), exp.Config()
     recs = exp.digits_claims(tables, exp.choices(tables, cfg), cfg)
     return {r.id: r.verdict for r in recs}
 
@@ -180,6 +184,28 @@ def test_digits_claims_pass_and_fail():
     assert v == {"digits.irrelevant": "fail", "digits.aligned": "fail", "digits.contradictory": "fail",
                  "digits.ood": "fail"}
     assert set(fake(ideal, seeds=(0, 1)).values()) == {"inconclusive"}
+
+
+@pytest.mark.filterwarnings("error::UserWarning")             # an empty legend was a warning
+def test_a_relation_whose_every_seed_is_invalid_leaves_its_table_row_empty_and_its_claim_undecided(tmp_path):
+    """Short fine-tunes can leave one relation's pairs all at chance while the others learned (the run goes on, with
+    that relation's rows marked): Table 1 shows dashes for it, its claim is inconclusive, the figure is drawn."""
+    from tvtheory import plots
+    from tvtheory.experiments import digits as exp
+
+    ideal = {"irrelevant": (GOOD, LOW), "aligned": (lambda x: np.where(x < 0, 0.6, 0.95), LOW),
+             "contradictory": (lambda x: np.where(x > 0, 0.6, 0.95), LOW)}
+    tables, cfg = fake_tables(ideal, invalid=("irrelevant",)), exp.Config()
+    ch = exp.choices(tables, cfg)
+    md = exp.table1(tables, ch, cfg.settings()["default"])
+    rows = [line for line in md.splitlines() if line.startswith("| irrelevant |")]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert len(rows) == 2 and all(c[1] == "- (0.164)" and c[3:8] == ["-"] * 5 for c in cells), rows
+    assert md.count("| aligned |") == 2 and md.count("| contradictory |") == 2
+    verdicts = {r.id: r.verdict for r in exp.digits_claims(tables, ch, cfg)}
+    assert verdicts["digits.irrelevant"] == "inconclusive" and verdicts["digits.aligned"] == "pass"
+    plots.digits(tables["metrics"], tables["ood"], tmp_path)
+    assert (tmp_path / "figure1.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -290,7 +290,9 @@ def digits(df: pd.DataFrame, ood: pd.DataFrame, out: Path) -> None:
                 ax.axhline(0.5, color="k", ls=":", lw=0.8)
             else:
                 ax.set_xlabel("lambda")
-    axes[0, 0].legend(fontsize=8)
+    labelled = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]    # a relation may have no valid seed
+    if labelled:
+        labelled[0].legend(fontsize=8)
     fig.suptitle("Colored-Digits: Psi_0 + dPsi_T1 + lambda dPsi_T2 (small ViT; grey: negation side)", fontsize=10)
     fig.tight_layout()
     save(fig, out, "figure1")

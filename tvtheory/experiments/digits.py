@@ -513,6 +513,10 @@ def table1(tables, ch: pd.DataFrame, setting: Setting) -> str:
         for goal in ("addition", "negation"):
             lam = float(ch[(ch["relation"] == rel) & (ch["goal"] == goal)]["lam"].iloc[0])
             pl, p1, p2 = PAPER_TABLE1[rel][goal]
+            if np.isnan(lam):                       # every seed of this pair invalid (choices): nothing to report
+                lines.append(f"| {rel} | - ({PAPER_ALPHA_HAT[rel]:g}) | {goal} | - | - | - | - | - | {pl:g} | "
+                             f"{p1:.2f} / {p2:.2f} |")
+                continue
             lines.append(f"| {rel} | {a_hat:.3f} ({PAPER_ALPHA_HAT[rel]:g}) | {goal} | {lam:g} | "
                          f"{100 * A.loc[lam, 'T1']:.2f} | {100 * A.loc[lam, 'T2']:.2f} | {L.loc[lam, 'T1']:.3f} | "
                          f"{L.loc[lam, 'T2']:.3f} | {pl:g} | {p1:.2f} / {p2:.2f} |")
