@@ -19,6 +19,11 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # compute the same: locations are debug metadata).
 os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 
+import logging  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import pytest  # noqa: E402
 import tvtheory  # noqa: E402,F401  (the package's XLA defaults, in force before any test computes)
 from hypothesis import settings  # noqa: E402
 
@@ -37,3 +42,48 @@ LONGEST_FIRST = ("test_reliability.py", "test_experiments.py", "test_mutations.p
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))        # stable: each file keeps its order
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def command(capfd, monkeypatch):
+    """``python -m tvtheory NAME OVERRIDES...`` in the test's own process: ``cli.main``, the function behind the
+    command (the same parsing, precheck, Hydra job, run and exit status), without a new interpreter. A second run of
+    the same shapes in a process reuses its traced and compiled programs: a tiny end-to-end run takes about half the
+    time it takes as a new process (imports, tracing and reading the compiled programs back are most of a tiny run).
+    The tests that need a process of their own (a kill, two runs at once, launchers, the bad values' one line before
+    Hydra, a rerun across processes) start one."""
+    import logging.config
+
+    from tvtheory import cli
+
+    # Hydra sets up the job's log with logging.config.dictConfig, which closes every handler alive in the process,
+    # pytest's capture handlers included; here it only forgets them (they are put back on the root logger below).
+    monkeypatch.setattr(logging.config, "_clearExistingHandlers", logging._handlers.clear)
+
+    def run(name: str, *overrides) -> Ran:
+        argv, env = list(sys.argv), dict(os.environ)
+        handlers, level = logging.root.handlers[:], logging.root.level
+        code = 0
+        try:
+            cli.main(name, [str(o) for o in overrides])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:                                  # what the command sets for itself: its arguments, environment, log
+            sys.argv[:] = argv
+            os.environ.clear()
+            os.environ.update(env)
+            for h in logging.root.handlers:
+                if h not in handlers:
+                    h.close()                     # the run's log file
+            logging.root.handlers[:] = handlers
+            logging.root.setLevel(level)
+        out, err = capfd.readouterr()
+        return Ran(code, out, err)
+    return run

@@ -209,18 +209,15 @@ def test_a_relation_whose_every_seed_is_invalid_leaves_its_table_row_empty_and_i
 
 
 @pytest.mark.slow
-def test_digits_experiment_end_to_end_and_rerun_from_its_cache(tmp_path):
-    def run(out, *extra):
-        p = subprocess.run([sys.executable, str(ROOT / "experiments" / "digits.py"), "n_seeds=2", "pretrain.steps=20",
-                            "map_steps=[0,20]", "finetune.steps=10", "lam_step=1.0", "ood_ranges=[[-1,2,1],[-1,1,1]]",
-                            "claims.chance_acc=0", f"out_dir={out}", f"cache.dir={tmp_path / 'cache'}", *extra],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, p.stderr[-3000:]
-        return p.stderr
-    log = run(tmp_path / "cold")
-    assert "0 entries reused, 8 computed" in log, log[-1500:]
-    log = run(tmp_path / "again", "figures=false")                         # models and evaluations, per seed, setting
-    assert "8 entries reused, 0 computed" in log, log[-1500:]
+def test_digits_experiment_end_to_end_and_rerun_from_its_cache(tmp_path, command):
+    """A run in a process of its own, then its rerun through the command's function in the test process."""
+    args = ["n_seeds=2", "pretrain.steps=20", "map_steps=[0,20]", "finetune.steps=10", "lam_step=1.0",
+            "ood_ranges=[[-1,2,1],[-1,1,1]]", "claims.chance_acc=0", f"cache.dir={tmp_path / 'cache'}"]
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "digits.py"), *args, f"out_dir={tmp_path / 'cold'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "0 entries reused, 8 computed" in p.stderr, p.stderr[-3000:]
+    p = command("digits", *args, f"out_dir={tmp_path / 'again'}", "figures=false")   # models, evaluations per seed
+    assert p.returncode == 0 and "8 entries reused, 0 computed" in p.stderr, p.stderr[-3000:]
     assert all((tmp_path / "cold" / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
                for f in ("metrics.csv", "alpha_hat.csv", "ood.csv", "reference.csv", "map.csv"))
     out = tmp_path / "cold"

@@ -4,9 +4,6 @@ tvtheory.claims``."""
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -360,12 +357,9 @@ TINY = ["n_seeds=2", "train=tiny", "model.m=16", "data.d=8", "merging.alphas=[-0
 
 
 @pytest.mark.slow
-def test_a_tiny_run_end_to_end_and_its_claims_recompute(tmp_path):
+def test_a_tiny_run_end_to_end_and_its_claims_recompute(tmp_path, command):
     out = tmp_path / "merging"
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    p = subprocess.run([sys.executable, "-m", "tvtheory", "merging", *TINY, f"out_dir={out}",
-                        f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=env)
+    p = command("merging", *TINY, f"out_dir={out}", f"cache.dir={tmp_path / 'cache'}")
     assert p.returncode == 0, p.stderr[-3000:]
     for t in merging.TABLES:
         assert len(pd.read_csv(out / f"{t}.csv")), t
@@ -380,9 +374,7 @@ def test_a_tiny_run_end_to_end_and_its_claims_recompute(tmp_path):
     assert [r["id"] for r in before] == IDS
     assert all(r["verdict"] == "inconclusive" for r in before)              # tiny: nothing is decided
     (out / "claims.json").unlink()
-    q = subprocess.run([sys.executable, "-m", "tvtheory.claims", str(out)], cwd=ROOT, capture_output=True, text=True,
-                       env=env)
-    assert q.returncode == 0, q.stderr[-2000:]
+    runner.recompute(out)                                     # what `python -m tvtheory.claims` runs
     after = json.loads((out / "claims.json").read_text())
     assert [(r["id"], r["measured"]) for r in after] == [(r["id"], r["measured"]) for r in before]
     _, cfg, tables = runner.load(out)

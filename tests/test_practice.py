@@ -3,15 +3,13 @@ between pass, fail and inconclusive, and one tiny run end to end through the com
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tvtheory import analysis, config, results
+from tvtheory import analysis, config, results, runner
 from tvtheory.experiments import practice as pr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,10 +308,9 @@ TINY = ["sweep=tiny", "train=tiny", "n_seeds=3", "data.d=8", "model.m=32", "prac
 
 
 @pytest.mark.slow
-def test_tiny_run_end_to_end_and_its_claims_recompute(tmp_path):
+def test_tiny_run_end_to_end_and_its_claims_recompute(tmp_path, command):
     out = tmp_path / "practice"
-    p = subprocess.run([sys.executable, "-m", "tvtheory", "practice", *TINY, f"out_dir={out}",
-                        f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    p = command("practice", *TINY, f"out_dir={out}", f"cache.dir={tmp_path / 'cache'}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert results.owner(out) == "practice"
     tables = {t: pd.read_csv(out / f"{t}.csv") for t in pr.TABLES}
@@ -333,9 +330,7 @@ def test_tiny_run_end_to_end_and_its_claims_recompute(tmp_path):
                                          "practice.validation_lambda", "practice.norm_control"]
     assert all(r["verdict"] == "inconclusive" and "smoke run" in r["details"] for r in before)
     (out / "claims.json").unlink()
-    q = subprocess.run([sys.executable, "-m", "tvtheory.claims", str(out)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-    assert q.returncode == 0, q.stderr[-3000:]
+    runner.recompute(out)                                     # what `python -m tvtheory.claims` runs
     again = json.loads((out / "claims.json").read_text())
     assert [(r["id"], r["verdict"], r["measured"], r["details"]) for r in again] == [
         (r["id"], r["verdict"], r["measured"], r["details"]) for r in before]

@@ -1,6 +1,10 @@
-"""What a user can get wrong, and what can go wrong under them, through the real command line: bad values and paths
+"""What a user can get wrong, and what can go wrong under them, through the command line: bad values and paths
 stop before compute with one line; reruns are byte-identical; a damaged cache heals; a killed run resumes; a result
-folder belongs to one experiment and is replaced as a whole; divergence is caught."""
+folder belongs to one experiment and is replaced as a whole; divergence is caught.
+
+Runs go through real processes where the process matters (the bad values' one line and exit status, a kill, two runs
+at once, a multirun, the first run of each rerun and resume test, so that bytes are compared across processes), and
+through the command's own function in the test process otherwise (the ``command`` fixture of tests/conftest.py)."""
 
 import json
 import os
@@ -54,8 +58,8 @@ def run(script, *overrides, **kw):
 
 def one_line_error(p, code=2):
     """A bad input's one line (exit 2: before any compute, so nothing else is printed); a run stopped later (exit 3)
-    ends with one such line after its log."""
-    _, err = p.communicate(timeout=300)
+    ends with one such line after its log. ``p``: a process, or what the ``command`` fixture returns."""
+    err = p.communicate(timeout=300)[1] if hasattr(p, "communicate") else p.stderr
     lines = err.strip().splitlines()
     assert p.returncode == code, err[-2000:]
     assert len(lines) == 1 or (code != 2 and "[tvtheory]" not in lines[-1]), lines
@@ -125,7 +129,9 @@ def tables(d: Path) -> dict:
     return {f.name: f.read_bytes() for f in d.glob("*.csv")}
 
 
-def test_reruns_are_byte_identical_with_and_without_cache_refresh_recomputes_and_the_folder_is_replaced(tmp_path):
+def test_reruns_are_byte_identical_with_and_without_cache_refresh_recomputes_and_the_folder_is_replaced(tmp_path,
+                                                                                                        command):
+    """The run without a cache in a process of its own; the cached runs through the command's function in this one."""
     cdir = f"cache.dir={tmp_path / 'cache'}"
     outs = {name: tmp_path / name for name in ("plain", "cold", "warm", "refresh")}
     extra = {"plain": ["cache.dir=null"], "cold": [cdir], "warm": [cdir], "refresh": [cdir, "cache.refresh=true"]}
@@ -135,7 +141,11 @@ def test_reruns_are_byte_identical_with_and_without_cache_refresh_recomputes_and
         if name == "warm":                             # a previous run's leftover must not survive the replacement
             (out / "provenance.json").write_text(json.dumps({"experiment": "arithmetic"}))
             (out / "old_figure.png").write_text("stale")
-        _, logs[name] = (p := run("arithmetic.py", *TINY, f"out_dir={out}", *extra[name])).communicate(timeout=300)
+        args = [*TINY, f"out_dir={out}", *extra[name]]
+        if name == "plain":
+            _, logs[name] = (p := run("arithmetic.py", *args)).communicate(timeout=300)
+        else:
+            logs[name] = (p := command("arithmetic", *args)).stderr
         assert p.returncode == 0, logs[name]
     assert " 0 computed" in logs["warm"] and " 0 entries reused" in logs["refresh"]
     assert not (outs["warm"] / "old_figure.png").exists()
@@ -175,7 +185,9 @@ def test_two_runs_without_out_dir_in_the_same_second_get_their_own_folders(tmp_p
     assert len(folders) == 2 and all((f / "metrics.csv").exists() for f in folders)
 
 
-def test_a_damaged_cache_heals_with_a_cold_runs_numbers(tmp_path):
+def test_a_damaged_cache_heals_with_a_cold_runs_numbers(tmp_path, command):
+    """The cold run in a process of its own; the runs on the damaged cache through the command's function in this
+    one."""
     cdir, args = tmp_path / "cache", [*TINY, "n_seeds=1", "sweep.alphas=[0.0]"]
     assert run("arithmetic.py", *args, f"out_dir={tmp_path / 'cold'}", f"cache.dir={cdir}").wait(300) == 0
     entries = sorted(cdir.glob("finetune/*.npz"))
@@ -195,8 +207,8 @@ def test_a_damaged_cache_heals_with_a_cold_runs_numbers(tmp_path):
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     evals[0].write_bytes(buf.getvalue())
-    p = run("arithmetic.py", *args, f"out_dir={tmp_path / 'healed'}", f"cache.dir={cdir}")
-    _, err = p.communicate(timeout=300)
+    p = command("arithmetic", *args, f"out_dir={tmp_path / 'healed'}", f"cache.dir={cdir}")
+    err = p.stderr
     assert p.returncode == 0, err
     warnings = [line for line in err.splitlines() if "is damaged" in line]
     assert len(warnings) == 3 and all("moved to" in w for w in warnings)
@@ -205,13 +217,14 @@ def test_a_damaged_cache_heals_with_a_cold_runs_numbers(tmp_path):
     assert tables(tmp_path / "healed") == tables(tmp_path / "cold")
     copied = sorted(cdir.glob("finetune/*.npz"))                          # an entry copied over another
     copied[1].write_bytes(copied[0].read_bytes())
-    p = run("arithmetic.py", *args, f"out_dir={tmp_path / 'again'}", f"cache.dir={cdir}")
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0 and "fields differ" in err
+    p = command("arithmetic", *args, f"out_dir={tmp_path / 'again'}", f"cache.dir={cdir}")
+    assert p.returncode == 0 and "fields differ" in p.stderr, p.stderr[-3000:]
     assert tables(tmp_path / "again") == tables(tmp_path / "cold")
 
 
-def test_sigkill_mid_sweep_then_resume_finishes_without_redoing_work(tmp_path):
+def test_sigkill_mid_sweep_then_resume_finishes_without_redoing_work(tmp_path, command):
+    """The killed run in a process of its own; the resumed run and the uninterrupted reference through the command's
+    function in this one."""
     out, cdir = tmp_path / "out", tmp_path / "cache"
     args = [*TINY, "sweep.alphas=[-0.8,-0.4,0.0,0.4,0.8,1.0]", "sweep.lam_step=0.1", "sweep.n_test=2000",
             f"out_dir={out}", f"cache.dir={cdir}"]
@@ -225,27 +238,27 @@ def test_sigkill_mid_sweep_then_resume_finishes_without_redoing_work(tmp_path):
     done = len(list((cdir / "pair_eval").glob("*.npz")))
     assert 4 <= done < 12, "the kill should land mid-sweep"
     assert not out.exists()                                         # nothing half-written in the results
-    _, err = (p := run("arithmetic.py", *args)).communicate(timeout=300)
+    p = command("arithmetic", *args)
+    err = p.stderr
     assert p.returncode == 0, err
     reused = int(err.split("cache: ")[1].split(" entries reused")[0])
     assert reused >= done + 2 + 2                                   # finished cells, Psi_0 and T1 fine-tunes
     rows = pd.read_csv(out / "metrics.csv")
     assert len(rows) == 6 * 2 * 31 * 2 and not rows.duplicated(["alpha", "seed", "lam", "task"]).any()
     assert not list(cdir.rglob("*.tmp")) and not list(tmp_path.glob(".*staging*"))
-    ref = run("arithmetic.py", *args[:-2], f"out_dir={tmp_path / 'ref'}", "cache.dir=null")
-    assert ref.wait(300) == 0
+    assert command("arithmetic", *args[:-2], f"out_dir={tmp_path / 'ref'}", "cache.dir=null").returncode == 0
     assert (tmp_path / "ref" / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
 
 
-def test_divergence_is_caught_in_every_quantity(tmp_path):
+def test_divergence_is_caught_in_every_quantity(tmp_path, command):
     """Finding 2: step size 1e30 used to leave a seed with infinite norms marked valid; now every seed is caught (exit
-    3, nothing written); in Colored-Digits too."""
-    line = one_line_error(run("arithmetic.py", *TINY, "n_seeds=4", "train.eta=1e30", f"out_dir={tmp_path / 'a'}",
-                              "cache.dir=null"), code=3)
+    3, nothing written); in Colored-Digits too. Through the command's function in this process."""
+    line = one_line_error(command("arithmetic", *TINY, "n_seeds=4", "train.eta=1e30", f"out_dir={tmp_path / 'a'}",
+                                  "cache.dir=null"), code=3)
     assert "diverged" in line and "Nothing was written" in line and not (tmp_path / "a").exists()
     dig = ["n_seeds=2", "pretrain.steps=5", "map_steps=[0,5]", "finetune.steps=5", "lam_step=1.0",
            "ood_ranges=[[-1,2,1],[-1,1,1]]", "cache.dir=null"]
-    line = one_line_error(run("digits.py", *dig, "setting.finetune_lr=1e30", f"out_dir={tmp_path / 'd'}"), code=3)
+    line = one_line_error(command("digits", *dig, "setting.finetune_lr=1e30", f"out_dir={tmp_path / 'd'}"), code=3)
     assert "diverged" in line and not (tmp_path / "d").exists()
 
 

@@ -221,15 +221,12 @@ TINY = ["n_seeds=2", "corpus.n_docs=8", "corpus.n_general=32", "corpus.n_general
 
 
 @pytest.mark.slow
-def test_tiny_run_end_to_end_rerun_from_the_cache_gives_the_same_bytes(tmp_path):
-    def go(out):
-        p = subprocess.run([sys.executable, "experiments/unlearning.py", *TINY, f"out_dir={out}",
-                            f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, p.stderr[-3000:]
-        return p.stderr
-
+def test_tiny_run_end_to_end_rerun_from_the_cache_gives_the_same_bytes(tmp_path, command):
+    """A run in a process of its own, then its rerun through the command's function in the test process."""
     out, again = tmp_path / "a", tmp_path / "b"
-    assert "2 computed" in go(out)
+    p = subprocess.run([sys.executable, "experiments/unlearning.py", *TINY, f"out_dir={out}",
+                        f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "2 computed" in p.stderr, p.stderr[-3000:]
     assert results.owner(out) == "unlearning"
     t = {n: pd.read_csv(out / f"{n}.csv") for n in ul.TABLES}
     assert len(t["metrics"]) == 2 * 4 * 2 * 2                               # seeds x sets x variants x lambdas
@@ -240,7 +237,8 @@ def test_tiny_run_end_to_end_rerun_from_the_cache_gives_the_same_bytes(tmp_path)
     before = json.loads((out / "claims.json").read_text())
     assert [r["id"] for r in before] == IDS
     assert all(r["verdict"] == "inconclusive" and "smoke run" in r["details"] for r in before)
-    assert "2 entries reused, 0 computed" in go(again)
+    p = command("unlearning", *TINY, f"out_dir={again}", f"cache.dir={tmp_path / 'cache'}")
+    assert p.returncode == 0 and "2 entries reused, 0 computed" in p.stderr, p.stderr[-3000:]
     for f in sorted(out.glob("*.csv")) + [out / "table3.md", out / "unlearning.png"]:
         assert f.read_bytes() == (again / f.name).read_bytes(), f.name
     (out / "claims.json").unlink()

@@ -264,12 +264,12 @@ def scaling(b: pd.DataFrame, bs: pd.DataFrame, conv: pd.DataFrame, out: Path) ->
         axes[1].plot(x, st["mean"].iloc[0] * (x / x[0]) ** -2, "k--", label="Theta(delta_*^-2) through the first point")
         axes[1].set_xscale("log")
         axes[1].set_yscale("log")
+        axes[1].legend(fontsize=7)
     else:
         axes[1].text(0.5, 0.5, "no run reached eps", ha="center", transform=axes[1].transAxes)
     axes[1].set_xlabel("delta_* (fraction of label-relevant tokens)")
     axes[1].set_ylabel("SGD steps to reach eps")
     axes[1].set_title("iterations to learn a task")
-    axes[1].legend(fontsize=7)
     fig.tight_layout()
     save(fig, out, "scaling")
 
