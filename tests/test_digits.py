@@ -154,7 +154,8 @@ def fake_tables(rel_curves, ood_best=0.99, t1=0.95, seeds=(0, 1, 2), invalid=())
     g = [(l1, l2) for l1 in (0.0, 1.0, 1.5) for l2 in (0.0, 1.0, -1.0)]
     acc = [ood_best if (a, b) == (1.5, -1.0) else t1 if b == 0 and a > 0 else 0.5 for a, b in g]
     ood = pd.concat([pd.DataFrame({"setting": "default", "seed": s, "lam1": [a for a, _ in g],
-                                   "lam2": [b for _, b in g], "acc": acc, "diverged": False}) for s in seeds])
+                                   "lam2": [b for _, b in g], "acc": acc, "diverged": "contradictory" in invalid})
+                     for s in seeds])                 # the grid's sources are T1 and the contradictory T2
     ood["loss"], ood["val_loss"] = 1 - ood["acc"], 1 - ood["acc"]
     ood["val_acc"] = ood["acc"]
     return {"metrics": pd.concat(rows, ignore_index=True), "alpha_hat": pd.DataFrame(own), "ood": ood}
@@ -187,25 +188,35 @@ def test_digits_claims_pass_and_fail():
 
 
 @pytest.mark.filterwarnings("error::UserWarning")             # an empty legend was a warning
-def test_a_relation_whose_every_seed_is_invalid_leaves_its_table_row_empty_and_its_claim_undecided(tmp_path):
+@pytest.mark.parametrize("lost", ["irrelevant", "contradictory"])
+def test_a_relation_whose_every_seed_is_invalid_leaves_its_table_rows_empty_and_its_claims_undecided(tmp_path, lost):
     """Short fine-tunes can leave one relation's pairs all at chance while the others learned (the run goes on, with
-    that relation's rows marked): Table 1 shows dashes for it, its claim is inconclusive, the figure is drawn."""
+    that relation's rows marked): Table 1 shows dashes for it, its claims are inconclusive, the others are judged, the
+    figures are drawn. The out-of-domain grid's sources are T1 and the contradictory T2: without a valid
+    contradictory pair, Table 2's searched row is empty and its map is not drawn."""
     from tvtheory import plots
     from tvtheory.experiments import digits as exp
+    from tvtheory.experiments.ood import table2
 
     ideal = {"irrelevant": (GOOD, LOW), "aligned": (lambda x: np.where(x < 0, 0.6, 0.95), LOW),
              "contradictory": (lambda x: np.where(x > 0, 0.6, 0.95), LOW)}
-    tables, cfg = fake_tables(ideal, invalid=("irrelevant",)), exp.Config()
+    tables, cfg = fake_tables(ideal, invalid=(lost,)), exp.Config()
     ch = exp.choices(tables, cfg)
     md = exp.table1(tables, ch, cfg.settings()["default"])
-    rows = [line for line in md.splitlines() if line.startswith("| irrelevant |")]
+    rows = [line for line in md.splitlines() if line.startswith(f"| {lost} |")]
     cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
-    assert len(rows) == 2 and all(c[1] == "- (0.164)" and c[3:8] == ["-"] * 5 for c in cells), rows
-    assert md.count("| aligned |") == 2 and md.count("| contradictory |") == 2
+    assert len(rows) == 2 and all(c[1].startswith("- (") and c[3:8] == ["-"] * 5 for c in cells), rows
+    assert all(md.count(f"| {rel} |") == 2 for rel in exp.RELATIONS)
     verdicts = {r.id: r.verdict for r in exp.digits_claims(tables, ch, cfg)}
-    assert verdicts["digits.irrelevant"] == "inconclusive" and verdicts["digits.aligned"] == "pass"
+    assert verdicts[f"digits.{lost}"] == "inconclusive" and verdicts["digits.aligned"] == "pass"
+    assert verdicts["digits.ood"] == ("inconclusive" if lost == "contradictory" else "pass")
+    refs = pd.DataFrame({"seed": [0, 1, 2] * 3, "model": np.repeat(["direct", "T1", "T2"], 3), "loss": 0.1,
+                         "acc": 0.9})
+    searched = next(line for line in table2(tables["ood"], refs).splitlines() if line.startswith("| best searched"))
+    assert ("| - | - (no valid seed) | - |" in searched) == (lost == "contradictory"), searched
     plots.digits(tables["metrics"], tables["ood"], tmp_path)
     assert (tmp_path / "figure1.png").stat().st_size > 0
+    assert (tmp_path / "figure2.png").exists() == (lost != "contradictory")
 
 
 @pytest.mark.slow

@@ -297,6 +297,8 @@ def digits(df: pd.DataFrame, ood: pd.DataFrame, out: Path) -> None:
     fig.tight_layout()
     save(fig, out, "figure1")
     o = analysis.valid(ood).groupby(["lam1", "lam2"], as_index=False)["acc"].mean()
+    if o.empty:                                       # no seed's contradictory pair was valid: no map to draw
+        return
     l1, l2 = np.sort(o["lam1"].unique()), np.sort(o["lam2"].unique())
     fig, ax = plt.subplots(figsize=(6, 4.5))
     im = ax.pcolormesh(l1, l2, o.pivot(index="lam2", columns="lam1", values="acc").loc[l2, l1].to_numpy(),

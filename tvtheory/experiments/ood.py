@@ -105,11 +105,14 @@ def table2(rows: pd.DataFrame, refs: pd.DataFrame, title: str = "the one-layer t
     best grid point chosen on the validation set."""
     val = analysis.ood_curves(rows, "val_loss", "val_acc")
     cols = analysis.lam_columns(val)
-    best = analysis.best_point(val)
-    best_pt = tuple(float(best[c]) for c in cols)
     stats = {m: g[["loss", "acc"]] for m, g in refs.groupby("model")}
-    stats["best"] = pd.DataFrame({"loss": analysis.per_seed_at(rows, best), "acc": analysis.per_seed_at(rows, best,
-                                                                                                       "acc")})
+    if len(val):
+        best = analysis.best_point(val)
+        best_pt = tuple(float(best[c]) for c in cols)
+        stats["best"] = pd.DataFrame({"loss": analysis.per_seed_at(rows, best),
+                                      "acc": analysis.per_seed_at(rows, best, "acc")})
+    else:                                   # no seed's grid is valid (Colored-Digits: its contradictory pairs)
+        best_pt, stats["best"] = None, pd.DataFrame({"loss": [], "acc": []})
     fmt = lambda t: "-" if t is None else "(" + ", ".join(f"{x:g}" for x in t) + ")"  # noqa: E731
     lines = [f"# Table 2 for {title}", "",
              "Accuracy and hinge loss on the out-of-domain task T' (test set, seed mean +- std); best searched = "
@@ -125,7 +128,7 @@ def table2(rows: pd.DataFrame, refs: pd.DataFrame, title: str = "the one-layer t
             name = f"Psi*_{m}"
         else:
             coeff = best_pt if m == "best" else None
-        lines.append(f"| {name} | {fmt(coeff)} | {100 * st['acc'].mean():.2f} +- {100 * st['acc'].std(ddof=0):.2f} "
-                     f"| {st['loss'].mean():.3f} +- {st['loss'].std(ddof=0):.3f} | {fmt(pc)} | "
-                     f"{'-' if pacc is None else f'{pacc:.2f}'} |")
+        measured = (f"{100 * st['acc'].mean():.2f} +- {100 * st['acc'].std(ddof=0):.2f} | {st['loss'].mean():.3f} +- "
+                    f"{st['loss'].std(ddof=0):.3f}") if len(st) else "- (no valid seed) | -"
+        lines.append(f"| {name} | {fmt(coeff)} | {measured} | {fmt(pc)} | {'-' if pacc is None else f'{pacc:.2f}'} |")
     return "\n".join(lines) + "\n"
