@@ -232,3 +232,21 @@ def test_an_alpha_whose_seeds_all_diverged_makes_its_claims_inconclusive_and_lea
     assert v["thm2.contradictory"] == "pass" and v["thm1.irrelevant"] == "pass"
     df.loc[(df["alpha"] == -0.9) & (df["seed"] > 0), "diverged"] = True   # one valid seed left there
     assert verdicts(df)["thm2.contradictory"] == "inconclusive"
+
+
+def test_scaling_claims_take_a_seed_invalid_in_one_cell_of_the_sweep():
+    """A seed can be left out at one d (or one delta_*) and kept at the others: its exponent is fitted on the points it
+    has. Its arrays used to be shorter than the others' and the fit stopped with a broadcasting error."""
+    from tvtheory import experiments
+
+    cfg = experiments.get("scaling").Config()
+    d, ds, m = np.array([16, 32, 64, 128.0]), np.array([0.1, 0.2, 0.3, 0.4]), cfg.model.m
+    bs = pd.DataFrame([{"d": x, "m": m, "seed": s, "beta_neg": (5 + 0.1 * s) / x, "beta_add": 0.0}
+                       for s in range(3) for x in d if (s, x) != (2, 128.0)])
+    beta = bs.groupby(["d", "m"], as_index=False)[["beta_neg", "beta_add"]].mean()
+    conv = pd.DataFrame([{"n_rel": int(x * 20), "delta_star": x, "seed": s, "steps": (100 + s) * (x / 0.1) ** -2}
+                         for s in range(3) for x in ds if (s, x) != (1, 0.4)])
+    recs = {r.id: r for r in claims.scaling_claims(beta, bs, conv, m, cfg.claims, cfg.scaling, 5)}
+    assert recs["beta.scaling_d"].verdict == "pass" and recs["conv.delta_star_exponent"].verdict == "pass"
+    assert "per-seed exponents -1.00, -1.00, -1.00" in recs["beta.scaling_d"].details
+    assert "Per-seed exponents -2.00, -2.00, -2.00" in recs["conv.delta_star_exponent"].details

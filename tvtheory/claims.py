@@ -587,12 +587,20 @@ def power_law(x, y_mean, y_seeds: list[np.ndarray], predicted: float, tol: float
     return all3([near, consistent]), slope, local, seeds
 
 
+def _per_seed(df: pd.DataFrame, x: str, y: str, xs) -> np.ndarray:
+    """One row of ``y`` per seed at the points ``xs`` (NaN where that seed has no valid value there: a seed can be
+    invalid in one cell of the sweep and valid in the others)."""
+    if df.empty:
+        return np.empty((0, len(xs)))
+    return df.pivot(index="seed", columns=x, values=y).reindex(columns=np.asarray(xs)).to_numpy(float)
+
+
 def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFrame, m: int, cfg, sc,
                    n_seeds: int, too_small: Optional[str] = None) -> list[Claim]:
     """beta.scaling_d (beta_neg ~ d^-1 at model.m) and conv.delta_star_exponent (T ~ delta_*^-2)."""
     b = beta[beta["m"] == m].sort_values("d")
     bs = beta_seeds[beta_seeds["m"] == m]
-    per_seed = [g.sort_values("d")["beta_neg"].to_numpy() for _, g in bs.groupby("seed")]
+    per_seed = _per_seed(bs, "d", "beta_neg", b["d"])
     ok, slope, local, seeds = power_law(b["d"], b["beta_neg"], per_seed, -1.0, sc.exponent_tol, sc.local_tol,
                                         cfg.spread_k)
     loc = ", ".join(f"{int(d0)}->{int(d1)}: {x:.2f}" for d0, d1, x in zip(b["d"], b["d"][1:], local))
@@ -609,7 +617,7 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
             for mm, g in beta.groupby("m") if mm != m) + ".",
         undecided="fewer than three d, or the per-seed exponents' spread reaches the tolerance")
     means = conv.groupby("delta_star")["steps"].mean()
-    per_seed = [g.sort_values("delta_star")["steps"].to_numpy() for _, g in conv.groupby("seed")]
+    per_seed = _per_seed(conv, "delta_star", "steps", means.index)
     never = int(conv["steps"].isna().sum())
     ok_c, slope_t, local_t, seeds_t = power_law(means.index.to_numpy(), means.to_numpy(), per_seed, -2.0,
                                                 sc.exponent_tol, sc.local_tol, cfg.spread_k)
