@@ -99,3 +99,27 @@ def test_task_vector_structure_measures_the_change_of_the_merged_weights():
     r1 = lowrank[(lowrank["matrix"] == "dW") & (lowrank["rank"] == 1)].iloc[0]
     assert r1["abs_err"] == pytest.approx(np.sqrt((sv[1:] ** 2).sum()), rel=1e-4)
     assert r1["bound_term"] == pytest.approx(3 * 0.05 + 1 / np.log(3))
+
+
+def test_every_seeds_out_of_domain_set_at_chance_stops_the_run_before_the_other_variants(monkeypatch):
+    """As the ood experiment does: with no valid out-of-domain grid the verdicts used to stop with an error on an empty
+    table after every variant had been computed; now the run stops at the dense variant, writing nothing."""
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_module
+
+    from tvtheory import cli, runner
+
+    cli.register()
+    with initialize_config_module("tvtheory.conf", version_base="1.3"):
+        cfg = runner.typed(corollaries, compose("corollaries", overrides=[
+            "sweep=tiny", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "ood.ranges=[[-1,2,1],[-1,1,1]]"]))
+    seen = []
+
+    def at_chance(*args, comp, **kw):                    # every seed's source fine-tunes at chance on their own task
+        seen.append(comp.name)
+        return SimpleNamespace(finite=np.ones(2, bool), own_acc=np.full((2, 2), 0.5))
+    monkeypatch.setattr(sweep, "ood_sweep", at_chance)
+    with pytest.raises(cli.AllDiverged, match="out-of-domain fine-tune set"):
+        corollaries.run(cfg, runner.Context(store=None))
+    assert seen == [corollaries.variants(cfg.corollaries)[0].name]

@@ -104,6 +104,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                             n_val=o.n_val, store=ctx.store, comp=comp)
         if i == 0:
             dense_ok = np.asarray(g.finite) & np.all(np.asarray(g.own_acc) > cfg.claims.chance_acc, axis=1)
+            _pairs.check_divergence(dense_ok, "seed's out-of-domain fine-tune set", ctx)     # as ood does
         ok = np.asarray(g.finite) & dense_ok
         grids.append(results.grid_table(g.coeffs, ~ok, loss=g.loss, acc=g.acc, val_loss=g.val_loss,
                                         val_acc=g.val_acc).assign(variant=comp.name))
