@@ -2,7 +2,6 @@
 run end to end (its tables, their columns, and the ranking it prints and writes)."""
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -84,10 +83,11 @@ def test_the_candidates_are_distinct_and_include_the_previous_defaults():
 
 
 @pytest.mark.slow
-def test_the_quick_search_writes_its_three_tables_and_applies_the_criterion(tmp_path):
-    p = subprocess.run([sys.executable, "experiments/digits_search.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+def test_the_quick_search_writes_its_three_tables_and_applies_the_criterion(tmp_path, monkeypatch, capsys):
+    """The script's main in this process (its command line: ``python experiments/digits_search.py --quick --out``)."""
+    monkeypatch.setattr(sys, "argv", ["digits_search.py", "--quick", "--out", str(tmp_path)])
+    ds.main()
+    stdout = capsys.readouterr().out
     search, replication = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("search", "replication"))
     ranking = pd.read_csv(tmp_path / "ranking.csv")
     assert list(search.columns) == list(replication.columns) == SEARCH_COLUMNS
@@ -101,7 +101,7 @@ def test_the_quick_search_writes_its_three_tables_and_applies_the_criterion(tmp_
     pd.testing.assert_frame_equal(ranking.drop(columns="sec_per_config"), again.drop(columns="sec_per_config"),
                                   check_dtype=False)
     first = ds.as_candidate(ranking.iloc[0])
-    assert (f"chosen: {first}" if ranking["passes"].iloc[0] else "no config passes") in p.stdout
+    assert (f"chosen: {first}" if ranking["passes"].iloc[0] else "no config passes") in stdout
     # the replication reruns the two best configs on fresh seeds
     top = {ds.as_candidate(r) for _, r in ranking.head(2).iterrows()}
     assert {ds.as_candidate(r) for _, r in replication.iterrows()} == top

@@ -2,6 +2,7 @@
 repository, runs end to end and is found by every command that iterates the registry."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,8 @@ def test_the_worked_example_adds_an_experiment_in_three_files_and_it_runs(tmp_pa
     for name, body in files.items():
         dest = repo / name.replace("conf/", "tvtheory/conf/")
         dest.write_text(body)
-    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),     # the suite's XLA settings
+           **{k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))}}
     out = tmp_path / "results" / "toy"
     p = subprocess.run([sys.executable, str(repo / "experiments" / "toy.py"), "train=tiny", "data.d=8", "model.m=32",
                         f"out_dir={out}", "cache.dir=null"], cwd=tmp_path, capture_output=True, text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tvtheory import experiments, results, runner
+from tvtheory import experiments, plots, results, runner
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def test_arithmetic_writes_tables_claims_figures_and_a_summary(arithmetic_run):
     assert not list(out.glob(".*.tmp"))                    # atomic writes leave no temporaries
 
 
-def test_claims_and_figures_are_recomputed_from_the_files_alone(arithmetic_run, tmp_path):
+def test_claims_and_figures_are_recomputed_from_the_files_alone(arithmetic_run, tmp_path, capsys):
     root = tmp_path / "results"
     shutil.copytree(arithmetic_run, root / "arithmetic")
     for f in [*(root / "arithmetic").glob("*.png"), root / "arithmetic" / "claims.json",
@@ -67,12 +67,16 @@ def test_claims_and_figures_are_recomputed_from_the_files_alone(arithmetic_run, 
     before = json.loads((arithmetic_run / "claims.json").read_text())
     assert [(r["id"], r["verdict"], r["measured"]) for r in merged] == sorted(
         (r["id"], r["verdict"], r["measured"]) for r in before)
-    for target in (root, root / "arithmetic"):              # the results root, and one run's folder
-        p = run("tvtheory.plots", str(target))
-        assert p.returncode == 0 and "redrew" in p.stdout, p.stderr
+    p = run("tvtheory.plots", str(root))                     # the command on the results root
+    assert p.returncode == 0 and "redrew" in p.stdout, p.stderr
     assert (root / "arithmetic" / "figure1.png").exists()
-    p = run("tvtheory.plots", str(tmp_path / "nothing"))
-    assert p.returncode != 0 and "no result folder" in p.stderr
+    (root / "arithmetic" / "figure1.png").unlink()
+    plots.main(str(root / "arithmetic"))                     # its function, on one run's folder
+    assert f"redrew {root / 'arithmetic'}" in capsys.readouterr().out
+    assert (root / "arithmetic" / "figure1.png").exists()
+    with pytest.raises(SystemExit) as e:
+        plots.main(str(tmp_path / "nothing"))
+    assert e.value.code == 2 and "no result folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, args", [
@@ -115,7 +119,7 @@ def test_every_experiment_runs_end_to_end_and_its_claims_recompute(name, args, t
 
 @pytest.mark.parametrize("launcher", [["hydra/launcher=local", "hydra.launcher.n_jobs=2"],
                                       ["hydra/launcher=slurm_local"]], ids=["joblib", "submitit_local"])
-def test_multirun_through_a_real_launcher_then_gather_and_redraw(tmp_path, launcher):
+def test_multirun_through_a_real_launcher_then_gather_and_redraw(tmp_path, launcher, capsys):
     """Two jobs through joblib/loky or submitit's Slurm code path (each job in a fresh interpreter), one XLA thread
     each; their rows gather into one table carrying every job's config; the jobs draw no figures (figures=false) and
     ``tvtheory.plots`` draws them from the multirun folder's tables."""
@@ -131,6 +135,6 @@ def test_multirun_through_a_real_launcher_then_gather_and_redraw(tmp_path, launc
     logs = list((tmp_path / "mr").rglob("*.log"))
     assert logs and any("[arithmetic#" in f.read_text() for f in logs)          # job-tagged lines in Hydra's logs
     assert not list((tmp_path / "mr").rglob("*.png"))
-    p = run("tvtheory.plots", str(tmp_path / "mr"))
-    assert p.returncode == 0 and p.stdout.count("redrew") == 2, p.stderr
+    plots.main(str(tmp_path / "mr"))                          # what `python -m tvtheory.plots` runs
+    assert capsys.readouterr().out.count("redrew") == 2
     assert len(list((tmp_path / "mr").rglob("figure1.png"))) == 2
