@@ -123,3 +123,24 @@ def test_every_seeds_out_of_domain_set_at_chance_stops_the_run_before_the_other_
     with pytest.raises(cli.AllDiverged, match="out-of-domain fine-tune set"):
         corollaries.run(cfg, runner.Context(store=None))
     assert seen == [corollaries.variants(cfg.corollaries)[0].name]
+
+
+def test_a_seed_with_non_finite_row_norms_leaves_cor2_two_groups_to_the_others(tmp_path):
+    """A diverged seed's row norms (NaN) used to make the median ratio NaN and the verdict 'fail'; now they are left
+    out, and with no finite (seed, task) left the verdict is inconclusive."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from tvtheory import runner
+
+    committed = Path(__file__).resolve().parent.parent / "results" / "corollaries"
+    verdict = {r["id"]: r["verdict"] for r in json.loads((committed / "claims.json").read_text())}["cor2.two_groups"]
+    for lost, expected in (("seed == 0", verdict), ("seed >= 0", "inconclusive")):
+        folder = tmp_path / lost.replace(" ", "")
+        shutil.copytree(committed, folder, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+        norms = pd.read_csv(folder / "rownorms.csv")
+        norms.loc[norms.eval(lost), "norm"] = np.nan
+        norms.to_csv(folder / "rownorms.csv", index=False)
+        got = {r["id"]: r for r in runner.recompute(folder)}["cor2.two_groups"]
+        assert got["verdict"] == expected, (lost, got["measured"])
