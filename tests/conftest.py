@@ -72,12 +72,17 @@ def command(capfd, monkeypatch):
         code = 0
         try:
             cli.main(name, [str(o) for o in overrides])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+        except SystemExit as e:                   # as the interpreter exits: None is 0, a message is 1
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
         finally:                                  # what the command sets for itself: its arguments, environment, log
             sys.argv[:] = argv
-            os.environ.clear()
-            os.environ.update(env)
+            for k in set(os.environ) - set(env):
+                del os.environ[k]
+            for k, v in env.items():
+                if os.environ.get(k) != v:
+                    os.environ[k] = v
             for h in logging.root.handlers:
                 if h not in handlers:
                     h.close()                     # the run's log file

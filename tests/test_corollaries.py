@@ -144,3 +144,7 @@ def test_a_seed_with_non_finite_row_norms_leaves_cor2_two_groups_to_the_others(t
         norms.to_csv(folder / "rownorms.csv", index=False)
         got = {r["id"]: r for r in runner.recompute(folder)}["cor2.two_groups"]
         assert got["verdict"] == expected, (lost, got["measured"])
+        if lost == "seed == 0":                            # measured on the other seeds
+            assert "nan" not in got["measured"] and got["n_seeds"] == norms["seed"].nunique() - 1, got
+        else:
+            assert got["n_seeds"] == 0 and "no (seed, task) has finite row norms" in got["details"], got

@@ -556,20 +556,23 @@ def corollary_claims(quantities: dict[str, dict], row_norms: pd.DataFrame, m: in
         f"pruning a fraction {cor.prune_min:g} of dV's rows keeps {what['thm1']}, {what['thm2']} and {what['thm3']}",
         f"largest pruned fraction keeping every quantity: {largest:g}", ok, n_seeds, "; ".join(changed) + ".",
         undecided="corollaries.prune is empty"))
-    groups = [analysis.two_groups(g["norm"].to_numpy()) for _, g in row_norms.groupby(["seed", "task"])]
-    groups = [g for g in groups if np.isfinite(g["ratio"]) and np.isfinite(g["large_fraction"])]  # a diverged seed
+    groups = {k: analysis.two_groups(g["norm"].to_numpy()) for k, g in row_norms.groupby(["seed", "task"])}
+    groups = {k: g for k, g in groups.items() if np.isfinite(g["ratio"]) and np.isfinite(g["large_fraction"])}
+    n_norms = len({seed for seed, _ in groups})                 # a diverged seed's norms are not finite: left out
+    groups = list(groups.values())
     ratio = float(np.median([g["ratio"] for g in groups])) if groups else float("nan")
     frac = float(np.median([g["large_fraction"] for g in groups])) if groups else float("nan")
     lo = cor.two_groups_min_fraction
-    ok = bool(ratio >= cor.two_groups_ratio and lo <= frac <= 1 - lo) if groups else None
+    few = min_seeds_reason(n_norms, cfg) if groups else "no (seed, task) has finite row norms"
+    ok = None if few else bool(ratio >= cor.two_groups_ratio and lo <= frac <= 1 - lo)
     records.append(claim(
         "cor2.two_groups", "Corollary 2: dV's rows form two groups, norms >= Omega(m^-1/2) and O(m^-1/2 eps)",
         f"a 2-means split of log row norms separates groups whose mean norms differ by >= {cor.two_groups_ratio:g}x, "
         f"each group at least a fraction {cor.two_groups_min_fraction:g} of the rows",
-        f"median over seeds and tasks: ratio {ratio:.3g}, large-group fraction {frac:.2f}", ok, n_seeds,
+        f"median over seeds and tasks: ratio {ratio:.3g}, large-group fraction {frac:.2f}", ok, min(n_seeds, n_norms),
         f"m^-1/2 = {m ** -0.5:.3g}; median row norm {row_norms['norm'].median():.3g}, 5-95% range "
         f"[{row_norms['norm'].quantile(0.05):.3g}, {row_norms['norm'].quantile(0.95):.3g}].",
-        undecided="no (seed, task) has finite row norms"))
+        undecided=few or ""))
     return smoke(records, min_seeds_reason(n_seeds, cfg), too_small)
 
 
