@@ -19,8 +19,8 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # compute the same: locations are debug metadata).
 os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 
+import subprocess  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 import pytest  # noqa: E402
 import tvtheory  # noqa: E402,F401  (the package's XLA defaults, in force before any test computes)
@@ -43,13 +43,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))        # stable: each file keeps its order
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
 def command(capfd, monkeypatch):
     """``python -m tvtheory NAME OVERRIDES...`` in the test's own process: ``cli.main``, the function behind the
@@ -66,7 +59,7 @@ def command(capfd, monkeypatch):
     # pytest's capture handlers included; here it only forgets them (they are put back on the root logger below).
     monkeypatch.setattr(logging.config, "_clearExistingHandlers", logging._handlers.clear)
 
-    def run(name: str, *overrides) -> Ran:
+    def run(name: str, *overrides) -> subprocess.CompletedProcess:
         argv, env = list(sys.argv), dict(os.environ)
         handlers, level = logging.root.handlers[:], logging.root.level
         code = 0
@@ -89,5 +82,5 @@ def command(capfd, monkeypatch):
             logging.root.handlers[:] = handlers
             logging.root.setLevel(level)
         out, err = capfd.readouterr()
-        return Ran(code, out, err)
+        return subprocess.CompletedProcess([name, *overrides], code, out, err)
     return run

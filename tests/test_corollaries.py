@@ -2,13 +2,20 @@
 and dV, the two groups of dV's row norms, steps to eps and power-law fits (the claims' verdicts are tested in
 test_claims.py)."""
 
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
 
-from tvtheory import analysis, model, sweep, taskvec
+from hydra import compose, initialize_config_module
+
+from tvtheory import analysis, cli, model, runner, sweep, taskvec
 from tvtheory.experiments import corollaries
 
 
@@ -104,12 +111,6 @@ def test_task_vector_structure_measures_the_change_of_the_merged_weights():
 def test_every_seeds_out_of_domain_set_at_chance_stops_the_run_before_the_other_variants(monkeypatch):
     """As the ood experiment does: with no valid out-of-domain grid the verdicts used to stop with an error on an empty
     table after every variant had been computed; now the run stops at the dense variant, writing nothing."""
-    from types import SimpleNamespace
-
-    from hydra import compose, initialize_config_module
-
-    from tvtheory import cli, runner
-
     cli.register()
     with initialize_config_module("tvtheory.conf", version_base="1.3"):
         cfg = runner.typed(corollaries, compose("corollaries", overrides=[
@@ -128,12 +129,6 @@ def test_every_seeds_out_of_domain_set_at_chance_stops_the_run_before_the_other_
 def test_a_seed_with_non_finite_row_norms_leaves_cor2_two_groups_to_the_others(tmp_path):
     """A diverged seed's row norms (NaN) used to make the median ratio NaN and the verdict 'fail'; now they are left
     out, and with no finite (seed, task) left the verdict is inconclusive."""
-    import json
-    import shutil
-    from pathlib import Path
-
-    from tvtheory import runner
-
     committed = Path(__file__).resolve().parent.parent / "results" / "corollaries"
     verdict = {r["id"]: r["verdict"] for r in json.loads((committed / "claims.json").read_text())}["cor2.two_groups"]
     for lost, expected in (("seed == 0", verdict), ("seed >= 0", "inconclusive")):

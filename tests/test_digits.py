@@ -227,7 +227,8 @@ def test_digits_experiment_end_to_end_and_rerun_from_its_cache(tmp_path, command
     p = subprocess.run([sys.executable, str(ROOT / "experiments" / "digits.py"), *args, f"out_dir={tmp_path / 'cold'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "0 entries reused, 8 computed" in p.stderr, p.stderr[-3000:]
-    p = command("digits", *args, f"out_dir={tmp_path / 'again'}", "figures=false")   # models, evaluations per seed
+    # the rerun reads the cold run's 8 entries (models and evaluations, per seed and setting)
+    p = command("digits", *args, f"out_dir={tmp_path / 'again'}", "figures=false")
     assert p.returncode == 0 and "8 entries reused, 0 computed" in p.stderr, p.stderr[-3000:]
     assert all((tmp_path / "cold" / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
                for f in ("metrics.csv", "alpha_hat.csv", "ood.csv", "reference.csv", "map.csv"))

@@ -1,6 +1,6 @@
 """The merging experiment: its choice rules and helpers by hand, each claim's rule on hand-made tables (pass, fail,
-inconclusive), and a tiny end-to-end run whose verdicts recompute from its tables through ``python -m
-tvtheory.claims``."""
+inconclusive), and a tiny end-to-end run whose verdicts recompute from its tables through ``runner.recompute`` (what
+``python -m tvtheory.claims`` runs)."""
 
 import dataclasses
 import json

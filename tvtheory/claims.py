@@ -556,10 +556,9 @@ def corollary_claims(quantities: dict[str, dict], row_norms: pd.DataFrame, m: in
         f"pruning a fraction {cor.prune_min:g} of dV's rows keeps {what['thm1']}, {what['thm2']} and {what['thm3']}",
         f"largest pruned fraction keeping every quantity: {largest:g}", ok, n_seeds, "; ".join(changed) + ".",
         undecided="corollaries.prune is empty"))
-    groups = {k: analysis.two_groups(g["norm"].to_numpy()) for k, g in row_norms.groupby(["seed", "task"])}
-    groups = {k: g for k, g in groups.items() if np.isfinite(g["ratio"]) and np.isfinite(g["large_fraction"])}
-    n_norms = len({seed for seed, _ in groups})                 # a diverged seed's norms are not finite: left out
-    groups = list(groups.values())
+    split = {k: analysis.two_groups(g["norm"].to_numpy()) for k, g in row_norms.groupby(["seed", "task"])}
+    finite = {k: g for k, g in split.items() if np.isfinite(g["ratio"]) and np.isfinite(g["large_fraction"])}
+    groups, n_norms = list(finite.values()), len({seed for seed, _ in finite})   # a diverged seed's: left out
     ratio = float(np.median([g["ratio"] for g in groups])) if groups else float("nan")
     frac = float(np.median([g["large_fraction"] for g in groups])) if groups else float("nan")
     lo = cor.two_groups_min_fraction
