@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tvtheory import digits
+from tvtheory import digits, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -243,3 +243,17 @@ def test_digits_experiment_end_to_end_and_rerun_from_its_cache(tmp_path, command
                    "digits.shape_psi0.ood"}
     assert "paper" in (out / "table1.md").read_text() and (out / "figure1.png").exists()
     assert (out / "alpha_hat_map.png").exists() and (out / "table1_shape_psi0.md").exists()
+
+
+def test_table2_references_leave_out_the_seeds_the_grid_marks_invalid():
+    """Table 2's direct / T1 / T2 rows (the reference table, no diverged column) use the seeds the setting's
+    out-of-domain grid marks valid: an invalid seed's references, however extreme, do not move them, and the table
+    says how many seeds stand behind it; the other setting's table is untouched."""
+    exp, cfg, tables = runner.load(ROOT / "results" / "digits")
+    ood = tables["ood"].copy()
+    ood.loc[(ood["setting"] == "default") & (ood["seed"] == 1), "diverged"] = True
+    extreme = tables["reference"].copy()
+    extreme.loc[(extreme["setting"] == "default") & (extreme["seed"] == 1), ["loss", "acc"]] = [1e6, 0.0]
+    out = [exp.analyse({**tables, "ood": ood, "reference": refs}, cfg) for refs in (tables["reference"], extreme)]
+    assert out[1]["table2"] == out[0]["table2"] and "Over the 4 valid seeds of 5:" in out[0]["table2"]
+    assert out[1]["table2_shape_psi0"] == (ROOT / "results" / "digits" / "table2_shape_psi0.md").read_text()

@@ -1,16 +1,19 @@
 """Theorem 3 through the library: the region fits, the per-grid-point measurements, and k = 3 source tasks end to
 end (the claims' verdicts are tested in test_claims.py)."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
 
-from tvtheory import analysis, data, metrics, streams, sweep, taskvec, theory
+from tvtheory import analysis, data, metrics, runner, streams, sweep, taskvec, theory
 from tvtheory.config import Data, Model, Train
 
 G = (0.75, -0.6)
+COMMITTED = Path(__file__).resolve().parent.parent / "results" / "ood"
 
 
 def grid(step=0.1):
@@ -130,3 +133,20 @@ def test_grid_points_on_the_region_boundary_belong_to_it_whatever_the_rounding()
     assert theory.ood_region(np.array([[3.0, 0.0]]), [0.7, 0.1], 0.0, lam_max=3.0, tau_ii=0.0)[0]
     assert not theory.ood_region(np.array([[1.0, 1.0]]), [0.7, 0.1], 0.8 + 1e-6, tau_ii=0.0)[0]
     assert not theory.ood_region(np.array([[3.0 + 1e-6, 0.0]]), [0.7, 0.1], 0.0, lam_max=3.0, tau_ii=0.0)[0]
+
+
+def test_references_leave_out_the_seeds_the_grid_marks_invalid():
+    """The reference table has no diverged column: Table 2's direct / T1 / T2 rows and thm3's "at lambda_i = 1"
+    reference take validity from the grid table, so a seed invalid there does not move them however extreme its
+    references, and the table says how many seeds stand behind it (unchanged when every seed is valid)."""
+    exp, cfg, tables = runner.load(COMMITTED)
+    assert exp.table2(tables["metrics"], tables["reference"]) == (COMMITTED / "table2.md").read_text()
+    rows = tables["metrics"].assign(diverged=tables["metrics"]["diverged"] | (tables["metrics"]["seed"] == 1))
+    extreme = tables["reference"].copy()
+    extreme.loc[extreme["seed"] == 1, ["loss", "acc"]] = [1e6, 0.0]
+    out = []
+    for refs in (tables["reference"], extreme):
+        a = exp.analyse({"metrics": rows, "reference": refs}, cfg)
+        out.append((a["table2"], [r.details for r in exp.claims(a, cfg) if r.id == "thm3.beats_single"]))
+    assert out[1] == out[0]
+    assert "Over the 4 valid seeds of 5:" in out[0][0] and "At lambda_i = 1" in out[0][1][0]

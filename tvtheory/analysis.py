@@ -21,6 +21,12 @@ def valid(df: pd.DataFrame) -> pd.DataFrame:
     return df[~df["diverged"].astype(bool)] if "diverged" in df else df
 
 
+def valid_in(df: pd.DataFrame, grid: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``df`` whose seed is valid in ``grid``: for a table without a ``diverged`` column of its own (Theorem
+    3's references), whose seeds' validity the run's grid table records."""
+    return df[df["seed"].isin(valid(grid)["seed"])]
+
+
 def relation(alpha: float) -> str:
     """The paper's name for a task relation alpha = mu_T1 . mu_T2."""
     return "irrelevant" if abs(alpha) < 1e-9 else ("aligned" if alpha > 0 else "contradictory")

@@ -427,8 +427,8 @@ def ood_region_claims(rows: pd.DataFrame, refs: pd.DataFrame, gammas, cfg, ood, 
     pt = lambda p: "(" + ", ".join(f"{p[c_]:g}" for c_ in cols) + ")"  # noqa: E731
     test_of = lambda p: float(analysis.per_seed_at(rows, p).mean())  # noqa: E731
     acc_of = lambda p: float(analysis.per_seed_at(rows, p, "acc").mean())  # noqa: E731
-    ref = (refs[refs["model"] != "direct"].groupby("model")[["loss", "acc"]].mean() if refs is not None
-           else pd.DataFrame(columns=["loss", "acc"]))
+    ref = (analysis.valid_in(refs[refs["model"] != "direct"], rows).groupby("model")[["loss", "acc"]].mean()
+           if refs is not None else pd.DataFrame(columns=["loss", "acc"]))
     records.append(claim(
         "thm3.beats_single",
         "Theorem 3: a combination of source task vectors reaches T' better than any single task vector, rescaled",
