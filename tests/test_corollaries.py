@@ -15,7 +15,7 @@ import pytest
 
 from hydra import compose, initialize_config_module
 
-from tvtheory import analysis, cli, model, runner, sweep, taskvec
+from tvtheory import analysis, claims as rules, cli, model, runner, sweep, taskvec
 from tvtheory.experiments import corollaries
 
 
@@ -143,3 +143,125 @@ def test_a_seed_with_non_finite_row_norms_leaves_cor2_two_groups_to_the_others(t
             assert "nan" not in got["measured"] and got["n_seeds"] == norms["seed"].nunique() - 1, got
         else:
             assert got["n_seeds"] == 0 and "no (seed, task) has finite row norms" in got["details"], got
+
+
+COMMITTED = Path(__file__).resolve().parent.parent / "results" / "corollaries"
+
+
+def committed_copy(tmp_path, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(COMMITTED, folder, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    return folder
+
+
+def measured_as_dense(df: pd.DataFrame, variant: str, values: list) -> pd.DataFrame:
+    """``variant``'s rows given the dense rows' ``values``: a compressed variant that keeps everything."""
+    keys = [c for c in df.columns if c not in values + ["diverged", "variant"]]
+    dense = df[df["variant"] == "dense"].set_index(keys)[values]
+    rows = df["variant"] == variant
+    df.loc[rows, values] = dense.loc[pd.MultiIndex.from_frame(df.loc[rows, keys])].to_numpy()
+    return df
+
+
+def test_a_compressed_variant_losing_an_alpha_leaves_only_the_claims_that_need_it_undecided(tmp_path):
+    """rank1 measured as dense (every cor1 claim would pass), then every seed of alpha = 0.5 and three of alpha = -0.5
+    invalid in rank1 only (its compressed evaluation non-finite). keeps used to raise KeyError on the lost alpha; now
+    it compares the other alphas, names the lost one, and each claim counts the seeds behind its own comparisons."""
+    folder = committed_copy(tmp_path, "lost")
+    pm = measured_as_dense(pd.read_csv(folder / "pair_metrics.csv"), "rank1", ["loss", "acc"])
+    rank1 = pm["variant"] == "rank1"
+    pm.loc[rank1 & ((pm["alpha"] == 0.5) | ((pm["alpha"] == -0.5) & (pm["seed"] < 3))), "diverged"] = True
+    pm.to_csv(folder / "pair_metrics.csv", index=False)
+    om = measured_as_dense(pd.read_csv(folder / "ood_metrics.csv"), "rank1", ["loss", "acc", "val_loss", "val_acc"])
+    om.to_csv(folder / "ood_metrics.csv", index=False)
+    got = {r["id"]: r for r in runner.recompute(folder)}
+    thm1, thm2, thm3 = (got[f"cor1.rank1_thm{i}"] for i in (1, 2, 3))
+    assert thm1["verdict"] == "inconclusive" and thm1["n_seeds"] == 5, thm1           # alphas 0 and 0.9: 5 seeds each
+    assert "alpha=0.5: no valid seed (compressed)" in thm1["measured"] and "alpha=0.9: 0.1 vs 0.1" in thm1["measured"]
+    assert "no valid seed in rank1 or dense" in thm1["details"]
+    assert thm2["verdict"] == "inconclusive" and thm2["n_seeds"] == 2, thm2           # alpha = -0.5: seeds 3, 4
+    assert "2 valid seed(s), fewer than claims.min_seeds=3" in thm2["details"]
+    assert thm3["verdict"] == "pass" and thm3["n_seeds"] == 5, thm3
+    kept = pd.read_csv(folder / "keeps.csv").set_index(["variant", "theorem"])["kept"]
+    assert kept["rank1", "thm1"] == "undecided" and kept["rank1", "thm3"] == "pass"
+
+
+def test_a_compressed_variant_losing_every_out_of_domain_seed_compares_no_region():
+    """Theorem 3's grid with every seed invalid in the compressed variant only: variant_quantities used to raise on
+    the empty grid; now keeps leaves thm3 undecided and says why (Theorems 1-2 are still compared)."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"].copy()
+    om.loc[om["variant"] == "rank1", "diverged"] = True
+    q = {v: rules.variant_quantities(pm[pm["variant"] == v], om[om["variant"] == v], cfg.claims, cfg.data.d)
+         for v in ("dense", "rank1")}
+    kept = rules.keeps(q["dense"], q["rank1"], cfg.claims, cfg.corollaries.region_iou)
+    assert kept["thm3"] == (None, "Theorem 3's grid: no valid seed (compressed)", 0)
+    assert kept["thm1"][0] is False and kept["thm1"][2] == 5                 # as committed: rank1 moves lambda*
+
+
+def test_cor2_two_groups_leaves_out_the_row_norms_of_invalid_seeds(tmp_path):
+    """Seeds 0 and 1 with a source fine-tune at chance (finite, but invalid: ood_metrics' diverged, as the run marks
+    every variant of them) and row norms split in two groups. rownorms has no diverged column of its own, so
+    cor2.two_groups used to count them; now it is what it is with their rows removed."""
+    invalid = committed_copy(tmp_path, "invalid")
+    om = pd.read_csv(invalid / "ood_metrics.csv")
+    om.loc[om["seed"] < 2, "diverged"] = True
+    om.to_csv(invalid / "ood_metrics.csv", index=False)
+    rn = pd.read_csv(invalid / "rownorms.csv")
+    rn.loc[(rn["seed"] < 2) & (rn["row"] < 128), "norm"] *= 0.01
+    rn.to_csv(invalid / "rownorms.csv", index=False)
+    removed = committed_copy(tmp_path, "removed")
+    rn = pd.read_csv(removed / "rownorms.csv")
+    rn[rn["seed"] >= 2].to_csv(removed / "rownorms.csv", index=False)
+    got, expected = ({r["id"]: r for r in runner.recompute(f)}["cor2.two_groups"] for f in (invalid, removed))
+    assert got["n_seeds"] == 3, got
+    assert {k: got[k] for k in ("verdict", "measured", "details", "n_seeds")} == \
+        {k: expected[k] for k in ("verdict", "measured", "details", "n_seeds")}
+
+
+@pytest.mark.parametrize("lost, verdict, n_seeds, why", [
+    ("alpha == 0.5", "inconclusive", 5, "no valid seed in prune0.5 or dense"),
+    ("alpha == -0.5 and seed < 3", "inconclusive", 2, "2 valid seed(s), fewer than claims.min_seeds=3"),
+    ("seed < 0", "pass", 5, None)])
+def test_cor2_pruning_keeps_with_seeds_lost_by_a_pruned_variant(tmp_path, lost, verdict, n_seeds, why):
+    """prune0.25 and prune0.5 measured as dense (pruning half the rows keeps everything: pass), then rows of
+    prune0.5 invalid: a lost alpha leaves 0.5 undecided and says so (it used to say 'corollaries.prune is empty'),
+    seeds lost below min_seeds leave the verdict inconclusive."""
+    folder = committed_copy(tmp_path, "pruned")
+    pm = pd.read_csv(folder / "pair_metrics.csv")
+    om = pd.read_csv(folder / "ood_metrics.csv")
+    for v in ("prune0.25", "prune0.5"):
+        pm = measured_as_dense(pm, v, ["loss", "acc"])
+        om = measured_as_dense(om, v, ["loss", "acc", "val_loss", "val_acc"])
+    pm.loc[(pm["variant"] == "prune0.5") & pm.eval(lost), "diverged"] = True
+    pm.to_csv(folder / "pair_metrics.csv", index=False)
+    om.to_csv(folder / "ood_metrics.csv", index=False)
+    got = {r["id"]: r for r in runner.recompute(folder)}["cor2.pruning_keeps"]
+    assert (got["verdict"], got["n_seeds"]) == (verdict, n_seeds), got
+    assert why is None or why in got["details"], got["details"]
+
+
+def test_cor2_pruning_keeps_without_a_fraction_as_large_as_prune_min_says_so():
+    """Every fraction compared kept, none reaching prune_min: inconclusive, and the details used to say
+    'corollaries.prune is empty'."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"]
+    dense = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
+    recs = rules.corollary_claims({"dense": dense, "prune0.25": dense}, tables["rownorms"], cfg.model.m, cfg.claims,
+                                  cfg.corollaries)
+    got = {r.id: r for r in recs}["cor2.pruning_keeps"]
+    assert got.verdict == "inconclusive" and "no fraction as large as prune_min=0.5 is compared" in got.details, got
+
+
+def test_keeps_compares_lambda_star_on_the_seeds_valid_in_both():
+    """A compressed variant that lost seed 0 at alpha = 0.5 and equals dense on the others keeps lambda* there; the
+    seed means used to be over different seeds (dense's with seed 0's outlying lambda*), a certain change."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"]
+    q = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
+    ls = q["lambda_star"][0.5]
+    dense = {**q, "lambda_star": {**q["lambda_star"], 0.5: ls.where(ls.index != 0, ls.mean() + 1.0)}}
+    lost = {**q, "lambda_star": {**q["lambda_star"], 0.5: ls.drop(0)},
+            "valid_seeds": q["valid_seeds"].where(q["valid_seeds"].index != 0.5, len(ls) - 1)}
+    ok, text, n = rules.keeps(dense, lost, cfg.claims, cfg.corollaries.region_iou)["thm1"]
+    assert ok is True and n == len(ls) - 1, text

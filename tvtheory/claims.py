@@ -454,7 +454,7 @@ def _precision_at(coeffs, gammas, c_, beta, success: Tri) -> str:
 def variant_quantities(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int) -> dict:
     """What Corollaries 1-2 compare between dense and compressed task vectors: lambda*(alpha) per seed (alpha >= 0),
     the negation window's edges (alpha <= 0) and both tasks' hinge loss at lambda = -1, Theorem 3's success region
-    and its best (validation-chosen) test loss per seed."""
+    and its best (validation-chosen) test loss per seed, and the valid seeds of every alpha of the table (0: lost)."""
     c = analysis.curves(pair)
     beta = cfg.beta(d)
     out = {"lambda_star": {}, "neg_edges": {}, "at_minus_one": {}}
@@ -467,9 +467,12 @@ def variant_quantities(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int) -> di
             out["at_minus_one"][a] = (analysis.value_at(c.at(a), -1.0, "L1"), analysis.value_at(c.at(a), -1.0, "L2"))
     cur = analysis.ood_curves(ood)
     val = analysis.ood_curves(ood, "val_loss", "val_acc")
-    out["success"] = cur["loss"].to_numpy() <= cfg.eps_learned
-    out["best_loss"] = analysis.per_seed_at(ood, analysis.best_point(val))
-    out["n_seeds"] = c.n_seeds
+    if cur.empty:               # every seed of this variant's grid invalid: no region, no best loss (keeps says so)
+        out["success"], out["best_loss"] = None, pd.Series(dtype=float)
+    else:
+        out["success"] = cur["loss"].to_numpy() <= cfg.eps_learned
+        out["best_loss"] = analysis.per_seed_at(ood, analysis.best_point(val))
+    out["n_seeds"], out["valid_seeds"] = c.n_seeds, c.valid_seeds
     return out
 
 
@@ -479,22 +482,42 @@ def _mean(x) -> float:
     return float(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else float("nan")
 
 
-def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[Optional[bool], str]]:
-    """Per theorem: whether ``other`` keeps ``dense``'s measured quantities within the declared tolerances, and the
-    numbers. lambda* and the best loss are compared per seed (undecided within the seed spread); the negation windows
-    and the success region are those of the seed means, compared as they are (a region has no seed spread)."""
+def _lost(what: str, n_dense: int, n_other: int) -> str:
+    """Why ``what`` compares nothing: the variant(s) without a valid seed of it ('' when both have one)."""
+    gone = [name for name, n in (("dense", n_dense), ("compressed", n_other)) if not n]
+    return f"{what}: no valid seed ({' and '.join(gone)})" if gone else ""
+
+
+def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[Optional[bool], str, int]]:
+    """Per theorem: whether ``other`` keeps ``dense``'s measured quantities within the declared tolerances, the
+    numbers, and the fewest seeds valid in both behind a comparison. lambda* and the best loss are compared per seed,
+    on the seeds valid in both (undecided within the seed spread); the negation windows and the success region are
+    those of the seed means, compared as they are (a region has no seed spread). An alpha, or Theorem 3's grid, that
+    lost every seed in either variant compares nothing: undecided, and named in the numbers; the others are still
+    compared."""
     k, tol, eps = cfg.spread_k, cfg.lam_tol + 1e-9, cfg.eps_learned
-    t1 = []
-    for a, ls in dense["lambda_star"].items():
-        lo = other["lambda_star"][a]
+    seeds = {a: (int(dense["valid_seeds"].get(a, 0)), int(other["valid_seeds"].get(a, 0)))
+             for a in sorted({*dense["valid_seeds"].index, *other["valid_seeds"].index})}
+    lost = {a: _lost(f"alpha={a:g}", *n) for a, n in seeds.items()}
+    t1, parts1 = [], []
+    for a in (a for a in seeds if a >= 0):
+        if lost[a]:
+            t1.append(None)
+            parts1.append(lost[a])
+            continue
+        ls, lo = dense["lambda_star"][a].align(other["lambda_star"][a], join="inner")   # the seeds valid in both
         both_never = np.all(np.isnan(ls)) and np.all(np.isnan(lo))
         diff = 0.0 if both_never else abs(_mean(lo) - _mean(ls))
         sd = np.nanstd(lo - ls, ddof=1) if np.isfinite(lo - ls).sum() > 1 else 0.0
         t1.append(at_most(diff, sd, tol, k).all())
-    txt1 = ", ".join(f"alpha={a:g}: {_mean(other['lambda_star'][a]):g} vs {_mean(ls):g}"
-                     for a, ls in dense["lambda_star"].items())
+        parts1.append(f"alpha={a:g}: {_mean(lo):g} vs {_mean(ls):g}")
     t2, parts = [], []
-    for a, (lo, hi) in dense["neg_edges"].items():
+    for a in (a for a in seeds if a <= 0):
+        if lost[a]:
+            t2.append(None)
+            parts.append(lost[a])
+            continue
+        lo, hi = dense["neg_edges"][a]
         olo, ohi = other["neg_edges"][a]
         same_empty = np.isnan(lo) and np.isnan(olo)
         edges_ok = same_empty or (abs(olo - lo) <= tol and abs(ohi - hi) <= tol)
@@ -503,13 +526,26 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
         parts.append(f"alpha={a:g}: window [{olo:g}, {ohi:g}] vs [{lo:g}, {hi:g}], hinge at -1 (T1, T2) "
                      f"({other['at_minus_one'][a][0]:.3g}, {other['at_minus_one'][a][1]:.3g}) vs "
                      f"({dense['at_minus_one'][a][0]:.3g}, {dense['at_minus_one'][a][1]:.3g})")
-    io = float(analysis.iou(other["success"], dense["success"]))
-    dl = other["best_loss"] - dense["best_loss"]
-    sd = float(dl.std(ddof=1)) if len(dl) > 1 else 0.0
-    t3 = all3([io >= region_iou, at_most(abs(float(dl.mean())), sd, eps, k).all()])
-    return {"thm1": (all3(t1), f"lambda*(alpha) {txt1}"), "thm2": (all3(t2), "; ".join(parts)),
-            "thm3": (t3, f"success-region IoU with dense {io:.3g}; best test hinge {other['best_loss'].mean():.3g} "
-                     f"vs {dense['best_loss'].mean():.3g}")}
+    lost3 = _lost("Theorem 3's grid", len(dense["best_loss"]), len(other["best_loss"]))
+    if lost3:
+        t3, text3, n3 = None, lost3, 0
+    else:
+        io = float(analysis.iou(other["success"], dense["success"]))
+        dl = other["best_loss"] - dense["best_loss"]
+        sd = float(dl.std(ddof=1)) if len(dl) > 1 else 0.0
+        t3 = all3([io >= region_iou, at_most(abs(float(dl.mean())), sd, eps, k).all()])
+        text3 = (f"success-region IoU with dense {io:.3g}; best test hinge {other['best_loss'].mean():.3g} vs "
+                 f"{dense['best_loss'].mean():.3g}")
+        n3 = int(dl.notna().sum())
+    behind = {t: min((min(n) for a, n in seeds.items() if side(a) and min(n)), default=0)
+              for t, side in (("thm1", lambda a: a >= 0), ("thm2", lambda a: a <= 0))}
+    return {"thm1": (all3(t1), f"lambda*(alpha) {', '.join(parts1)}", behind["thm1"]),
+            "thm2": (all3(t2), "; ".join(parts), behind["thm2"]), "thm3": (t3, text3, n3)}
+
+
+# Why a variant's keeps is undecided (the variant's numbers in keeps.csv name a lost alpha).
+_UNDECIDED_KEEP = ("a difference lies within the seed spread of its tolerance, or an alpha (or Theorem 3's grid) "
+                   "has no valid seed in {} or dense")
 
 
 def corollary_claims(quantities: dict[str, dict], row_norms: pd.DataFrame, m: int, cfg, cor,
@@ -533,29 +569,35 @@ def corollary_claims(quantities: dict[str, dict], row_norms: pd.DataFrame, m: in
             records.append(claim(cid, statement, what[thm], "no low-rank variant", None, n_seeds, "",
                                  undecided="corollaries.ranks is empty"))
             continue
-        ok, text = kept_by[rank_name][thm]
+        ok, text, n = kept_by[rank_name][thm]
+        few = min_seeds_reason(n, cfg)
         others = "; ".join(f"{v}: {_word(kk[thm][0])}" for v, kk in kept_by.items() if v != rank_name)
-        records.append(claim(cid, statement, f"{what[thm]}, against the dense task vectors", text, ok, n_seeds,
-                             f"Other variants: {others}.",
-                             undecided="a difference lies within the seed spread of its tolerance"))
+        records.append(claim(cid, statement, f"{what[thm]}, against the dense task vectors", text,
+                             None if few else ok, n, f"Other variants: {others}.",
+                             undecided=few or _UNDECIDED_KEEP.format(rank_name)))
     prunes = sorted((float(v[len("prune"):]), v) for v in quantities if v.startswith("prune"))
-    largest, changed, stop = 0.0, [], None
+    largest, changed, stop, stop_at, behind = 0.0, [], None, None, []
     for f, v in prunes:
         kk = kept_by[v]
-        kept = all3(ok for ok, _ in kk.values())
-        bad = [t for t, (ok, _) in kk.items() if ok is not True]
+        kept = all3(ok for ok, _, _ in kk.values())
+        bad = [t for t, (ok, _, _) in kk.items() if ok is not True]
+        behind.append(min(n for _, _, n in kk.values()))
         changed.append(f"prune {f:g}: " + ("all kept" if not bad else "changes or leaves undecided " + ", ".join(bad)))
         if kept is not True:
-            stop = kept
+            stop, stop_at = kept, v
             break
         largest = f
     # Undecided at the first fraction that is not clearly kept: the largest kept fraction is undecided too.
     ok = (None if not prunes else True if largest >= cor.prune_min - 1e-9 else None if stop is None else False)
+    n_pruned = min(behind, default=n_seeds)             # the seeds behind every fraction compared
+    few = min_seeds_reason(n_pruned, cfg)
     records.append(claim(
         "cor2.pruning_keeps", "Corollary 2: pruning the small rows of dV keeps what Theorems 1-3 measure",
         f"pruning a fraction {cor.prune_min:g} of dV's rows keeps {what['thm1']}, {what['thm2']} and {what['thm3']}",
-        f"largest pruned fraction keeping every quantity: {largest:g}", ok, n_seeds, "; ".join(changed) + ".",
-        undecided="corollaries.prune is empty"))
+        f"largest pruned fraction keeping every quantity: {largest:g}", None if few else ok, n_pruned,
+        "; ".join(changed) + ".",
+        undecided=few or ("corollaries.prune is empty" if not prunes else _UNDECIDED_KEEP.format(stop_at) if stop_at
+                          else f"no fraction as large as prune_min={cor.prune_min:g} is compared")))
     split = {k: analysis.two_groups(g["norm"].to_numpy()) for k, g in row_norms.groupby(["seed", "task"])}
     finite = {k: g for k, g in split.items() if np.isfinite(g["ratio"]) and np.isfinite(g["large_fraction"])}
     groups, n_norms = list(finite.values()), len({seed for seed, _ in finite})   # a diverged seed's: left out

@@ -13,7 +13,7 @@ from typing import List
 import numpy as np
 import pandas as pd
 
-from tvtheory import _check, claims as rules
+from tvtheory import _check, analysis, claims as rules
 from tvtheory.config import OOD, Node, Sweep, Synthetic, check_list, config, field
 from tvtheory.experiments import _pairs, ood as ood_exp
 from tvtheory.runner import Cost
@@ -131,9 +131,9 @@ def analyse(tables, cfg: Config) -> dict:
         verdicts += [{"variant": v, "id": r.id, "verdict": r.verdict, "measured": r.measured} for r in recs]
     keeps = [{"variant": v, "theorem": t, "kept": rules._word(ok), "numbers": text}
              for v in names if v != "dense"
-             for t, (ok, text) in rules.keeps(q["dense"], q[v], cfg.claims, cfg.corollaries.region_iou).items()]
+             for t, (ok, text, _) in rules.keeps(q["dense"], q[v], cfg.claims, cfg.corollaries.region_iou).items()]
     return {"lambda_star": pd.DataFrame(stars), "verdicts": pd.DataFrame(verdicts), "keeps": pd.DataFrame(keeps),
-            "_q": q, "_rownorms": tables["rownorms"]}
+            "_q": q, "_rownorms": of_valid_seeds(tables, "rownorms")}
 
 
 def claims(a: dict, cfg: Config) -> list[rules.Claim]:
@@ -147,7 +147,16 @@ def claims(a: dict, cfg: Config) -> list[rules.Claim]:
 def plot(tables, a: dict, cfg: Config, out) -> None:
     from tvtheory import plots
 
-    plots.corollaries(tables["spectra"], tables["rownorms"], a["verdicts"], out)
+    plots.corollaries(of_valid_seeds(tables, "spectra"), of_valid_seeds(tables, "rownorms"), a["verdicts"], out)
+
+
+def of_valid_seeds(tables, name: str) -> pd.DataFrame:
+    """A structure table's rows (spectra, lowrank, rownorms: no ``diverged`` column) of the valid seeds. They measure
+    the out-of-domain source fine-tunes, whose validity the run decides per seed (every fine-tune and evaluation
+    finite, every source above chance on its own task) and records in the dense variant's ood_metrics rows; the
+    pair_metrics flags are of other fine-tunes (each alpha's pair)."""
+    om = tables["ood_metrics"]
+    return analysis.valid_in(tables[name], om[om["variant"] == "dense"])
 
 
 def estimate(cfg: Config) -> Cost:
