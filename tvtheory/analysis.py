@@ -77,6 +77,8 @@ def curves(df: pd.DataFrame) -> Curves:
     counts = valid(df).groupby("alpha")["seed"].nunique().reindex(np.unique(df["alpha"])).fillna(0).astype(int)
     df = valid(df)
     wide = df.pivot_table(index=["alpha", "seed", "lam"], columns="task", values=["loss", "acc"], aggfunc="mean")
+    # no valid seed at all: pivot_table leaves no columns, and the curves are empty frames of the usual columns
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([["loss", "acc"], ["T1", "T2"]]))
     per_seed = pd.DataFrame({"L1": wide["loss"]["T1"], "L2": wide["loss"]["T2"], "A1": wide["acc"]["T1"],
                              "A2": wide["acc"]["T2"]})
     g = per_seed.groupby(level=["alpha", "lam"])

@@ -211,8 +211,8 @@ def thm1_addition(c: Curves, cfg, d: int, cid: str, rel: str) -> Claim:
                  "lambda >= 1 - alpha")
     predicted = f"addition set holds every grid lambda >= 1 - alpha + {cfg.lam_tol:g}"
     if alphas.size == 0:
-        return claim(cid, statement, predicted, f"no {rel} alpha in the table", None, c.n_seeds, "",
-                     undecided="the table holds no alpha of this relation")
+        return claim(cid, statement, predicted, f"no {rel} alpha with a valid seed", None, c.n_seeds, "",
+                     undecided="the table holds no alpha of this relation with a valid seed")
 
     def rule(metric):
         out = []
@@ -237,8 +237,8 @@ def thm1_contradictory_fails(c: Curves, cfg, d: int) -> Claim:
     cid, statement = "thm1.contradictory_fails", "Theorem 1 (contradictory, alpha < 0): no lambda learns both tasks"
     predicted = "addition set empty for every alpha < 0"
     if alphas.size == 0:
-        return claim(cid, statement, predicted, "no alpha < 0 in the table", None, c.n_seeds, "",
-                     undecided="the table holds no alpha < 0")
+        return claim(cid, statement, predicted, "no alpha < 0 with a valid seed", None, c.n_seeds, "",
+                     undecided="the table holds no alpha < 0 with a valid seed")
 
     def rule(metric):
         out = []
@@ -300,8 +300,8 @@ def thm2_negation(c: Curves, cfg, d: int, cid: str, rel: str) -> Claim:
                     "negation set empty for every alpha > 0"),
     }[rel]
     if alphas.size == 0:
-        return claim(cid, statement, predicted, f"no {rel} alpha in the table", None, c.n_seeds, "",
-                     undecided="the table holds no alpha of this relation")
+        return claim(cid, statement, predicted, f"no {rel} alpha with a valid seed", None, c.n_seeds, "",
+                     undecided="the table holds no alpha of this relation with a valid seed")
 
     def rule(metric):
         out = []
@@ -366,7 +366,9 @@ def pair_claims(df: pd.DataFrame, cfg, d: int, too_small: Optional[str] = None) 
     out = []
     for r in records:                     # each claim is as strong as the seeds behind its own alphas
         n = c.seeds_behind(covers[r.id])
-        out += smoke([dataclasses.replace(r, n_seeds=n)], min_seeds_reason(n, cfg), too_small)
+        lost = "".join(f"; alpha={a:g}: no valid seed" for a in covers[r.id] if not c.valid_seeds[a])
+        out += smoke([dataclasses.replace(r, measured=r.measured + lost, n_seeds=n)], min_seeds_reason(n, cfg),
+                     too_small)
     return out
 
 

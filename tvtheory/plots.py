@@ -46,17 +46,31 @@ def _order(alphas) -> list[float]:
     return [x for x in a if x == 0] + [x for x in a if x > 0] + [x for x in a if x < 0][::-1]
 
 
+def _seeds(n: pd.Series) -> str:
+    """The valid seeds behind a figure of several alphas (``n``: alpha -> valid seeds, 0 for some)."""
+    live, dead = n[n > 0], n.index[n == 0]
+    if live.empty:
+        return "no valid seed"
+    text = f"{live.min()} seeds" if live.min() == live.max() else f"{live.min()}-{live.max()} seeds per alpha"
+    return text + ("; no valid seed at alpha = " + ", ".join(f"{a:g}" for a in dead) if len(dead) else "")
+
+
 def figure1(df: pd.DataFrame, cc, out: Path) -> None:
-    """The paper's Figure 1: T1 and T2 against lambda per alpha, hinge loss and accuracy."""
-    df = analysis.valid(df)
+    """The paper's Figure 1: T1 and T2 against lambda per alpha, hinge loss and accuracy (a panel per alpha, empty
+    where it has no valid seed)."""
     alphas = _order(df["alpha"].unique())
+    n = analysis.valid(df).groupby("alpha")["seed"].nunique().reindex(alphas, fill_value=0)
+    df = analysis.valid(df)
     fig, axes = plt.subplots(2, len(alphas), figsize=(3.1 * len(alphas), 5.6), sharex=True, squeeze=False)
     for j, a in enumerate(alphas):
         sub = df[df["alpha"] == a]
         kind = "irrelevant" if a == 0 else ("aligned" if a > 0 else "contradictory")
         for i, (col, label) in enumerate((("loss", "hinge loss"), ("acc", "accuracy"))):
             ax = axes[i, j]
-            lambda_curves(ax, sub, col)
+            if n[a]:
+                lambda_curves(ax, sub, col)
+            else:
+                ax.text(0.5, 0.5, "no valid seed", ha="center", va="center", transform=ax.transAxes)
             thr = float(theory.addition_threshold(a))
             if np.isfinite(thr):
                 ax.axvline(thr, color="k", ls="--", lw=1, label="1 - alpha")
@@ -69,18 +83,20 @@ def figure1(df: pd.DataFrame, cc, out: Path) -> None:
             else:
                 ax.set_xlabel("lambda")
                 ax.set_ylim(-0.03, 1.03)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Psi_0 + dPsi_T1 + lambda dPsi_T2 (grey: negation side; dashed: Theorem 1 threshold 1 - alpha)",
-                 fontsize=10)
+    axes[0, int(np.argmax(n.to_numpy() > 0))].legend(fontsize=7, loc="upper right")     # a panel with curves
+    fig.suptitle("Psi_0 + dPsi_T1 + lambda dPsi_T2 (grey: negation side; dashed: Theorem 1 threshold 1 - alpha; "
+                 f"{_seeds(n)})", fontsize=10)
     fig.tight_layout()
     save(fig, out, "figure1")
 
 
 def phase(ph: pd.DataFrame, out: Path) -> None:
-    """Success of addition and negation over (alpha, lambda), by hinge loss and by accuracy."""
-    if ph is None or not len(ph):
+    """Success of addition and negation over (alpha, lambda), by hinge loss and by accuracy; the rows of alphas
+    without a valid seed stay blank (grey)."""
+    if ph is None or not (ph["n_seeds"] > 0).any():
         return
     alphas, lams = np.sort(ph["alpha"].unique()), np.sort(ph["lam"].unique())
+    n = ph.groupby("alpha")["n_seeds"].first().loc[alphas]
     grid = lambda col: ph.pivot(index="alpha", columns="lam", values=col).loc[alphas, lams].to_numpy(float)  # noqa
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), sharex=True, sharey=True)
     ext = [lams[0] - 0.05, lams[-1] + 0.05, alphas[0] - 0.05, alphas[-1] + 0.05]
@@ -95,17 +111,20 @@ def phase(ph: pd.DataFrame, out: Path) -> None:
             ax = axes[0, 2]
             disagree = (grid("add_loss") != grid("add_acc")).astype(float) + \
                 2 * (grid("neg_loss") != grid("neg_acc")).astype(float)
-            ax.imshow(np.where(disagree > 0, disagree, np.nan), origin="lower", aspect="auto", extent=ext,
-                      cmap="autumn", vmin=1, vmax=3, interpolation="nearest")
+            ax.imshow(np.where((disagree > 0) & (n.to_numpy() > 0)[:, None], disagree, np.nan), origin="lower",
+                      aspect="auto", extent=ext, cmap="autumn", vmin=1, vmax=3, interpolation="nearest")
             ax.set_title("hinge loss and accuracy disagree\n(red: addition, orange: negation, yellow: both)",
                          fontsize=10)
     axes[1, 2].axis("off")
     axes[1, 2].text(0.0, 0.5, "green: success at (alpha, lambda)\n"
                     "addition: T1 kept and T2 learned\nnegation: lambda < 0, T1 kept and T2 forgotten\n"
-                    "dashed: lambda = 1 - alpha (Theorem 1)\ndotted: lambda = 0\nrules: tvtheory/claims.py",
-                    fontsize=10, va="center")
+                    "dashed: lambda = 1 - alpha (Theorem 1)\ndotted: lambda = 0\nrules: tvtheory/claims.py"
+                    + ("\ngrey: no valid seed" if (n == 0).any() else ""), fontsize=10, va="center")
     a_line = np.linspace(alphas[0], alphas[-1], 100)
+    row = (ext[3] - ext[2]) / len(alphas)                   # the height of one alpha's row of the images
     for ax in axes.ravel()[:5]:
+        for i in np.flatnonzero(n.to_numpy() == 0):
+            ax.axhspan(ext[2] + i * row, ext[2] + (i + 1) * row, color="0.8", lw=0)
         ax.plot(1 - a_line[a_line >= 0], a_line[a_line >= 0], "k--", lw=1)
         ax.plot(1 - a_line[a_line < 0], a_line[a_line < 0], "k--", lw=1, alpha=0.35)
         ax.axvline(0, color="k", ls=":", lw=1)
@@ -114,16 +133,21 @@ def phase(ph: pd.DataFrame, out: Path) -> None:
         ax.set_ylabel("alpha = mu_T1 . mu_T2")
     for ax in axes[1, :2]:
         ax.set_xlabel("lambda")
-    fig.suptitle(f"Phase diagram of Psi_0 + dPsi_T1 + lambda dPsi_T2 ({int(ph['n_seeds'].iloc[0])} seeds)")
+    fig.suptitle(f"Phase diagram of Psi_0 + dPsi_T1 + lambda dPsi_T2 ({_seeds(n)})")
     fig.tight_layout()
     save(fig, out, "phase")
 
 
 def lambda_star(df: pd.DataFrame, cc, out: Path) -> None:
-    """lambda*(alpha) measured (hinge and accuracy) against 1 - alpha; ``df`` is a phase table or a metrics table."""
-    if "L2" not in df:
-        df = df[df["task"] == "T2"].groupby(["alpha", "lam"], as_index=False)[["loss", "acc"]].mean()
-        df = df.rename(columns={"loss": "L2", "acc": "A2"})
+    """lambda*(alpha) measured (hinge and accuracy) against 1 - alpha; ``df`` is a phase table or a metrics table (its
+    valid seeds' means)."""
+    if "L2" in df:
+        n = df.groupby("alpha")["n_seeds"].first()
+    else:
+        c = analysis.curves(df)
+        df, n = c.mean.reset_index(), c.valid_seeds
+    if not (n > 0).any():
+        return
     rows = []
     for a, g in df.groupby("alpha"):
         ok_l, ok_a = g[g["L2"] <= cc.eps_learned], g[g["A2"] >= cc.acc_learned]
@@ -138,6 +162,7 @@ def lambda_star(df: pd.DataFrame, cc, out: Path) -> None:
             transform=ax.get_xaxis_transform())
     ax.set_xlabel("alpha")
     ax.set_ylabel("lambda*(alpha): smallest lambda learning T2")
+    ax.set_title(f"seed means ({_seeds(n)})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save(fig, out, "lambda_star")

@@ -68,41 +68,47 @@ def estimate(cfg: Config):
 # ------------------------------------------------------------------------------------------------ derived tables
 def phase_table(rows: pd.DataFrame, cc, d: int) -> pd.DataFrame:
     """Seed means and the addition / negation flags (the verdicts' rules: certain by hinge loss and by accuracy) per
-    (alpha, lambda)."""
+    (alpha, lambda), and the valid seeds behind each alpha (0: its rows are blank)."""
     c = analysis.curves(rows)
     beta = cc.beta(d)
     parts = []
-    for a in c.alphas():
+    for a, n in c.valid_seeds.items():
+        if not n:                                # no valid seed: the alpha keeps its rows, with nothing measured
+            parts.append(pd.DataFrame({"alpha": a, "lam": np.unique(rows["lam"]), **dict.fromkeys(
+                ("L1", "L2", "A1", "A2", "add_loss", "neg_loss", "add_acc", "neg_acc"), np.nan), "n_seeds": 0}))
+            continue
         r_l, r_a = rules.pair_rules(c, a, cc, beta, "loss"), rules.pair_rules(c, a, cc, beta, "acc")
         cur = c.at(a)
         parts.append(pd.DataFrame({"alpha": a, "lam": cur.index, "L1": cur["L1"].values, "L2": cur["L2"].values,
                                    "A1": cur["A1"].values, "A2": cur["A2"].values,
                                    "add_loss": r_l.addition.yes, "neg_loss": r_l.negation.yes,
-                                   "add_acc": r_a.addition.yes, "neg_acc": r_a.negation.yes}))
-    out = pd.concat(parts, ignore_index=True)
-    out["n_seeds"] = c.n_seeds
-    return out
+                                   "add_acc": r_a.addition.yes, "neg_acc": r_a.negation.yes, "n_seeds": n}))
+    return pd.concat(parts, ignore_index=True)
 
 
 def summary(rows: pd.DataFrame, diag: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Per alpha: lambda* (seed mean and spread), the addition and negation windows by hinge loss and accuracy, the
-    measured beta beside the declared one, alpha_hat and the task vectors' cosine and norms."""
+    measured beta beside the declared one, alpha_hat and the task vectors' cosine and norms; an alpha without a
+    valid seed has no lambda* and 'no valid seed' for windows."""
     cc, d = cfg.claims, cfg.data.d
     c = analysis.curves(rows)
     measured = analysis.beta_hat(c)
     out = []
-    for a in c.alphas():
-        seeds = analysis.lambda_star_seeds(c, a, cc.eps_learned)
-        r_l, r_a = rules.pair_rules(c, a, cc, cc.beta(d), "loss"), rules.pair_rules(c, a, cc, cc.beta(d), "acc")
-        out.append({"alpha": a, "relation": analysis.relation(a),
-                    "lambda_star": analysis.lambda_star(c.at(a), cc.eps_learned),
-                    "lambda_star_seed_std": float(np.nanstd(seeds, ddof=1)) if np.isfinite(seeds).sum() > 1 else 0.0,
-                    "predicted_threshold": float(1 - a) if a >= 0 else float("nan"),
-                    "add_window": rules.describe_set(r_l.lam, r_l.addition),
-                    "neg_window": rules.describe_set(r_l.lam, r_l.negation),
-                    "add_window_acc": rules.describe_set(r_a.lam, r_a.addition),
-                    "neg_window_acc": rules.describe_set(r_a.lam, r_a.negation),
-                    "beta_declared": cc.beta(d), **measured})
+    for a, n in c.valid_seeds.items():
+        row = {"alpha": a, "relation": analysis.relation(a), "lambda_star": np.nan, "lambda_star_seed_std": np.nan,
+               "predicted_threshold": float(1 - a) if a >= 0 else float("nan"),
+               **dict.fromkeys(("add_window", "neg_window", "add_window_acc", "neg_window_acc"), "no valid seed"),
+               "beta_declared": cc.beta(d), **measured}
+        if n:
+            seeds = analysis.lambda_star_seeds(c, a, cc.eps_learned)
+            r_l, r_a = rules.pair_rules(c, a, cc, cc.beta(d), "loss"), rules.pair_rules(c, a, cc, cc.beta(d), "acc")
+            row.update(lambda_star=analysis.lambda_star(c.at(a), cc.eps_learned),
+                       lambda_star_seed_std=float(np.nanstd(seeds, ddof=1)) if np.isfinite(seeds).sum() > 1 else 0.0,
+                       add_window=rules.describe_set(r_l.lam, r_l.addition),
+                       neg_window=rules.describe_set(r_l.lam, r_l.negation),
+                       add_window_acc=rules.describe_set(r_a.lam, r_a.addition),
+                       neg_window_acc=rules.describe_set(r_a.lam, r_a.negation))
+        out.append(row)
     out = pd.DataFrame(out)
     ok = analysis.valid(diag)
     means = ok.groupby("alpha")[["alpha_hat", "tv_cosine", "dW_T2", "dV_T2"]].mean().reset_index()
@@ -119,10 +125,15 @@ PAPER_ALPHA_HAT = {"irrelevant": 0.164, "aligned": 0.891, "contradictory": -0.84
 
 
 def best_points(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per alpha, the best lambda for addition (min L1 + L2) and for negation (lambda <= 0, max L2 - L1)."""
+    """Per alpha, the best lambda for addition (min L1 + L2) and for negation (lambda <= 0, max L2 - L1); NaN for
+    both goals of an alpha without a valid seed."""
     c = analysis.curves(rows)
     out = []
-    for a in c.alphas():
+    for a, n in c.valid_seeds.items():
+        if not n:
+            out += [{"alpha": a, "relation": analysis.relation(a), "goal": goal, "lam": np.nan} for goal in
+                    ("addition", "negation")]
+            continue
         cur = c.at(a)
         add = cur.index[np.argmin((cur["L1"] + cur["L2"]).to_numpy())]
         neg_side = cur[cur.index <= 0]
@@ -148,6 +159,10 @@ def table1(rows: pd.DataFrame) -> str:
              "paper T1 / T2 acc |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in best.iterrows():
         pl, p1, p2 = PAPER_TABLE1[r["relation"]][r["goal"]]
+        if np.isnan(r["lam"]):                  # no valid seed at this alpha: nothing to report
+            lines.append(f"| {r['relation']} | {r['alpha']:g} | {r['goal']} | - | - | - | - | - | {pl:g} | "
+                         f"{p1:.2f} / {p2:.2f} |")
+            continue
         lines.append(f"| {r['relation']} | {r['alpha']:g} | {r['goal']} | {r['lam']:g} | {100 * r['acc_T1']:.2f} | "
                      f"{100 * r['acc_T2']:.2f} | {r['loss_T1']:.3f} | {r['loss_T2']:.3f} | {pl:g} | "
                      f"{p1:.2f} / {p2:.2f} |")
