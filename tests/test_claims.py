@@ -234,19 +234,40 @@ def test_an_alpha_whose_seeds_all_diverged_makes_its_claims_inconclusive_and_lea
     assert verdicts(df)["thm2.contradictory"] == "inconclusive"
 
 
+def scaling_tables(lost):
+    """beta_seeds, beta and convergence of 4 seeds that follow the predicted laws, without the (seed, d) and
+    (seed, n_rel) points in ``lost`` (an invalid seed has no row there)."""
+    from tvtheory import experiments
+
+    scaling = experiments.get("scaling")
+    cfg = scaling.Config()
+    m = cfg.model.m
+    bs = pd.DataFrame([{"d": x, "m": m, "seed": s, "beta_neg": (5 + 0.1 * s) / x, "beta_add": 0.0}
+                       for s in range(4) for x in cfg.scaling.ds if ("d", s, x) not in lost])
+    beta = bs.groupby(["d", "m"], as_index=False)[["beta_neg", "beta_add"]].mean()
+    conv = pd.DataFrame([{"n_rel": n, "delta_star": n / 20, "seed": s, "steps": (100 + s) * (n / 2) ** -2}
+                         for s in range(4) for n in cfg.scaling.n_rels if ("n_rel", s, n) not in lost])
+    return {r.id: r for r in scaling.claims({"beta": beta, "beta_seeds": bs, "convergence": conv}, cfg)}
+
+
 def test_scaling_claims_take_a_seed_invalid_in_one_cell_of_the_sweep():
     """A seed can be left out at one d (or one delta_*) and kept at the others: its exponent is fitted on the points it
     has. Its arrays used to be shorter than the others' and the fit stopped with a broadcasting error."""
-    from tvtheory import experiments
-
-    cfg = experiments.get("scaling").Config()
-    d, ds, m = np.array([16, 32, 64, 128.0]), np.array([0.1, 0.2, 0.3, 0.4]), cfg.model.m
-    bs = pd.DataFrame([{"d": x, "m": m, "seed": s, "beta_neg": (5 + 0.1 * s) / x, "beta_add": 0.0}
-                       for s in range(3) for x in d if (s, x) != (2, 128.0)])
-    beta = bs.groupby(["d", "m"], as_index=False)[["beta_neg", "beta_add"]].mean()
-    conv = pd.DataFrame([{"n_rel": int(x * 20), "delta_star": x, "seed": s, "steps": (100 + s) * (x / 0.1) ** -2}
-                         for s in range(3) for x in ds if (s, x) != (1, 0.4)])
-    recs = {r.id: r for r in claims.scaling_claims(beta, bs, conv, m, cfg.claims, cfg.scaling, 5)}
+    recs = scaling_tables({("d", 2, 128), ("n_rel", 1, 8)})
     assert recs["beta.scaling_d"].verdict == "pass" and recs["conv.delta_star_exponent"].verdict == "pass"
-    assert "per-seed exponents -1.00, -1.00, -1.00" in recs["beta.scaling_d"].details
-    assert "Per-seed exponents -2.00, -2.00, -2.00" in recs["conv.delta_star_exponent"].details
+    assert "per-seed exponents -1.00, -1.00, -1.00, -1.00" in recs["beta.scaling_d"].details
+    assert "Per-seed exponents -2.00, -2.00, -2.00, -2.00" in recs["conv.delta_star_exponent"].details
+
+
+@pytest.mark.parametrize("lost, claim, n, named", [
+    ({("d", 2, 128)}, "beta.scaling_d", 3, "Fewer valid seeds at d=128 (3 of 4)."),
+    ({("d", 2, 128), ("d", 3, 128)}, "beta.scaling_d", 2, "Fewer valid seeds at d=128 (2 of 4)."),
+    ({("n_rel", s, 8) for s in range(4)}, "conv.delta_star_exponent", 0, "Fewer valid seeds at n_rel=8 (0 of 4)."),
+])
+def test_a_scaling_claim_counts_the_seeds_of_its_thinnest_point(lost, claim, n, named):
+    """Its seed count is the fewest valid seeds of any point it fits (a lost point: 0), not the seeds valid anywhere;
+    fewer than claims.min_seeds = 3 decide nothing. The other claim keeps its 4."""
+    recs = scaling_tables(lost)
+    other = next(c for c in recs if c != claim)
+    assert (recs[claim].n_seeds, recs[other].n_seeds) == (n, 4) and named in recs[claim].details
+    assert (recs[claim].verdict, recs[other].verdict) == ("pass" if n >= 3 else "inconclusive", "pass")

@@ -310,6 +310,35 @@ def test_invalid_seeds_are_left_out_and_too_few_or_a_smoke_run_decide_nothing():
     assert set(verdicts(hand_tables(), small).values()) == {"inconclusive"}
 
 
+LOST = where(lambda r: r["alpha"] == 0.5, diverged=True)
+LOST_TANGENT = where(lambda r: r["alpha"] == 0.5 and r["space"] == "tangent", diverged=True)
+ALPHA_CLAIMS = ("merging.methods", "merging.tangent", "merging.adaptive")
+
+
+@pytest.mark.parametrize("tables, lost, claim, named", [
+    (dict(methods_fn=LOST, wde_fn=LOST, ada_fn=LOST), ALPHA_CLAIMS, "merging.methods",
+     "ties: no certain change (no valid seed at alpha 0.5)"),
+    (dict(methods_fn=LOST, wde_fn=LOST, ada_fn=LOST), ALPHA_CLAIMS, "merging.tangent",
+     "(a) undecided, error tangent vs standard: alpha=-0.5: 0.05 vs 0.1 (-0.05 +- 0); alpha=0.5: no valid seed"),
+    (dict(methods_fn=LOST, wde_fn=LOST, ada_fn=LOST), ALPHA_CLAIMS, "merging.adaptive",
+     "adamerging_task vs validation: alpha=0.5: no valid seed"),
+    # the tangent fine-tunes alone lost: (a) and (b) of merging.tangent lose the alpha, the others keep it
+    (dict(methods_fn=LOST_TANGENT, wde_fn=LOST_TANGENT), ("merging.tangent",), "merging.tangent",
+     "(b) undecided, tangent task arithmetic: addition succeeds at alpha none; negation succeeds at alpha -0.5; "
+     "tangent: no certain change (no valid seed at alpha 0.5)"),
+    (dict(k_fn=where(lambda r: r["k"] == 3, diverged=True)), ("merging.k_tasks",), "merging.k_tasks",
+     "k=3: no valid seed. (b) undecided, target hinge: k=2: 0.02 (acc 1.000, s=1, outside the theorem's region); "
+     "k=3: no valid seed"),
+])
+def test_an_alpha_or_k_without_a_valid_seed_is_named_and_leaves_its_claims_inconclusive(tables, lost, claim, named):
+    """A lost alpha (or k) drops out of the valid rows: it used to vanish from the comparisons unnamed, which then
+    judged, and counted seeds on, what was left."""
+    recs = {r.id: r for r in merging.claims(merging.analyse(hand_tables(**tables), CFG), CFG)}
+    assert {cid: (r.verdict, r.n_seeds) for cid, r in recs.items()} == {
+        cid: ("inconclusive", 0) if cid in lost else ("pass", 5) for cid in IDS}
+    assert named in recs[claim].measured, recs[claim].measured
+
+
 def test_analysis_tables():
     a = merging.analyse(hand_tables(), CFG)
     sm = a["success_map"].set_index(["space", "method", "alpha", "goal"])

@@ -643,11 +643,27 @@ def _per_seed(df: pd.DataFrame, x: str, y: str, xs) -> np.ndarray:
     return df.pivot(index="seed", columns=x, values=y).reindex(columns=np.asarray(xs)).to_numpy(float)
 
 
+def _seeds_at(df: pd.DataFrame, x: str, xs) -> pd.Series:
+    """The valid seeds (rows of ``df``: one per valid seed and point) at each point ``xs`` of column ``x``; 0 where
+    every seed was lost."""
+    counts = df.groupby(x)["seed"].nunique() if len(df) else pd.Series(dtype=int)
+    return counts.reindex(list(xs)).fillna(0).astype(int)
+
+
+def _fewer_seeds(n: pd.Series, x: str) -> str:
+    """The points with fewer valid seeds than the best-covered one ('' when none)."""
+    few = n[n < n.max()]
+    return (" Fewer valid seeds at " + ", ".join(f"{x}={k:g} ({v} of {n.max()})" for k, v in few.items()) + "."
+            if len(few) else "")
+
+
 def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFrame, m: int, cfg, sc,
-                   n_seeds: int, too_small: Optional[str] = None) -> list[Claim]:
-    """beta.scaling_d (beta_neg ~ d^-1 at model.m) and conv.delta_star_exponent (T ~ delta_*^-2)."""
+                   too_small: Optional[str] = None) -> list[Claim]:
+    """beta.scaling_d (beta_neg ~ d^-1 at model.m) and conv.delta_star_exponent (T ~ delta_*^-2), each with the
+    fewest valid seeds of any of its points (sc.ds at width m; sc.n_rels) behind it."""
     b = beta[beta["m"] == m].sort_values("d")
     bs = beta_seeds[beta_seeds["m"] == m]
+    n_b = _seeds_at(bs, "d", sc.ds)
     per_seed = _per_seed(bs, "d", "beta_neg", b["d"])
     ok, slope, local, seeds = power_law(b["d"], b["beta_neg"], per_seed, -1.0, sc.exponent_tol, sc.local_tol,
                                         cfg.spread_k)
@@ -657,13 +673,14 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         f"beta_neg against d (m = {m}) follows a power law (every local exponent within {sc.local_tol:g} of the fitted "
         f"one) whose exponent is within {sc.exponent_tol:g} of -1 (a tolerance that rejects d^-1/2)",
         f"exponent {slope:.3g}; local exponents {loc}; beta_neg " + ", ".join(
-            f"d={int(r.d)}: {r.beta_neg:.3g}" for r in b.itertuples()), ok, n_seeds,
+            f"d={int(r.d)}: {r.beta_neg:.3g}" for r in b.itertuples()), ok, int(n_b.min()),
         "beta_neg = slope of T1's hinge loss against |lambda| when negating an irrelevant task vector (alpha = 0), a "
         f"measurement per d; per-seed exponents {', '.join(f'{x:.2f}' for x in seeds)}. beta_add (adding it) per d: "
         + ", ".join(f"{r.beta_add:.2g}" for r in b.itertuples()) + ". Other widths: " + "; ".join(
             f"m={mm}: exponent {analysis.fit_exponent(g.sort_values('d')['d'], g.sort_values('d')['beta_neg']):.3g}"
-            for mm, g in beta.groupby("m") if mm != m) + ".",
+            for mm, g in beta.groupby("m") if mm != m) + "." + _fewer_seeds(n_b, "d"),
         undecided="fewer than three d, or the per-seed exponents' spread reaches the tolerance")
+    n_c = _seeds_at(conv, "n_rel", sc.n_rels)
     means = conv.groupby("delta_star")["steps"].mean()
     per_seed = _per_seed(conv, "delta_star", "steps", means.index)
     never = int(conv["steps"].isna().sum())
@@ -677,12 +694,12 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         f"the steps to eps against delta_* follow a power law (local exponents within {sc.local_tol:g} of the fitted "
         f"one) with exponent within {sc.exponent_tol:g} of -2, and every run reaches eps",
         f"exponent {slope_t:.3g}; local exponents {loc_t}; mean steps " + ", ".join(
-            f"delta_*={k_:g}: {v:.0f}" for k_, v in means.items()), ok_c, n_seeds,
+            f"delta_*={k_:g}: {v:.0f}" for k_, v in means.items()), ok_c, int(n_c.min()),
         f"Fixed step size; steps = SGD steps after which the training hinge loss, averaged over the next "
         f"{sc.conv_window} steps, is first <= eps (the window is not added). Per-seed exponents "
-        f"{', '.join(f'{x:.2f}' for x in seeds_t)}. Runs that never reached eps: {never}.",
+        f"{', '.join(f'{x:.2f}' for x in seeds_t)}. Runs that never reached eps: {never}." + _fewer_seeds(n_c, "n_rel"),
         undecided="fewer than three delta_*, or the per-seed exponents' spread reaches the tolerance")
-    return smoke([rec_b, rec_c], min_seeds_reason(n_seeds, cfg), too_small)
+    return [r2 for r in (rec_b, rec_c) for r2 in smoke([r], min_seeds_reason(r.n_seeds, cfg), too_small)]
 
 
 if __name__ == "__main__":

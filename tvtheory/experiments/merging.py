@@ -1040,16 +1040,20 @@ class Comparison(NamedTuple):
     changed: list               # the cells where the outcome certainly differs, with their numbers
     open: list                  # the judged cells where the method's outcome is undecided
     not_judged: list            # the cells where the reference's own outcome is undecided
-    n_seeds: int                # the fewest valid seeds behind a cell
+    lost: list                  # the alphas where either has no valid seed (absent from the outcome table)
+    n_seeds: int                # the fewest valid seeds behind a cell (0 with a lost alpha)
 
 
 def _compare(out: pd.DataFrame, alphas, ref: tuple[str, str], other: tuple[str, str]) -> Comparison:
     """Three-valued agreement of ``other``'s outcome with ``ref``'s, cell by cell: yes where both are certain and
     equal, no where both are certain and differ, undecided where ``other``'s lies within the seed spread. A cell where
-    the reference itself is undecided is not judged (nothing to compare with); none judged: None."""
+    the reference itself is undecided is not judged (nothing to compare with); none judged: None. A lost alpha (no
+    valid seed on either side) is undecided and leaves no seed behind the comparison."""
     a, b = _cells(out, *ref, alphas), _cells(out, *other, alphas)
+    have = set(a.index.get_level_values("alpha").round(6)) & set(b.index.get_level_values("alpha").round(6))
+    lost = [al for al in alphas if al not in have]
     idx = a.index.intersection(b.index)
-    n = int(min(a.loc[idx, "n_seeds"].min(), b.loc[idx, "n_seeds"].min())) if len(idx) else 0
+    n = int(min(a.loc[idx, "n_seeds"].min(), b.loc[idx, "n_seeds"].min())) if len(idx) and not lost else 0
     sure = (a.loc[idx, "ok_loss"] != "undecided").to_numpy()
     not_judged = [f"{goal} at alpha={al:g}" for (al, goal) in idx[~sure]]
     idx = idx[sure]
@@ -1065,12 +1069,15 @@ def _compare(out: pd.DataFrame, alphas, ref: tuple[str, str], other: tuple[str, 
                            f"{ra['L2']:.3g})")
         elif not yes:
             still_open.append(f"{goal} at alpha={al:g}")
-    return Comparison(agree.all(), agree_acc.all(), changed, still_open, not_judged, n)
+    gap = [None] if lost else []
+    return Comparison(rules.all3([agree.all(), *gap]), rules.all3([agree_acc.all(), *gap]), changed, still_open,
+                      not_judged, lost, n)
 
 
 def _comparison_text(name: str, c: Comparison) -> str:
     return (f"{name}: " + ("; ".join(c.changed) if c.changed else "no certain change")
-            + (f" (undecided: {', '.join(c.open)})" if c.open else ""))
+            + (f" (undecided: {', '.join(c.open)})" if c.open else "")
+            + (f" (no valid seed at alpha {', '.join(f'{al:g}' for al in c.lost)})" if c.lost else ""))
 
 
 def claims(a: dict, cfg: Config) -> list[rules.Claim]:
@@ -1121,7 +1128,7 @@ def methods_claim(out: pd.DataFrame, diag: pd.DataFrame, cfg: Config) -> rules.C
         + f". Outcomes (seed means): {at}. Why, from the task vectors: {why}. The success map over every alpha: "
         "success_map.csv, methods_map.png.",
         undecided="task arithmetic's outcome is certain nowhere, or a method's outcome lies within the seed spread "
-        "of its bound")
+        "of its bound, or a Figure 1 alpha has no valid seed")
 
 
 def tangent_claim(wde: pd.DataFrame, out: pd.DataFrame, cfg: Config) -> rules.Claim:
@@ -1135,6 +1142,8 @@ def tangent_claim(wde: pd.DataFrame, out: pd.DataFrame, cfg: Config) -> rules.Cl
         w = ps[ps["alpha"].round(6) == al].pivot(index="seed", columns="space", values="wde_sign").dropna()
         if not {"standard", "tangent"} <= set(w.columns) or not len(w):
             lower.append(None)
+            n.append(0)
+            parts.append(f"alpha={al:g}: no valid seed")
             continue
         m, sd = analysis.mean_sd(w["tangent"] - w["standard"])
         lower.append(rules.at_most(m, sd, -mc.wde_margin, cfg.claims.spread_k).all())
@@ -1161,7 +1170,8 @@ def tangent_claim(wde: pd.DataFrame, out: pd.DataFrame, cfg: Config) -> rules.Cl
         f"form f0 + sum_k lambda_k J dPsi_k. Not judged in (b) (standard undecided): "
         f"{', '.join(same.not_judged) or 'none'}. Accuracy view of (b): {rules._word(same.ok_acc)}. Tangent choices "
         f"(seed means): {chosen}.",
-        undecided="a difference lies within the seed spread of its margin, or no cell has a certain standard outcome")
+        undecided="a difference lies within the seed spread of its margin, or no cell has a certain standard outcome, "
+        "or a Figure 1 alpha has no valid seed")
 
 
 def adaptive_claim(t: dict, cfg: Config) -> rules.Claim:
@@ -1180,6 +1190,8 @@ def adaptive_claim(t: dict, cfg: Config) -> rules.Claim:
             seeds = s_.index.intersection(v.index)
             if not len(seeds):
                 verdicts.append(None)
+                n.append(0)
+                texts.append(f"alpha={al:g}: no valid seed")
                 continue
             mine, ref = (x.loc[seeds, "L1"] + x.loc[seeds, "L2"] for x in (s_, v))
             m, sd = analysis.mean_sd(mine - ref)
@@ -1201,22 +1213,29 @@ def adaptive_claim(t: dict, cfg: Config) -> rules.Claim:
         f"AdaMerging: Adam, {mc.ada_steps} steps, rate {mc.ada_lr:g}, {mc.ada_batch} unlabelled inputs per task and "
         f"step, init {mc.ada_init:g}, clip {list(mc.ada_clip)}; leaf-wise AdaMerging and the contradictory alphas "
         f"are reported, not judged. Seed means: {txt}.",
-        undecided="a difference lies within the seed spread of eps, or no alpha >= 0 was measured")
+        undecided="a difference lies within the seed spread of eps, or an alpha >= 0 has no valid seed, or none was "
+        "measured")
 
 
 def _k_bound(kt: pd.DataFrame, cfg: Config, method: str) -> tuple:
     """Theorem 1's bound for k irrelevant tasks merged by ``method`` at its validation-chosen s: per (k, task), the
     seed mean of min(eps + (k - 1) s beta, kept_cap) - test hinge (per seed) must be >= 0 beyond the seed spread.
-    Returns (verdict, {k: verdict}, text per k, fewest seeds)."""
+    Returns (verdict, {k: verdict}, text per k, fewest seeds: 0 when a k has no valid seed)."""
     cc = cfg.claims
     beta = cc.beta(cfg.data.d)
     v = analysis.valid(kt)
     v = v[(v["scenario"] == "irrelevant") & (v["method"] == method)]
     per_k, texts, n = {}, [], []
-    for k, g in v.groupby("k"):
+    for k in sorted(cfg.merging.ks):
+        g = v[v["k"] == k]
+        if not len(g):
+            per_k[k] = None
+            n.append(0)
+            texts.append(f"k={k}: no valid seed")
+            continue
         margin = np.minimum(cc.eps_learned + (k - 1) * g["scale"] * beta, cc.kept_cap) - g["loss"]
         per_task = g.assign(margin=margin).groupby("task")["margin"]
-        per_k[int(k)] = rules.at_least(per_task.mean(), per_task.std(ddof=1).fillna(0.0), 0.0, cc.spread_k).all()
+        per_k[k] = rules.at_least(per_task.mean(), per_task.std(ddof=1).fillna(0.0), 0.0, cc.spread_k).all()
         n.append(g["seed"].nunique())
         s = g["scale"].mean()
         texts.append(f"k={k}: {g.groupby('task')['loss'].mean().max():.3g} (bound "
@@ -1226,13 +1245,19 @@ def _k_bound(kt: pd.DataFrame, cfg: Config, method: str) -> tuple:
 
 def _k_ood(kt: pd.DataFrame, cfg: Config) -> tuple:
     """Theorem 3 from k sources: the target's test hinge at task arithmetic's validation-chosen s <= eps per k.
-    Returns (verdict, text per k, fewest seeds)."""
+    Returns (verdict, text per k, fewest seeds: 0 when a k has no valid seed)."""
     mc, cc = cfg.merging, cfg.claims
     beta = cc.beta(cfg.data.d)
     v = analysis.valid(kt)
     v = v[(v["scenario"] == "ood") & (v["method"] == "task_arithmetic")]
     out, texts, n = [], [], []
-    for k, g in v.groupby("k"):
+    for k in sorted(mc.ks):
+        g = v[v["k"] == k]
+        if not len(g):
+            out.append(None)
+            n.append(0)
+            texts.append(f"k={k}: no valid seed")
+            continue
         m, sd = analysis.mean_sd(g["loss"])
         out.append(rules.at_most(m, sd, cc.eps_learned, cc.spread_k).all())
         n.append(len(g))
@@ -1277,7 +1302,7 @@ def k_tasks_claim(kt: pd.DataFrame, cfg: Config) -> rules.Claim:
         f"{(1 + mc.ood_c) / mc.ood_gamma**2:.3g} and s <= c / beta = {mc.ood_c / cc.beta(cfg.data.d):g}. Mixed "
         f"relations (task i >= 2 at alpha {list(mc.mixed_alphas)} to T1) are reported, not judged. Every method "
         f"and scenario (seed means): {_k_overview(kt)}.",
-        undecided="a loss lies within the seed spread of its bound")
+        undecided="a loss lies within the seed spread of its bound, or a k has no valid seed")
 
 
 # ---------------------------------------------------------------------------------------------------------- plot

@@ -127,8 +127,7 @@ def analyse(tables, cfg: Config) -> dict:
 
 
 def claims(a: dict, cfg: Config) -> list[rules.Claim]:
-    n = int(a["beta_seeds"]["seed"].nunique())
-    recs = rules.scaling_claims(a["beta"], a["beta_seeds"], a["convergence"], cfg.model.m, cfg.claims, cfg.scaling, n,
+    recs = rules.scaling_claims(a["beta"], a["beta_seeds"], a["convergence"], cfg.model.m, cfg.claims, cfg.scaling,
                                 _pairs.smoke_reason(cfg, cfg.scaling.n_test))
     return [dataclasses.replace(recs[0], source="metrics"), dataclasses.replace(recs[1], source="convergence_curves")]
 
