@@ -265,3 +265,18 @@ def test_keeps_compares_lambda_star_on_the_seeds_valid_in_both():
             "valid_seeds": q["valid_seeds"].where(q["valid_seeds"].index != 0.5, len(ls) - 1)}
     ok, text, n = rules.keeps(dense, lost, cfg.claims, cfg.corollaries.region_iou)["thm1"]
     assert ok is True and n == len(ls) - 1, text
+
+
+def test_a_compressed_variant_losing_every_out_of_domain_seed_still_recomputes(tmp_path):
+    """The whole analysis on such a table: the variant's own Theorem 3 verdicts (verdicts.csv) are inconclusive with
+    0 seeds, where ood_region_claims used to stop the recompute on the empty grid; the dense variant's are unchanged."""
+    folder = committed_copy(tmp_path, "lost_ood")
+    om = pd.read_csv(folder / "ood_metrics.csv")
+    om.loc[om["variant"] == "rank1", "diverged"] = True
+    om.to_csv(folder / "ood_metrics.csv", index=False)
+    runner.recompute(folder)
+    got = pd.read_csv(folder / "verdicts.csv").set_index(["variant", "id"])
+    before = pd.read_csv(COMMITTED / "verdicts.csv").set_index(["variant", "id"])
+    assert (got.loc["rank1"].loc[["thm3.region", "thm3.beats_single"], "measured"] == "no valid seed on the grid").all()
+    assert (got.loc["rank1"].loc[["thm3.region", "thm3.beats_single"], "verdict"] == "inconclusive").all()
+    assert got.loc["dense"].equals(before.loc["dense"])
