@@ -257,3 +257,16 @@ def test_table2_references_leave_out_the_seeds_the_grid_marks_invalid():
     out = [exp.analyse({**tables, "ood": ood, "reference": refs}, cfg) for refs in (tables["reference"], extreme)]
     assert out[1]["table2"] == out[0]["table2"] and "Over the 4 valid seeds of 5:" in out[0]["table2"]
     assert out[1]["table2_shape_psi0"] == (ROOT / "results" / "digits" / "table2_shape_psi0.md").read_text()
+
+
+def test_a_direct_fine_tune_at_chance_leaves_its_seed_out_of_the_out_of_domain_grid_only():
+    """Seed 1's fine-tune on T' itself learned nothing: Table 2 would compare the grid with a failed reference, so the
+    seed leaves the out-of-domain grid (as in the ood experiment); its relation pairs still count. Seed 2's aligned
+    T2 at chance leaves that pair only; seed 3 is non-finite."""
+    from tvtheory.experiments import digits as exp
+
+    own = np.full((4, 4), 0.95)                          # (seed, T1 + irrelevant, aligned, contradictory)
+    own[2, 2] = 0.5
+    ok, ok_ood = exp.validity(np.array([True, True, True, False]), own, np.array([0.9, 0.55, 0.9, 0.9]), 0.6)
+    assert ok.tolist() == [[True] * 3, [True] * 3, [True, False, True], [False] * 3]
+    assert ok_ood.tolist() == [True, False, True, False]
