@@ -166,7 +166,8 @@ def measured_as_dense(df: pd.DataFrame, variant: str, values: list) -> pd.DataFr
 def test_a_compressed_variant_losing_an_alpha_leaves_only_the_claims_that_need_it_undecided(tmp_path):
     """rank1 measured as dense (every cor1 claim would pass), then every seed of alpha = 0.5 and three of alpha = -0.5
     invalid in rank1 only (its compressed evaluation non-finite). keeps used to raise KeyError on the lost alpha; now
-    it compares the other alphas, names the lost one, and each claim counts the seeds behind its own comparisons."""
+    it compares the other alphas, names the lost one, and each claim counts the seeds behind its own comparisons (0
+    for the one that lost an alpha, as arithmetic's claims do)."""
     folder = committed_copy(tmp_path, "lost")
     pm = measured_as_dense(pd.read_csv(folder / "pair_metrics.csv"), "rank1", ["loss", "acc"])
     rank1 = pm["variant"] == "rank1"
@@ -176,9 +177,9 @@ def test_a_compressed_variant_losing_an_alpha_leaves_only_the_claims_that_need_i
     om.to_csv(folder / "ood_metrics.csv", index=False)
     got = {r["id"]: r for r in runner.recompute(folder)}
     thm1, thm2, thm3 = (got[f"cor1.rank1_thm{i}"] for i in (1, 2, 3))
-    assert thm1["verdict"] == "inconclusive" and thm1["n_seeds"] == 5, thm1           # alphas 0 and 0.9: 5 seeds each
+    assert thm1["verdict"] == "inconclusive" and thm1["n_seeds"] == 0, thm1           # a lost alpha: 0 seeds behind
     assert "alpha=0.5: no valid seed (compressed)" in thm1["measured"] and "alpha=0.9: 0.1 vs 0.1" in thm1["measured"]
-    assert "no valid seed in rank1 or dense" in thm1["details"]
+    assert "no valid seed in rank1 or dense" in thm1["details"] and "0 valid seed(s)" in thm1["details"]
     assert thm2["verdict"] == "inconclusive" and thm2["n_seeds"] == 2, thm2           # alpha = -0.5: seeds 3, 4
     assert "2 valid seed(s), fewer than claims.min_seeds=3" in thm2["details"]
     assert thm3["verdict"] == "pass" and thm3["n_seeds"] == 5, thm3
@@ -220,7 +221,7 @@ def test_cor2_two_groups_leaves_out_the_row_norms_of_invalid_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("lost, verdict, n_seeds, why", [
-    ("alpha == 0.5", "inconclusive", 5, "no valid seed in prune0.5 or dense"),
+    ("alpha == 0.5", "inconclusive", 0, "no valid seed in prune0.5 or dense"),
     ("alpha == -0.5 and seed < 3", "inconclusive", 2, "2 valid seed(s), fewer than claims.min_seeds=3"),
     ("seed < 0", "pass", 5, None)])
 def test_cor2_pruning_keeps_with_seeds_lost_by_a_pruned_variant(tmp_path, lost, verdict, n_seeds, why):
@@ -247,7 +248,8 @@ def test_cor2_pruning_keeps_without_a_fraction_as_large_as_prune_min_says_so():
     _, cfg, tables = runner.load(COMMITTED)
     pm, om = tables["pair_metrics"], tables["ood_metrics"]
     dense = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
-    recs = rules.corollary_claims({"dense": dense, "prune0.25": dense}, tables["rownorms"], cfg.model.m, cfg.claims,
+    kept_by = {"prune0.25": rules.keeps(dense, dense, cfg.claims, cfg.corollaries.region_iou)}
+    recs = rules.corollary_claims(kept_by, dense["n_seeds"], tables["rownorms"], cfg.model.m, cfg.claims,
                                   cfg.corollaries)
     got = {r.id: r for r in recs}["cor2.pruning_keeps"]
     assert got.verdict == "inconclusive" and "no fraction as large as prune_min=0.5 is compared" in got.details, got
@@ -280,3 +282,50 @@ def test_a_compressed_variant_losing_every_out_of_domain_seed_still_recomputes(t
     assert (got.loc["rank1"].loc[["thm3.region", "thm3.beats_single"], "measured"] == "no valid seed on the grid").all()
     assert (got.loc["rank1"].loc[["thm3.region", "thm3.beats_single"], "verdict"] == "inconclusive").all()
     assert got.loc["dense"].equals(before.loc["dense"])
+
+
+def test_a_dense_variant_losing_an_alpha_leaves_the_claims_that_do_not_use_it():
+    """Every seed of alpha = 0.5 invalid in every variant (the run marks a dense failure in all of them): the claims
+    on the pair sweep's alpha >= 0 lose it, but Theorem 3's comparison and the row norms do not use the pair sweep and
+    keep their verdicts and seed counts (a single gate on dense's fewest seeds made every claim inconclusive)."""
+    exp, cfg, tables = runner.load(COMMITTED)
+    before = {r.id: r for r in exp.claims(exp.analyse(tables, cfg), cfg)}
+    pm = tables["pair_metrics"].copy()
+    pm.loc[pm["alpha"] == 0.5, "diverged"] = True
+    after = {r.id: r for r in exp.claims(exp.analyse({**tables, "pair_metrics": pm}, cfg), cfg)}
+    for cid in ("cor1.rank1_thm3", "cor2.two_groups", "cor1.rank1_thm2"):
+        assert (after[cid].verdict, after[cid].n_seeds, after[cid].details) == \
+            (before[cid].verdict, before[cid].n_seeds, before[cid].details), cid
+    assert (after["cor1.rank1_thm1"].verdict, after["cor1.rank1_thm1"].n_seeds) == ("inconclusive", 0)
+
+
+def test_cor2_pruning_keeps_counts_only_the_fractions_its_verdict_rests_on():
+    """prune0.25 and prune0.5 kept (the claim passes at prune_min = 0.5); a larger fraction that lost seeds, or all
+    of Theorem 3's grid, changes neither the verdict nor the count behind it."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"]
+    dense = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
+    same = rules.keeps(dense, dense, cfg.claims, cfg.corollaries.region_iou)
+    lost = {**same, "thm3": (None, "Theorem 3's grid: no valid seed (compressed)", 0)}
+    recs = rules.corollary_claims({"prune0.25": same, "prune0.5": same, "prune0.75": lost}, dense["n_seeds"],
+                                  tables["rownorms"], cfg.model.m, cfg.claims, cfg.corollaries)
+    got = {r.id: r for r in recs}["cor2.pruning_keeps"]
+    assert (got.verdict, got.n_seeds) == ("pass", 5), got
+
+
+def test_compare_variants_measures_dense_on_the_compressed_variants_seeds(tmp_path):
+    """rank1 equal to dense, except that seed 0 is invalid in rank1 at alpha = -0.5 (and in its Theorem 3 grid), where
+    dense's own numbers for seed 0 are extreme: measured on dense's own seeds, the negation window and the best loss
+    would move; on the seeds both have, rank1 keeps everything there."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm = measured_as_dense(tables["pair_metrics"].copy(), "rank1", ["loss", "acc"])
+    om = measured_as_dense(tables["ood_metrics"].copy(), "rank1", ["loss", "acc", "val_loss", "val_acc"])
+    seed0 = (pm["alpha"] == -0.5) & (pm["seed"] == 0)
+    pm.loc[seed0 & (pm["variant"] == "rank1"), "diverged"] = True
+    pm.loc[seed0 & (pm["variant"] == "dense"), "loss"] = np.where(pm.loc[seed0 & (pm["variant"] == "dense"), "task"]
+                                                                  == "T1", 50.0, 0.0)
+    om.loc[(om["seed"] == 0) & (om["variant"] == "rank1"), "diverged"] = True
+    om.loc[(om["seed"] == 0) & (om["variant"] == "dense"), ["loss", "val_loss"]] = 50.0
+    _, kept_by = rules.compare_variants(pm, om, cfg.claims, cfg.data.d, cfg.corollaries.region_iou)
+    assert kept_by["rank1"]["thm2"][0] is True and kept_by["rank1"]["thm2"][2] == 4, kept_by["rank1"]["thm2"]
+    assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]

@@ -494,39 +494,45 @@ def _mean(x) -> float:
 
 
 def _lost(what: str, n_dense: int, n_other: int) -> str:
-    """Why ``what`` compares nothing: the variant(s) without a valid seed of it ('' when both have one)."""
-    gone = [name for name, n in (("dense", n_dense), ("compressed", n_other)) if not n]
-    return f"{what}: no valid seed ({' and '.join(gone)})" if gone else ""
+    """Why ``what`` compares nothing ('' when both variants have a valid seed of it). Dense is measured on the
+    compressed variant's valid seeds (``compare_variants``), so it loses whatever that one lost: the compressed
+    variant is named first."""
+    gone = "compressed" if not n_other else "dense" if not n_dense else ""
+    return f"{what}: no valid seed ({gone})" if gone else ""
 
 
 def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[Optional[bool], str, int]]:
     """Per theorem: whether ``other`` keeps ``dense``'s measured quantities within the declared tolerances, the
-    numbers, and the fewest seeds valid in both behind a comparison. lambda* and the best loss are compared per seed,
-    on the seeds valid in both (undecided within the seed spread); the negation windows and the success region are
-    those of the seed means, compared as they are (a region has no seed spread). An alpha, or Theorem 3's grid, that
-    lost every seed in either variant compares nothing: undecided, and named in the numbers; the others are still
+    numbers, and the fewest valid seeds behind one of its comparisons (0 when one compares nothing). Both sides are
+    measured on the same seeds (``compare_variants``). lambda* and the best loss are compared per seed (undecided
+    within the seed spread); the negation windows and the success region are those of the seed means, compared as
+    they are (a region has no seed spread). An alpha, or Theorem 3's grid, that lost every seed in either variant
+    compares nothing: undecided, named in the numbers, and its theorem rests on 0 seeds; the others are still
     compared."""
     k, tol, eps = cfg.spread_k, cfg.lam_tol + 1e-9, cfg.eps_learned
     seeds = {a: (int(dense["valid_seeds"].get(a, 0)), int(other["valid_seeds"].get(a, 0)))
              for a in sorted({*dense["valid_seeds"].index, *other["valid_seeds"].index})}
     lost = {a: _lost(f"alpha={a:g}", *n) for a, n in seeds.items()}
-    t1, parts1 = [], []
-    for a in (a for a in seeds if a >= 0):
+    t1, parts1, n1 = [], [], []
+    for a in [a for a in seeds if a >= 0]:
         if lost[a]:
             t1.append(None)
             parts1.append(lost[a])
+            n1.append(0)
             continue
         ls, lo = dense["lambda_star"][a].align(other["lambda_star"][a], join="inner")   # the seeds valid in both
         both_never = np.all(np.isnan(ls)) and np.all(np.isnan(lo))
         diff = 0.0 if both_never else abs(_mean(lo) - _mean(ls))
         sd = np.nanstd(lo - ls, ddof=1) if np.isfinite(lo - ls).sum() > 1 else 0.0
-        t1.append(at_most(diff, sd, tol, k).all())
+        t1.append(at_most(diff, sd, tol, k).all() if len(ls) else None)
         parts1.append(f"alpha={a:g}: {_mean(lo):g} vs {_mean(ls):g}")
-    t2, parts = [], []
-    for a in (a for a in seeds if a <= 0):
+        n1.append(len(ls))
+    t2, parts, n2 = [], [], []
+    for a in [a for a in seeds if a <= 0]:
         if lost[a]:
             t2.append(None)
             parts.append(lost[a])
+            n2.append(0)
             continue
         lo, hi = dense["neg_edges"][a]
         olo, ohi = other["neg_edges"][a]
@@ -537,6 +543,7 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
         parts.append(f"alpha={a:g}: window [{olo:g}, {ohi:g}] vs [{lo:g}, {hi:g}], hinge at -1 (T1, T2) "
                      f"({other['at_minus_one'][a][0]:.3g}, {other['at_minus_one'][a][1]:.3g}) vs "
                      f"({dense['at_minus_one'][a][0]:.3g}, {dense['at_minus_one'][a][1]:.3g})")
+        n2.append(min(seeds[a]))
     lost3 = _lost("Theorem 3's grid", len(dense["best_loss"]), len(other["best_loss"]))
     if lost3:
         t3, text3, n3 = None, lost3, 0
@@ -548,10 +555,32 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
         text3 = (f"success-region IoU with dense {io:.3g}; best test hinge {other['best_loss'].mean():.3g} vs "
                  f"{dense['best_loss'].mean():.3g}")
         n3 = int(dl.notna().sum())
-    behind = {t: min((min(n) for a, n in seeds.items() if side(a) and min(n)), default=0)
-              for t, side in (("thm1", lambda a: a >= 0), ("thm2", lambda a: a <= 0))}
-    return {"thm1": (all3(t1), f"lambda*(alpha) {', '.join(parts1)}", behind["thm1"]),
-            "thm2": (all3(t2), "; ".join(parts), behind["thm2"]), "thm3": (t3, text3, n3)}
+    return {"thm1": (all3(t1), f"lambda*(alpha) {', '.join(parts1)}", min(n1, default=0)),
+            "thm2": (all3(t2), "; ".join(parts), min(n2, default=0)), "thm3": (t3, text3, n3)}
+
+
+def compare_variants(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int, region_iou: float) -> tuple[dict, dict]:
+    """Every variant's quantities (``variant_quantities``, by the tables' ``variant`` column, dense first) and what
+    ``keeps`` says of each compressed one. Dense is measured again on the compressed variant's valid seeds for it (an
+    invalid (alpha, seed) of the pair sweep, an invalid seed of Theorem 3's grid, is left out of dense's rows too),
+    so that seed means and per-seed differences are over the same seeds on both sides."""
+    of = lambda df, v: df[df["variant"] == v]  # noqa: E731
+    names = list(dict.fromkeys(pair["variant"]))
+    q = {v: variant_quantities(of(pair, v), of(ood, v), cfg, d) for v in names}
+    kept_by = {}
+    for v in names:
+        if v != "dense":
+            dense = variant_quantities(_invalid_as(of(pair, "dense"), of(pair, v), ["alpha", "seed"]),
+                                       _invalid_as(of(ood, "dense"), of(ood, v), ["seed"]), cfg, d)
+            kept_by[v] = keeps(dense, q[v], cfg, region_iou)
+    return q, kept_by
+
+
+def _invalid_as(base: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``base`` with its rows marked diverged wherever ``other`` marks the same ``keys`` diverged or has no row."""
+    bad = other.groupby(keys, as_index=False)["diverged"].any()
+    flag = base[keys].merge(bad, on=keys, how="left")["diverged"].fillna(True).astype(bool).to_numpy()
+    return base.assign(diverged=base["diverged"].astype(bool).to_numpy() | flag)
 
 
 # Why a variant's keeps is undecided (the variant's numbers in keeps.csv name a lost alpha).
@@ -559,40 +588,38 @@ _UNDECIDED_KEEP = ("a difference lies within the seed spread of its tolerance, o
                    "has no valid seed in {} or dense")
 
 
-def corollary_claims(quantities: dict[str, dict], row_norms: pd.DataFrame, m: int, cfg, cor,
+def corollary_claims(kept_by: dict[str, dict], n_dense: int, row_norms: pd.DataFrame, m: int, cfg, cor,
                      too_small: Optional[str] = None) -> list[Claim]:
-    """Corollaries 1-2 from each variant's measured quantities (``variant_quantities``, keyed by variant name:
-    'dense', 'rank<r>', 'prune<f>') and dV's row norms (seed, task, row, norm)."""
-    dense = quantities["dense"]
-    n_seeds = dense["n_seeds"]
+    """Corollaries 1-2 from what ``keeps`` says of each compressed variant (``compare_variants``; keyed by variant
+    name: 'rank<r>', 'prune<f>'), the dense variant's valid seeds and dV's row norms of the valid seeds (seed, task,
+    row, norm). Each claim counts the seeds behind its own comparisons and is inconclusive with fewer than
+    min_seeds."""
     records = []
     what = {"thm1": "lambda*(alpha) within lam_tol (alpha >= 0)",
             "thm2": "the negation window's edges within lam_tol and both tasks' hinge at lambda = -1 within eps "
                     "(alpha <= 0)",
             "thm3": f"Theorem 3's success region with IoU >= {cor.region_iou:g} and the best test hinge within eps"}
     rank_name = f"rank{min(cor.ranks)}" if cor.ranks else None
-    kept_by = {v: keeps(dense, q, cfg, cor.region_iou) for v, q in quantities.items() if v != "dense"}
     for thm in ("thm1", "thm2", "thm3"):
         cid = f"cor1.{rank_name}_{thm}"
         statement = (f"Corollary 1: rank-{min(cor.ranks) if cor.ranks else '?'} task vectors keep what "
                      f"{thm.replace('thm', 'Theorem ')} measures")
-        if rank_name is None or rank_name not in quantities:
-            records.append(claim(cid, statement, what[thm], "no low-rank variant", None, n_seeds, "",
+        if rank_name is None or rank_name not in kept_by:
+            records.append(claim(cid, statement, what[thm], "no low-rank variant", None, n_dense, "",
                                  undecided="corollaries.ranks is empty"))
             continue
         ok, text, n = kept_by[rank_name][thm]
-        few = min_seeds_reason(n, cfg)
         others = "; ".join(f"{v}: {_word(kk[thm][0])}" for v, kk in kept_by.items() if v != rank_name)
-        records.append(claim(cid, statement, f"{what[thm]}, against the dense task vectors", text,
-                             None if few else ok, n, f"Other variants: {others}.",
-                             undecided=few or _UNDECIDED_KEEP.format(rank_name)))
-    prunes = sorted((float(v[len("prune"):]), v) for v in quantities if v.startswith("prune"))
+        records.append(claim(cid, statement, f"{what[thm]}, against the dense task vectors", text, ok, n,
+                             f"Other variants: {others}.", undecided=_UNDECIDED_KEEP.format(rank_name)))
+    prunes = sorted((float(v[len("prune"):]), v) for v in kept_by if v.startswith("prune"))
     largest, changed, stop, stop_at, behind = 0.0, [], None, None, []
     for f, v in prunes:
         kk = kept_by[v]
         kept = all3(ok for ok, _, _ in kk.values())
         bad = [t for t, (ok, _, _) in kk.items() if ok is not True]
-        behind.append(min(n for _, _, n in kk.values()))
+        if largest < cor.prune_min - 1e-9:       # up to the first fraction >= prune_min: what the verdict rests on
+            behind.append(min(n for _, _, n in kk.values()))
         changed.append(f"prune {f:g}: " + ("all kept" if not bad else "changes or leaves undecided " + ", ".join(bad)))
         if kept is not True:
             stop, stop_at = kept, v
@@ -600,32 +627,30 @@ def corollary_claims(quantities: dict[str, dict], row_norms: pd.DataFrame, m: in
         largest = f
     # Undecided at the first fraction that is not clearly kept: the largest kept fraction is undecided too.
     ok = (None if not prunes else True if largest >= cor.prune_min - 1e-9 else None if stop is None else False)
-    n_pruned = min(behind, default=n_seeds)             # the seeds behind every fraction compared
-    few = min_seeds_reason(n_pruned, cfg)
     records.append(claim(
         "cor2.pruning_keeps", "Corollary 2: pruning the small rows of dV keeps what Theorems 1-3 measure",
         f"pruning a fraction {cor.prune_min:g} of dV's rows keeps {what['thm1']}, {what['thm2']} and {what['thm3']}",
-        f"largest pruned fraction keeping every quantity: {largest:g}", None if few else ok, n_pruned,
+        f"largest pruned fraction keeping every quantity: {largest:g}", ok, min(behind, default=n_dense),
         "; ".join(changed) + ".",
-        undecided=few or ("corollaries.prune is empty" if not prunes else _UNDECIDED_KEEP.format(stop_at) if stop_at
-                          else f"no fraction as large as prune_min={cor.prune_min:g} is compared")))
+        undecided=("corollaries.prune is empty" if not prunes else _UNDECIDED_KEEP.format(stop_at) if stop_at
+                   else f"no fraction as large as prune_min={cor.prune_min:g} is compared")))
     split = {k: analysis.two_groups(g["norm"].to_numpy()) for k, g in row_norms.groupby(["seed", "task"])}
     finite = {k: g for k, g in split.items() if np.isfinite(g["ratio"]) and np.isfinite(g["large_fraction"])}
     groups, n_norms = list(finite.values()), len({seed for seed, _ in finite})   # a diverged seed's: left out
     ratio = float(np.median([g["ratio"] for g in groups])) if groups else float("nan")
     frac = float(np.median([g["large_fraction"] for g in groups])) if groups else float("nan")
     lo = cor.two_groups_min_fraction
-    few = min_seeds_reason(n_norms, cfg) if groups else "no (seed, task) has finite row norms"
-    ok = None if few else bool(ratio >= cor.two_groups_ratio and lo <= frac <= 1 - lo)
+    ok = bool(ratio >= cor.two_groups_ratio and lo <= frac <= 1 - lo) if groups else None
     records.append(claim(
         "cor2.two_groups", "Corollary 2: dV's rows form two groups, norms >= Omega(m^-1/2) and O(m^-1/2 eps)",
         f"a 2-means split of log row norms separates groups whose mean norms differ by >= {cor.two_groups_ratio:g}x, "
         f"each group at least a fraction {cor.two_groups_min_fraction:g} of the rows",
-        f"median over seeds and tasks: ratio {ratio:.3g}, large-group fraction {frac:.2f}", ok, min(n_seeds, n_norms),
+        f"median over seeds and tasks: ratio {ratio:.3g}, large-group fraction {frac:.2f}", ok, n_norms,
         f"m^-1/2 = {m ** -0.5:.3g}; median row norm {row_norms['norm'].median():.3g}, 5-95% range "
         f"[{row_norms['norm'].quantile(0.05):.3g}, {row_norms['norm'].quantile(0.95):.3g}].",
-        undecided=few or ""))
-    return smoke(records, min_seeds_reason(n_seeds, cfg), too_small)
+        undecided="" if groups else "no (seed, task) has finite row norms"))
+    # Each claim as strong as the seeds behind its own comparisons.
+    return [r2 for r in records for r2 in smoke([r], min_seeds_reason(r.n_seeds, cfg), too_small)]
 
 
 # ------------------------------------------------------------------------------------------------ scaling

@@ -118,9 +118,8 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
 
 def analyse(tables, cfg: Config) -> dict:
     pm, om = tables["pair_metrics"], tables["ood_metrics"]
-    names = list(dict.fromkeys(pm["variant"]))
-    q = {v: rules.variant_quantities(pm[pm["variant"] == v], om[om["variant"] == v], cfg.claims, cfg.data.d)
-         for v in names}
+    q, kept_by = rules.compare_variants(pm, om, cfg.claims, cfg.data.d, cfg.corollaries.region_iou)
+    names = list(q)
     stars, verdicts = [], []
     for v in names:
         stars += [{"variant": v, "alpha": a, "lambda_star": float(np.nanmean(s)) if np.isfinite(s).any() else np.nan}
@@ -130,17 +129,17 @@ def analyse(tables, cfg: Config) -> dict:
                                           cfg.data.d))
         verdicts += [{"variant": v, "id": r.id, "verdict": r.verdict, "measured": r.measured} for r in recs]
     keeps = [{"variant": v, "theorem": t, "kept": rules._word(ok), "numbers": text}
-             for v in names if v != "dense"
-             for t, (ok, text, _) in rules.keeps(q["dense"], q[v], cfg.claims, cfg.corollaries.region_iou).items()]
+             for v, kk in kept_by.items() for t, (ok, text, _) in kk.items()]
     return {"lambda_star": pd.DataFrame(stars), "verdicts": pd.DataFrame(verdicts), "keeps": pd.DataFrame(keeps),
-            "_q": q, "_rownorms": of_valid_seeds(tables, "rownorms")}
+            "_kept_by": kept_by, "_n_dense": q["dense"]["n_seeds"], "_rownorms": of_valid_seeds(tables, "rownorms")}
 
 
 def claims(a: dict, cfg: Config) -> list[rules.Claim]:
     import dataclasses
 
-    recs = rules.corollary_claims(a["_q"], a["_rownorms"], cfg.model.m, cfg.claims, cfg.corollaries,
-                                  _pairs.smoke_reason(cfg, min(cfg.corollaries.n_test, cfg.ood.n_test)))
+    too_small = _pairs.smoke_reason(cfg, min(cfg.corollaries.n_test, cfg.ood.n_test))
+    recs = rules.corollary_claims(a["_kept_by"], a["_n_dense"], a["_rownorms"], cfg.model.m, cfg.claims,
+                                  cfg.corollaries, too_small)
     return [dataclasses.replace(r, source="rownorms" if r.id == "cor2.two_groups" else "pair_metrics") for r in recs]
 
 
