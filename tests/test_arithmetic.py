@@ -83,6 +83,7 @@ def test_the_phase_alphas_without_a_valid_seed_leave_blank_rows_and_the_figure_1
     assert {r.n_seeds for r in clean} == {3}
     figs = figures(t, a, cfg)
     assert "figure1" in figs and "phase" not in figs                   # a diagram without one measured cell
+    assert list(figs["lambda_star"].axes[0].lines[1].get_xdata()) == FIG1    # lambda* from the Figure 1 alphas
 
 
 def test_the_phase_diagram_counts_the_seeds_of_each_alpha_and_keeps_a_blank_row_for_one_without(figures):

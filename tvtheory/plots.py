@@ -51,7 +51,8 @@ def _seeds(n: pd.Series) -> str:
     live, dead = n[n > 0], n.index[n == 0]
     if live.empty:
         return "no valid seed"
-    text = f"{live.min()} seeds" if live.min() == live.max() else f"{live.min()}-{live.max()} seeds per alpha"
+    lo, hi = int(live.min()), int(live.max())
+    text = (f"{lo} seed" + "s" * (lo > 1) if lo == hi else f"{lo}-{hi} seeds per alpha")
     return text + ("; no valid seed at alpha = " + ", ".join(f"{a:g}" for a in dead) if len(dead) else "")
 
 

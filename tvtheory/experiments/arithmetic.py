@@ -58,7 +58,9 @@ def plot(tables, a: dict, cfg: Config, out) -> None:
 
     plots.figure1(tables["metrics"], cfg.claims, out)
     plots.phase(a.get("phase"), out)
-    plots.lambda_star(a.get("phase", tables["metrics"]), cfg.claims, out)
+    ph = a.get("phase")
+    # the phase diagram's alphas when one has a valid seed, the Figure 1 alphas otherwise
+    plots.lambda_star(ph if ph is not None and (ph["n_seeds"] > 0).any() else tables["metrics"], cfg.claims, out)
 
 
 def estimate(cfg: Config):

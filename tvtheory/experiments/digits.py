@@ -436,7 +436,8 @@ def digits_claims(tables, ch: pd.DataFrame, cfg: Config, prefix: str = "digits")
     n_seeds = int(analysis.valid(rows)["seed"].nunique())
     if n_seeds == 0:
         out.append(rules.claim(f"{prefix}.ood", f"Colored-Digits ({prefix}), out-of-domain", "-", "no valid seed",
-                               None, 0, "", undecided="every seed of T1 or the contradictory T2 is invalid"))
+                               None, 0, "", undecided="every seed of T1, the contradictory T2 or the direct "
+                               "fine-tune on T' is invalid"))
         return [rules.smoke([r], rules.min_seeds_reason(r.n_seeds, cc))[0] for r in out]
     val = analysis.ood_curves(rows, "val_loss", "val_acc")
     best = analysis.best_point(val.assign(neg_acc=-val["acc"]), by="neg_acc")

@@ -1048,7 +1048,7 @@ def _compare(out: pd.DataFrame, alphas, ref: tuple[str, str], other: tuple[str, 
     """Three-valued agreement of ``other``'s outcome with ``ref``'s, cell by cell: yes where both are certain and
     equal, no where both are certain and differ, undecided where ``other``'s lies within the seed spread. A cell where
     the reference itself is undecided is not judged (nothing to compare with); none judged: None. A lost alpha (no
-    valid seed on either side) is undecided and leaves no seed behind the comparison."""
+    valid seed on one side or both) is undecided and leaves no seed behind the comparison."""
     a, b = _cells(out, *ref, alphas), _cells(out, *other, alphas)
     have = set(a.index.get_level_values("alpha").round(6)) & set(b.index.get_level_values("alpha").round(6))
     lost = [al for al in alphas if al not in have]
