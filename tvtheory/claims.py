@@ -570,8 +570,11 @@ def compare_variants(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int, region_
     kept_by = {}
     for v in names:
         if v != "dense":
-            dense = variant_quantities(_invalid_as(of(pair, "dense"), of(pair, v), ["alpha", "seed"]),
-                                       _invalid_as(of(ood, "dense"), of(ood, v), ["seed"]), cfg, d)
+            pair_v = _invalid_as(of(pair, "dense"), of(pair, v), ["alpha", "seed"])
+            ood_v = _invalid_as(of(ood, "dense"), of(ood, v), ["seed"])
+            same = pair_v["diverged"].equals(of(pair, "dense")["diverged"].astype(bool)) and \
+                ood_v["diverged"].equals(of(ood, "dense")["diverged"].astype(bool))
+            dense = q["dense"] if same else variant_quantities(pair_v, ood_v, cfg, d)   # measured once where it can
             kept_by[v] = keeps(dense, q[v], cfg, region_iou)
     return q, kept_by
 
