@@ -8,7 +8,7 @@ measured, and every measurement comes with its seed spread where a verdict needs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,14 @@ class Curves:
     std: pd.DataFrame           # same shape; 0 with one seed
     seeds: pd.DataFrame         # index (alpha, seed, lam), columns L1 L2 A1 A2
     valid_seeds: pd.Series      # alpha -> valid seeds, for every alpha of the table (0: all diverged)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key, make):
+        """``make()``, computed once per key for these curves: the rules read the same alpha's frames and outcomes
+        many times (a claim per relation, metric and window), and their frames are never modified."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     @property
     def n_seeds(self) -> int:
@@ -62,10 +70,10 @@ class Curves:
         return np.unique(self.mean.index.get_level_values("alpha"))
 
     def at(self, alpha: float) -> pd.DataFrame:
-        return self.mean.xs(alpha, level="alpha")
+        return self.memo(("mean", alpha), lambda: self.mean.xs(alpha, level="alpha"))
 
     def std_at(self, alpha: float) -> pd.DataFrame:
-        return self.std.xs(alpha, level="alpha")
+        return self.memo(("std", alpha), lambda: self.std.xs(alpha, level="alpha"))
 
     def lams(self) -> np.ndarray:
         return np.unique(self.mean.index.get_level_values("lam"))
@@ -74,10 +82,11 @@ class Curves:
 def curves(df: pd.DataFrame) -> Curves:
     """Seed means per (alpha, lam) over valid seeds, and how many valid seeds stand behind each alpha of the table
     (0 when an alpha lost every seed: it is then absent from the means)."""
-    counts = valid(df).groupby("alpha")["seed"].nunique().reindex(np.unique(df["alpha"])).fillna(0).astype(int)
-    df = valid(df)
-    wide = df.pivot_table(index=["alpha", "seed", "lam"], columns="task", values=["loss", "acc"], aggfunc="mean")
-    # no valid seed at all: pivot_table leaves no columns, and the curves are empty frames of the usual columns
+    alphas, df = np.unique(df["alpha"]), valid(df)
+    counts = df.groupby("alpha")["seed"].nunique().reindex(alphas).fillna(0).astype(int)
+    # One row per (alpha, seed, lam, task): the mean is the row's value (a groupby and unstack: the numbers of a pivot
+    # table in half its time). No valid seed at all: the curves are empty frames of the usual columns.
+    wide = df.groupby(["alpha", "seed", "lam", "task"])[["loss", "acc"]].mean().unstack("task")
     wide = wide.reindex(columns=pd.MultiIndex.from_product([["loss", "acc"], ["T1", "T2"]]))
     per_seed = pd.DataFrame({"L1": wide["loss"]["T1"], "L2": wide["loss"]["T2"], "A1": wide["acc"]["T1"],
                              "A2": wide["acc"]["T2"]})

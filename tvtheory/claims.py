@@ -170,6 +170,13 @@ class PairRules:
 
 
 def pair_rules(c: Curves, alpha: float, cfg, beta: float, metric: str = "loss") -> PairRules:
+    """The rules' outcomes at every lambda of one alpha (by hinge loss or by accuracy); computed once per curves and
+    arguments."""
+    fields = (cfg.spread_k, cfg.eps_learned, cfg.kept_cap, cfg.forget_loss, cfg.acc_learned, cfg.acc_forgotten)
+    return c.memo(("rules", alpha, beta, metric, fields), lambda: _pair_rules(c, alpha, cfg, beta, metric))
+
+
+def _pair_rules(c: Curves, alpha: float, cfg, beta: float, metric: str) -> PairRules:
     m, s = c.at(alpha), c.std_at(alpha)
     lam, k = m.index.to_numpy(), cfg.spread_k
     if metric == "loss":
