@@ -329,3 +329,15 @@ def test_compare_variants_measures_dense_on_the_compressed_variants_seeds(tmp_pa
     _, kept_by = rules.compare_variants(pm, om, cfg.claims, cfg.data.d, cfg.corollaries.region_iou)
     assert kept_by["rank1"]["thm2"][0] is True and kept_by["rank1"]["thm2"][2] == 4, kept_by["rank1"]["thm2"]
     assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]
+
+
+def test_keeps_leaves_lambda_star_undecided_where_a_seed_learns_t2_in_one_variant_only():
+    """A compressed variant whose seeds 1-4 never learn T2 on the grid at alpha = 0.5 (lambda* NaN) while dense's
+    do: the finite seed agrees, but its mean used to hide the others and call lambda* kept, on 5 seeds."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"]
+    q = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
+    ls = q["lambda_star"][0.5]
+    never = {**q, "lambda_star": {**q["lambda_star"], 0.5: ls.where(ls.index == ls.index[0])}}
+    ok, text, n = rules.keeps(q, never, cfg.claims, cfg.corollaries.region_iou)["thm1"]
+    assert ok is None and n == 1 and f"({len(ls) - 1} seed(s) learn T2 on the grid in one variant only)" in text, text

@@ -38,7 +38,7 @@ def of_relation(alphas, name: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ Theorems 1-2
-@dataclass
+@dataclass(frozen=True)
 class Curves:
     """Seed means and seed standard deviations per (alpha, lam) of L1, L2 (hinge) and A1, A2 (accuracy), and the
     per-seed table they come from."""
@@ -86,7 +86,7 @@ def curves(df: pd.DataFrame) -> Curves:
     counts = df.groupby("alpha")["seed"].nunique().reindex(alphas).fillna(0).astype(int)
     # One row per (alpha, seed, lam, task): the mean is the row's value (a groupby and unstack: the numbers of a pivot
     # table in half its time). No valid seed at all: the curves are empty frames of the usual columns.
-    wide = df.groupby(["alpha", "seed", "lam", "task"])[["loss", "acc"]].mean().unstack("task")
+    wide = df.groupby(["alpha", "seed", "lam", "task"])[["loss", "acc"]].mean().dropna(how="all").unstack("task")
     wide = wide.reindex(columns=pd.MultiIndex.from_product([["loss", "acc"], ["T1", "T2"]]))
     per_seed = pd.DataFrame({"L1": wide["loss"]["T1"], "L2": wide["loss"]["T2"], "A1": wide["acc"]["T1"],
                              "A2": wide["acc"]["T2"]})
