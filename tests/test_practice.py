@@ -288,7 +288,7 @@ def test_claims_are_inconclusive_with_too_few_seeds_or_test_samples():
     a = {"estimator_summary": tracking_summary(), "validation_summary": validation_summary_table(),
          "norm_summary": pr.norm_summary(norm_rows({("none", 0.0): (0.4, 0.0, 10.0),
                                                     ("decay", 0.01): (0.2, 0.01, 5.0)}), CFG),
-         "_n_seeds": 5, "_n_seeds_norm": 3}
+         "_n_seeds": 5, "_n_seeds_norm": 3, "_lost": []}
     a["lambda_prediction"], a["windows"], _ = lambda_tables()
     full = pr.claims(a, CFG)
     assert [r.id for r in full] == ["practice.similarity_tracks_alpha", "practice.lambda_from_similarity",
@@ -297,8 +297,25 @@ def test_claims_are_inconclusive_with_too_few_seeds_or_test_samples():
     assert [r.source for r in full] == ["estimators", "estimators", "validation", "norm"]
     few = pr.claims({**a, "_n_seeds_norm": 2}, CFG)
     assert [r.verdict for r in few] == ["pass"] * 3 + ["inconclusive"] and "min_seeds" in few[3].details
+    lost = pr.claims({**a, "_n_seeds": 0, "_lost": [0.5]}, CFG)               # an alpha without a valid seed: named
+    assert [r.verdict for r in lost] == ["inconclusive"] * 3 + ["pass"]
+    assert all("0 valid seed(s), fewer than claims.min_seeds=3 (no valid seed at alpha = 0.5)" in r.details
+               for r in lost[:3]) and "no valid seed" not in lost[3].details
     smoke = pr.claims(a, dataclasses.replace(CFG, sweep=config.Sweep(n_test=200)))
     assert all(r.verdict == "inconclusive" and "smoke run" in r.details for r in smoke)
+
+
+def test_an_alpha_without_a_valid_seed_is_named_in_the_sweeps_claims():
+    """Every seed of alpha = 0.5 invalid in the committed metrics: the three claims on the sweep (each uses every
+    alpha) rest on 0 seeds and say which alpha was lost; the norm study, a run of its own, keeps its verdict."""
+    _, cfg, tables = runner.load(Path(__file__).resolve().parent.parent / "results" / "practice")
+    m = tables["metrics"].copy()
+    m.loc[m["alpha"] == 0.5, "diverged"] = True
+    got = pr.claims(pr.analyse({**tables, "metrics": m}, cfg), cfg)
+    before = pr.claims(pr.analyse(tables, cfg), cfg)
+    assert [(r.verdict, r.n_seeds) for r in got[:3]] == [("inconclusive", 0)] * 3
+    assert all("(no valid seed at alpha = 0.5)" in r.details for r in got[:3])
+    assert (got[3].verdict, got[3].n_seeds, got[3].details) == (before[3].verdict, before[3].n_seeds, before[3].details)
 
 
 # ------------------------------------------------------------------------------------------------- end to end

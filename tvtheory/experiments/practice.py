@@ -467,7 +467,8 @@ def analyse(tables, cfg: Config) -> dict:
     return {"estimator_summary": estimator_summary(est, c, cfg), "lambda_prediction": lambda_prediction(est, c, cfg),
             "windows": window_prediction(est, c, cfg), "validation_choices": choices,
             "validation_summary": validation_summary(choices, cfg), "norm_summary": norm_summary(tables["norm"], cfg),
-            "_n_seeds": c.n_seeds, "_n_seeds_norm": norm_seeds(tables["norm"])}
+            "_n_seeds": c.n_seeds, "_n_seeds_norm": norm_seeds(tables["norm"]),
+            "_lost": [float(al) for al, k in c.valid_seeds.items() if not k]}
 
 
 def lambda_star_by_seed(c: analysis.Curves, eps: float) -> pd.Series:
@@ -740,8 +741,14 @@ def claims(a: dict, cfg: Config) -> list[rules.Claim]:
                (lambda_claim(a["lambda_prediction"], a["windows"], a["estimator_summary"], cfg, n), "estimators", n),
                (validation_claim(a["validation_summary"], cfg, n), "validation", n),
                (norm_claim(a["norm_summary"], cfg, n_norm), "norm", n_norm)]
+    # The three claims on the sweep use every alpha: one without a valid seed leaves them 0 seeds, named.
+    lost = f" (no valid seed at alpha = {', '.join(f'{al:g}' for al in a['_lost'])})" if a["_lost"] else ""
+
+    def few(k, src):
+        reason = rules.min_seeds_reason(k, cfg.claims)
+        return reason and reason + (lost if src != "norm" else "")
     return [dataclasses.replace(r, source=src) for rec, src, k in records
-            for r in rules.smoke([rec], rules.min_seeds_reason(k, cfg.claims), too_small)]
+            for r in rules.smoke([rec], few(k, src), too_small)]
 
 
 def tracking_claim(summary: pd.DataFrame, cfg: Config, n_seeds: int) -> rules.Claim:
