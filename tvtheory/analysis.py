@@ -21,6 +21,13 @@ def valid(df: pd.DataFrame) -> pd.DataFrame:
     return df[~df["diverged"].astype(bool)] if "diverged" in df else df
 
 
+def seeds_at(df: pd.DataFrame, by: str, points) -> pd.Series:
+    """The valid seeds at each of ``points`` of column ``by`` (0 where every seed was lost, or none was run): what
+    stands behind a measurement at that point."""
+    counts = valid(df).groupby(by)["seed"].nunique() if len(df) else pd.Series(dtype=int)
+    return counts.reindex(list(points), fill_value=0).astype(int)
+
+
 def valid_in(df: pd.DataFrame, grid: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``df`` whose seed is valid in ``grid``: for a table without a ``diverged`` column of its own (Theorem
     3's references), whose seeds' validity the run's grid table records."""
@@ -82,8 +89,7 @@ class Curves:
 def curves(df: pd.DataFrame) -> Curves:
     """Seed means per (alpha, lam) over valid seeds, and how many valid seeds stand behind each alpha of the table
     (0 when an alpha lost every seed: it is then absent from the means)."""
-    alphas, df = np.unique(df["alpha"]), valid(df)
-    counts = df.groupby("alpha")["seed"].nunique().reindex(alphas).fillna(0).astype(int)
+    counts, df = seeds_at(df, "alpha", np.unique(df["alpha"])), valid(df)
     # One row per (alpha, seed, lam, task): the mean is the row's value (a groupby and unstack: the numbers of a pivot
     # table in half its time). No valid seed at all: the curves are empty frames of the usual columns.
     wide = df.groupby(["alpha", "seed", "lam", "task"])[["loss", "acc"]].mean().dropna(how="all").unstack("task")

@@ -579,13 +579,13 @@ def compare_variants(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int, region_
     of = lambda df, v: df[df["variant"] == v]  # noqa: E731
     names = list(dict.fromkeys(pair["variant"]))
     q = {v: variant_quantities(of(pair, v), of(ood, v), cfg, d) for v in names}
-    kept_by = {}
+    pair_d, ood_d, kept_by = of(pair, "dense"), of(ood, "dense"), {}
     for v in names:
         if v != "dense":
-            pair_v = _invalid_as(of(pair, "dense"), of(pair, v), ["alpha", "seed"])
-            ood_v = _invalid_as(of(ood, "dense"), of(ood, v), ["seed"])
-            same = pair_v["diverged"].equals(of(pair, "dense")["diverged"].astype(bool)) and \
-                ood_v["diverged"].equals(of(ood, "dense")["diverged"].astype(bool))
+            pair_v = _invalid_as(pair_d, of(pair, v), ["alpha", "seed"])
+            ood_v = _invalid_as(ood_d, of(ood, v), ["seed"])
+            same = pair_v["diverged"].equals(pair_d["diverged"].astype(bool)) and \
+                ood_v["diverged"].equals(ood_d["diverged"].astype(bool))
             dense = q["dense"] if same else variant_quantities(pair_v, ood_v, cfg, d)   # measured once where it can
             kept_by[v] = keeps(dense, q[v], cfg, region_iou)
     return q, kept_by
@@ -692,13 +692,6 @@ def _per_seed(df: pd.DataFrame, x: str, y: str, xs) -> np.ndarray:
     return df.pivot(index="seed", columns=x, values=y).reindex(columns=np.asarray(xs)).to_numpy(float)
 
 
-def _seeds_at(df: pd.DataFrame, x: str, xs) -> pd.Series:
-    """The valid seeds (rows of ``df``: one per valid seed and point) at each point ``xs`` of column ``x``; 0 where
-    every seed was lost."""
-    counts = df.groupby(x)["seed"].nunique() if len(df) else pd.Series(dtype=int)
-    return counts.reindex(list(xs)).fillna(0).astype(int)
-
-
 def _fewer_seeds(n: pd.Series, x: str) -> str:
     """The points with fewer valid seeds than the best-covered one ('' when none)."""
     few = n[n < n.max()]
@@ -712,7 +705,7 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
     fewest valid seeds of any of its points (sc.ds at width m; sc.n_rels) behind it."""
     b = beta[beta["m"] == m].sort_values("d")
     bs = beta_seeds[beta_seeds["m"] == m]
-    n_b = _seeds_at(bs, "d", sc.ds)
+    n_b = analysis.seeds_at(bs, "d", sc.ds)
     per_seed = _per_seed(bs, "d", "beta_neg", b["d"])
     ok, slope, local, seeds = power_law(b["d"], b["beta_neg"], per_seed, -1.0, sc.exponent_tol, sc.local_tol,
                                         cfg.spread_k)
@@ -729,7 +722,7 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
             f"m={mm}: exponent {analysis.fit_exponent(g.sort_values('d')['d'], g.sort_values('d')['beta_neg']):.3g}"
             for mm, g in beta.groupby("m") if mm != m) + "." + _fewer_seeds(n_b, "d"),
         undecided="fewer than three d, or the per-seed exponents' spread reaches the tolerance")
-    n_c = _seeds_at(conv, "n_rel", sc.n_rels)
+    n_c = analysis.seeds_at(conv, "n_rel", sc.n_rels)
     means = conv.groupby("delta_star")["steps"].mean()
     per_seed = _per_seed(conv, "delta_star", "steps", means.index)
     never = int(conv["steps"].isna().sum())

@@ -60,8 +60,7 @@ def figure1(df: pd.DataFrame, cc, out: Path) -> None:
     """The paper's Figure 1: T1 and T2 against lambda per alpha, hinge loss and accuracy (a panel per alpha, empty
     where it has no valid seed)."""
     alphas = _order(df["alpha"].unique())
-    n = analysis.valid(df).groupby("alpha")["seed"].nunique().reindex(alphas, fill_value=0)
-    df = analysis.valid(df)
+    n, df = analysis.seeds_at(df, "alpha", alphas), analysis.valid(df)
     fig, axes = plt.subplots(2, len(alphas), figsize=(3.1 * len(alphas), 5.6), sharex=True, squeeze=False)
     for j, a in enumerate(alphas):
         sub = df[df["alpha"] == a]
