@@ -73,6 +73,54 @@ def test_pair_sweep_matches_the_unbatched_pipeline(swept):
     np.testing.assert_allclose(r.norms[2, 1], norms, rtol=1e-4)
 
 
+def test_stages_run_at_once_give_the_bits_of_stages_run_one_by_one(swept, monkeypatch):
+    """sweep.stage_pool runs the fine-tunes and evaluations of a sweep on threads, one per CPU: one thread (a
+    `make reproduce` lane) and two give the same bits, and the progress reports come in alpha order either way."""
+    a, _ = swept
+    for workers in (1, 3):
+        monkeypatch.setattr(sweep, "cpus", lambda w=workers: w)
+        calls = []
+        b = tiny_sweep(progress=lambda *c: calls.append(c))
+        assert [c[0] for c in calls] == [1, 2, 3]
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stage_that_fails_stops_the_sweep_with_its_error(monkeypatch, workers):
+    """An error in a stage on a thread reaches the caller as itself (a fine-tune on stream 1 is T2's)."""
+    real = sweep.finetune_all
+    monkeypatch.setattr(sweep, "cpus", lambda: workers)
+    monkeypatch.setattr(sweep, "finetune_all", lambda *a: _raise(train.DivergenceError("T2 diverged")) if a[5] == 1
+                        else real(*a))
+    with pytest.raises(train.DivergenceError, match="T2 diverged"):
+        tiny_sweep()
+
+
+def _raise(error):
+    raise error
+
+
+def test_training_batches_are_drawn_once_for_every_fine_tune_that_shares_them(monkeypatch):
+    """sweep.training_batches remembers its last draws: the same arrays as batch_ids, drawn once per stream."""
+    draws = []
+    real = sweep.batch_ids
+    monkeypatch.setattr(sweep, "batch_ids", lambda *a, **k: draws.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(sweep, "_batches", type(sweep._batches)())
+    key, ids, tr, spec = streams.run_key(7), np.array([0, 1], np.int32), SETUP.train, SETUP.data.sampling(True)
+    first = sweep.training_batches(key, ids, 1, 6, tr, spec)
+    again = sweep.training_batches(key, ids, 1, 6, tr, spec)
+    assert draws == [1] and all(x is y for x, y in zip(first, again))
+    fresh = real(key, jnp.asarray(ids), 1, jnp.int32(6), steps=tr.steps, batch=tr.batch, spec=spec)
+    for x, y in zip(first, fresh):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for task in (0, 2, 1):                  # two are kept: task 1's draw was dropped when task 2's came
+        sweep.training_batches(key, ids, task, 6, tr, spec)
+    assert draws == [1, 0, 2, 1]
+    sweep.training_batches(key, ids[:1], 1, 6, tr, spec)                # other seeds: another draw
+    assert draws == [1, 0, 2, 1, 1]
+
+
 def test_t1_finetune_is_shared_across_alphas(swept):
     r, _ = swept
     # T1's fine-tune cannot depend on alpha: nor its own loss and accuracy, nor its training curve.

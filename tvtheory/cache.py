@@ -14,11 +14,13 @@ Every entry a run read is listed in its provenance with the commit that wrote it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -87,6 +89,7 @@ class Store:
         self.used: dict[str, str | None] = {}       # entry path -> commit that wrote it (provenance)
         self.timed: dict[str, float] = {}           # kind -> seconds spent computing its missing entries
         self._writer = None
+        self.lock = threading.Lock()                # the counts above, for stages that run at once (sweep.stage_pool)
 
     def path(self, kind: str, fields: dict) -> Path:
         return self.root / kind / f"{key(fields)}.npz"
@@ -95,17 +98,18 @@ class Store:
         """The cached pytree with the structure of ``like`` (arrays or ShapeDtypeStructs), or None (missing, or
         damaged: then moved aside with a warning)."""
         p = self.path(kind, fields)
-        if self.refresh or not p.exists():
-            self.misses += 1
-            return None
-        try:
-            tree, writer = self._read(p, fields, like)
-        except Damaged as e:
-            self._quarantine(p, str(e))
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.used[str(p)] = writer
+        tree, writer = None, None
+        if not self.refresh and p.exists():
+            try:
+                tree, writer = self._read(p, fields, like)
+            except Damaged as e:
+                self._quarantine(p, str(e))
+        with self.lock:
+            if tree is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self.used[str(p)] = writer
         return tree
 
     def _read(self, p: Path, fields: dict, like):
@@ -143,7 +147,8 @@ class Store:
             os.replace(p, dest)
         except OSError:
             p.unlink(missing_ok=True)
-        self.healed += 1
+        with self.lock:
+            self.healed += 1
         log.warning("cache entry %s is damaged (%s): moved to %s and recomputed", p, why, dest)
 
     def save(self, kind: str, fields: dict, tree) -> Path:
@@ -209,7 +214,8 @@ def per_seed(store: Store, kind: str, fields_of, seed_ids: np.ndarray, compute, 
         batch = jax.device_get(compute(missing))
         timed = getattr(store, "timed", None)         # a duck-typed store may keep no account
         if timed is not None:
-            timed[kind] = timed.get(kind, 0.0) + time.perf_counter() - started
+            with getattr(store, "lock", contextlib.nullcontext()):
+                timed[kind] = timed.get(kind, 0.0) + time.perf_counter() - started
         for i, s in enumerate(missing):
             one = jax.tree.map(lambda x: x[i], batch)
             store.save(kind, fields_of(int(s)), one)

@@ -190,7 +190,7 @@ class _Memo:
 
     def __init__(self, store):
         self.store, self.mem = store, {}
-        self.timed = store.timed                     # stage seconds land in the run's store (provenance.json)
+        self.timed, self.lock = store.timed, store.lock     # stage seconds land in the run's store (provenance.json)
 
     def load(self, kind, fields, like):
         from tvtheory import cache
