@@ -293,10 +293,11 @@ def cpus() -> int:
 def stage_pool(workers: int | None = None):
     """Threads that run a sweep's independent stages at once (fine-tunes, each alpha's evaluation), one per CPU (or
     ``workers``). One compiled program keeps two CPUs busy only in its larger products: two fine-tunes of W1 at
-    once take 57% of their time one after the other (2.8 s against 5.0 s). Each program computes the same bits
-    whichever threads run it (XLA's CPU products do not depend on the thread count: tested), so results do not
-    depend on the pool; with one CPU the stages run one by one in submission order. A stage that raises cancels
-    the ones not yet started."""
+    once take 57% of their time one after the other (2.8 s against 5.0 s). A program computes the same bits
+    whichever thread starts it and whatever runs beside it (XLA splits its work by the process's CPUs, not by the
+    threads free at the time), so results do not depend on the pool (tested); with one CPU, as on a `make
+    reproduce` lane, the stages run one by one in submission order. A stage that raises cancels the ones not yet
+    started."""
     pool = ThreadPoolExecutor(max_workers=workers or cpus(), thread_name_prefix="stage")
     try:
         yield pool
