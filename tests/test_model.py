@@ -269,6 +269,34 @@ def test_grid_eval_gathering_values_from_the_pattern_table_matches_the_sums_per_
     assert np.all(np.isnan(grid_eval(base, taus, coeffs, X, y, block=32, q=q, table=table.at[3].multiply(2.0))[0]))
 
 
+@pytest.mark.parametrize("with_table", [False, True])
+def test_grid_eval_as_one_fused_loop_and_as_a_batched_product_agree(monkeypatch, with_table):
+    """Up to model.FUSED_Q_MAX distinct tokens a grid point's attention-weighted sums are unrolled multiply-adds
+    summed as balanced trees; beyond, a batched product: the same numbers to float rounding, with and without the
+    pattern table."""
+    spec, mus, irr, X, y, base, taus = grid_problem("merged", 2, P=12, n=90, task=1)
+    taus = jax.tree.map(lambda *x: jnp.stack(x), *taus)
+    coeffs = jax.random.uniform(jax.random.key(4), (5, 2), minval=-2, maxval=3)
+    kw = dict(block=32, q=spec.max_distinct(irr.shape[0]), table=data.token_table(mus[1], irr) if with_table else None)
+    trees, real = [], model._tree_sum
+    monkeypatch.setattr(model, "_tree_sum", lambda terms: trees.append(len(terms)) or real(terms))
+    fused = model.grid_eval(base, taus, coeffs, X, y, **kw)            # not jitted: each call traces its own form
+    assert trees
+    trees.clear()
+    monkeypatch.setattr(model, "FUSED_Q_MAX", 0)
+    batched = model.grid_eval(base, taus, coeffs, X, y, **kw)
+    assert not trees
+    np.testing.assert_allclose(fused[0], batched[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused[1], batched[1], atol=1e-6)
+    assert np.all(np.isfinite(fused[0]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 7])
+def test_tree_sum_adds_every_term_once(n):
+    terms = [jnp.full(3, 2.0 ** i) for i in range(n)]
+    np.testing.assert_array_equal(model._tree_sum(terms), jnp.full(3, 2.0 ** n - 1))
+
+
 def test_apply_on_ids_is_apply_on_the_tokens_they_name():
     """model.apply_ids gathers the logits and values from the pattern table: the same outputs and gradients as
     model.apply on table[ids], to float rounding, for any leading axes."""

@@ -75,15 +75,30 @@ def test_pair_sweep_matches_the_unbatched_pipeline(swept):
 
 def test_stages_run_at_once_give_the_bits_of_stages_run_one_by_one(swept, monkeypatch):
     """sweep.stage_pool runs the fine-tunes and evaluations of a sweep on threads, one per CPU: one thread (a
-    `make reproduce` lane) and two give the same bits, and the progress reports come in alpha order either way."""
+    `make reproduce` lane) and three give the bits of the default pool."""
     a, _ = swept
     for workers in (1, 3):
         monkeypatch.setattr(sweep, "cpus", lambda w=workers: w)
-        calls = []
-        b = tiny_sweep(progress=lambda *c: calls.append(c))
-        assert [c[0] for c in calls] == [1, 2, 3]
+        b = tiny_sweep()
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_one_cpu_runs_the_stages_in_submission_order(monkeypatch):
+    """With one CPU a pair sweep's stages run one by one: T1's fine-tune, then each alpha's T2 fine-tune one ahead of
+    that alpha's evaluation."""
+    started, real = [], cache.per_seed
+
+    def recorded(store, kind, fields_of, *a, **k):
+        if kind in ("finetune", "pair_eval"):
+            f = fields_of(0)
+            started.append((kind, f["stream"] if kind == "finetune" else f["alpha"]))
+        return real(store, kind, fields_of, *a, **k)
+    monkeypatch.setattr(sweep, "cpus", lambda: 1)
+    monkeypatch.setattr(cache, "per_seed", recorded)
+    tiny_sweep()
+    assert started == [("finetune", 0), ("finetune", 1), ("finetune", 1), ("pair_eval", -0.5), ("finetune", 1),
+                       ("pair_eval", 0.0), ("pair_eval", 0.5)]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -119,6 +134,34 @@ def test_training_batches_are_drawn_once_for_every_fine_tune_that_shares_them(mo
     assert draws == [1, 0, 2, 1]
     sweep.training_batches(key, ids[:1], 1, 6, tr, spec)                # other seeds: another draw
     assert draws == [1, 0, 2, 1, 1]
+
+
+def test_stages_asking_for_the_same_batches_at_once_share_one_draw(monkeypatch):
+    import threading
+    import time
+
+    draws, real = [], sweep.batch_ids
+
+    def slow(*a, **k):                      # long enough that every thread asks while it is being drawn
+        draws.append(a[2])
+        time.sleep(0.3)
+        return real(*a, **k)
+    monkeypatch.setattr(sweep, "batch_ids", slow)
+    monkeypatch.setattr(sweep, "_batches", type(sweep._batches)())
+    key, ids, tr, spec = streams.run_key(8), np.array([0], np.int32), SETUP.train, SETUP.data.sampling(True)
+    got = [None] * 3
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, sweep.training_batches(key, ids, 1, 6, tr, spec)))
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert draws == [1] and all(g is got[0] for g in got)
+    monkeypatch.setattr(sweep, "batch_ids", lambda *a, **k: _raise(RuntimeError("draw failed")))
+    with pytest.raises(RuntimeError, match="draw failed"):
+        sweep.training_batches(key, ids, 0, 6, tr, spec)
+    monkeypatch.setattr(sweep, "batch_ids", slow)                   # a failed draw is not remembered: drawn again
+    assert len(sweep.training_batches(key, ids, 0, 6, tr, spec)) == 2 and draws == [1, 0]
 
 
 def test_t1_finetune_is_shared_across_alphas(swept):

@@ -200,11 +200,12 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     summing the precomputed (N, q, m) products for each. A token that is not a row of the table turns the result
     into NaN.
 
-    Either way a point's attention-weighted sums are written as q x q multiply-adds of (N, m) rows, each sum a
-    balanced tree (``_tree_sum``): XLA fuses the whole point into one loop over (N, m) that never writes the
-    (N, q, m) products, which a batched product and its ReLU streamed through memory. The same function to float
-    rounding (another order of the sums); measured on one core at K = 1, d = 32, m = 256, q = 16, N = 2000, 51
-    points: 243 ms against 346 ms for the batched product with the table, 315 ms against 364 ms without.
+    Either way, up to ``FUSED_Q_MAX`` distinct tokens, a point's attention-weighted sums are written as q x q
+    multiply-adds of (N, m) rows, each sum a balanced tree (``_tree_sum``): XLA fuses the whole point into one loop
+    over (N, m) that never writes the (N, q, m) products, which a batched product and its ReLU streamed through
+    memory. The same function to float rounding (another order of the sums); measured on one core at K = 1, d = 32,
+    m = 256, q = 16, N = 2000, 51 points: 243 ms against 346 ms for the batched product with the table, 315 ms
+    against 364 ms without. Beyond ``FUSED_Q_MAX`` the batched product is kept.
     """
     if "W" not in base:                                       # four-matrix form: quadratic in c
         base, taus, coeffs_GxK = _four_as_merged(base, taus, coeffs_GxK)
@@ -255,8 +256,12 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
             # over queries inside the attention kernel.
             A = jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]
             H = values(c_K)                     # (T, m) gathered per key inside the fused loop, or (N, q, m)
-            Hs = [H[:, s] if table is None else H[row_NxQ[:, s]] for s in range(q)]
-            G = _tree_sum([jax.nn.relu(_tree_sum([A[:, j, s, None] * Hs[s] for s in range(q)])) for j in range(q)])
+            if q <= FUSED_Q_MAX:
+                Hs = [H[:, s] if table is None else H[row_NxQ[:, s]] for s in range(q)]
+                G = _tree_sum([jax.nn.relu(_tree_sum([A[:, j, s, None] * Hs[s] for s in range(q)]))
+                               for j in range(q)])
+            else:
+                G = jax.nn.relu(A @ (H if table is None else H[row_NxQ])).sum(axis=-2)
             f = G @ a
             return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
 
@@ -266,6 +271,12 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     loss_sum, correct, ok = jax.lax.map(one_block, (Xb, yb, w))
     nan_unless_ok = jnp.where(jnp.all(ok), 1.0, jnp.nan)
     return loss_sum.sum(0) / N * nan_unless_ok, correct.sum(0) / N * nan_unless_ok
+
+
+# The largest q whose grid points grid_eval writes as one fused loop of q^2 multiply-adds. Its program grows with q^2:
+# a grid_eval compiled at LLVM level 1 in 0.46 s at q = 16, 0.57 s at q = 20 (P = 20, the largest q of the suite's
+# configs) and 1.74 s at q = 32, against 0.16-0.22 s with the batched product.
+FUSED_Q_MAX = 24
 
 
 def _tree_sum(terms: list) -> jax.Array:

@@ -23,7 +23,7 @@ import dataclasses
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import NamedTuple
 
@@ -157,14 +157,15 @@ def finetune_from(key, seed_ids, psi0_S, mu, irr, task_index: int, setup: Setup)
                         setup=training_setup(setup))
 
 
-_batches: OrderedDict = OrderedDict()        # the last few draws of training_batches
+_batches: OrderedDict = OrderedDict()        # the last few draws of training_batches, as futures
 _batches_lock = threading.Lock()
 
 
 def training_batches(key, seed_ids, task_index: int, M: int, tr: Train, spec: Data, keep: int = 2):
     """``batch_ids``, remembering its last ``keep`` draws: every alpha's T2 fine-tune of a pair sweep trains on the
     same batches (only the pattern table differs), and so does every width of a scaling cell, so each is drawn once
-    per process (5 seeds of 300 batches of 64 ids: 8 MB, 0.1-0.2 s per draw). The same arrays as a fresh draw."""
+    per process (5 seeds of 300 batches of 64 ids: 8 MB, 0.1-0.2 s per draw), also when several stages ask for it at
+    once (they wait for the one drawing it). The same arrays as a fresh draw."""
     draw = lambda: batch_ids(key, jnp.asarray(seed_ids, jnp.int32), task_index, jnp.int32(M),  # noqa: E731
                              steps=tr.steps, batch=tr.batch, spec=spec)
     if isinstance(key, jax.core.Tracer) or isinstance(seed_ids, jax.core.Tracer):
@@ -172,13 +173,27 @@ def training_batches(key, seed_ids, task_index: int, M: int, tr: Train, spec: Da
     memo = (np.asarray(jax.random.key_data(key)).tobytes(), np.asarray(seed_ids, np.int32).tobytes(), int(task_index),
             int(M), tr.steps, tr.batch, spec)
     with _batches_lock:
-        got = _batches.get(memo)
-    if got is None:
-        got = draw()
-        with _batches_lock:
-            _batches[memo] = got
+        pending = _batches.get(memo)
+        mine = pending is None
+        if mine:
+            pending = _batches[memo] = Future()
             while len(_batches) > keep:
                 _batches.popitem(last=False)
+    if not mine:
+        return pending.result()                     # drawn, or being drawn by another stage
+    try:
+        got = draw()
+    except BaseException as e:
+        with _batches_lock:
+            if _batches.get(memo) is pending:
+                del _batches[memo]
+        pending.set_exception(e)
+        raise
+    if isinstance(got[0], jax.core.Tracer):         # inside another trace: arrays that must not outlive it
+        with _batches_lock:
+            if _batches.get(memo) is pending:
+                del _batches[memo]
+    pending.set_result(got)
     return got
 
 
@@ -296,8 +311,9 @@ def stage_pool(workers: int | None = None):
     once take 57% of their time one after the other (2.8 s against 5.0 s). A program computes the same bits
     whichever thread starts it and whatever runs beside it (XLA splits its work by the process's CPUs, not by the
     threads free at the time), so results do not depend on the pool (tested); with one CPU, as on a `make
-    reproduce` lane, the stages run one by one in submission order. A stage that raises cancels the ones not yet
-    started."""
+    reproduce` lane, the stages run one by one in submission order. When a stage raises, the sweep raises its error
+    as it reaches that stage's result (in alpha order), and the stages not yet started are cancelled; running ones
+    finish first."""
     pool = ThreadPoolExecutor(max_workers=workers or cpus(), thread_name_prefix="stage")
     try:
         yield pool
