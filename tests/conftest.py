@@ -10,7 +10,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The suite's time is mostly XLA compiling the programs of tiny runs; LLVM's optimisation level 0 compiles them ~30%
 # faster. Programs compared with each other in a test are compiled with the same flags, and no test compares a
-# number with the committed results' (those are recomputed from their tables, without JAX).
+# number with the committed results' (those are recomputed from their tables, without JAX). At level 0 a grid point
+# keeps the batched product rather than the fused loop (model.FUSED_Q_MAX): faster there to compile and to run; the
+# fused form is tested against it explicitly (tests/test_model.py).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 

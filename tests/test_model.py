@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,6 +282,7 @@ def test_grid_eval_as_one_fused_loop_and_as_a_batched_product_agree(monkeypatch,
     kw = dict(block=32, q=spec.max_distinct(irr.shape[0]), table=data.token_table(mus[1], irr) if with_table else None)
     trees, real = [], model._tree_sum
     monkeypatch.setattr(model, "_tree_sum", lambda terms: trees.append(len(terms)) or real(terms))
+    monkeypatch.setattr(model, "FUSED_Q_MAX", 24)                   # the suite's default (tests run LLVM level 0)
     fused = model.grid_eval(base, taus, coeffs, X, y, **kw)            # not jitted: each call traces its own form
     assert trees
     trees.clear()
@@ -289,6 +292,12 @@ def test_grid_eval_as_one_fused_loop_and_as_a_batched_product_agree(monkeypatch,
     np.testing.assert_allclose(fused[0], batched[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fused[1], batched[1], atol=1e-6)
     assert np.all(np.isfinite(fused[0]))
+
+
+def test_the_fused_grid_point_is_for_optimised_code_only():
+    assert model._llvm_level("") == 3 and model._llvm_level("--xla_backend_optimization_level=1") == 1
+    assert model._llvm_level("--xla_backend_optimization_level=2 --xla_backend_optimization_level=0") == 0
+    assert model.FUSED_Q_MAX == (24 if model._llvm_level(os.environ.get("XLA_FLAGS", "")) > 0 else 0)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 6, 7])
