@@ -207,7 +207,8 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     over (N, m) that never writes the (N, q, m) products, which a batched product and its ReLU streamed through
     memory. The same function to float rounding (another order of the sums); measured on one core at K = 1, d = 32,
     m = 256, q = 16, N = 2000, 51 points: 243 ms against 346 ms for the batched product with the table, 315 ms
-    against 364 ms without. Beyond ``FUSED_Q_MAX`` the batched product is kept.
+    against 364 ms without. Beyond ``FUSED_Q_MAX`` (0 where LLVM does not optimise: the tests) the batched product
+    is kept.
     """
     if "W" not in base:                                       # four-matrix form: quadratic in c
         base, taus, coeffs_GxK = _four_as_merged(base, taus, coeffs_GxK)
