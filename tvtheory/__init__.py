@@ -20,9 +20,14 @@ XLA_DEFAULTS = {"xla_cpu_use_fusion_emitters": "false", "xla_backend_optimizatio
                 "xla_cpu_enable_concurrency_optimized_scheduler": "false"}
 
 
+def xla_options(flags: str) -> dict[str, str]:
+    """The options an XLA_FLAGS value sets, name -> value (the last setting of each; "" for a bare flag)."""
+    return {f.lstrip("-").split("=", 1)[0]: f.split("=", 1)[1] if "=" in f else "" for f in flags.split()}
+
+
 def with_xla_defaults(flags: str) -> str:
     """``flags`` (an XLA_FLAGS value) with each option of XLA_DEFAULTS appended that it does not set itself."""
-    named = {f.lstrip("-").split("=")[0] for f in flags.split()}
+    named = xla_options(flags)
     return " ".join([*flags.split(), *(f"--{k}={v}" for k, v in XLA_DEFAULTS.items() if k not in named)])
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tvtheory import _check
+from tvtheory import _check, xla_options
 from tvtheory.config import FORMS, Model
 
 
@@ -276,19 +276,14 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
     return loss_sum.sum(0) / N * nan_unless_ok, correct.sum(0) / N * nan_unless_ok
 
 
-def _llvm_level(flags: str) -> int:
-    """XLA's LLVM optimisation level in an XLA_FLAGS value (XLA's default 3 where it is not named)."""
-    levels = [f.split("=", 1)[1] for f in flags.split() if f.startswith("--xla_backend_optimization_level=")]
-    return int(levels[-1]) if levels else 3
-
-
 # The largest q whose grid points grid_eval writes as one fused loop of q^2 multiply-adds. Its program grows with q^2:
 # a grid_eval compiled at LLVM level 1 in 0.46 s at q = 16, 0.57 s at q = 20 (P = 20, the largest q of the suite's
 # configs) and 1.74 s at q = 32, against 0.16-0.22 s with the batched product. At LLVM level 0 (the tests' setting,
 # tests/conftest.py) the loop is left unoptimised and the batched product, a library kernel, wins both ways (q = 12,
 # m = 64, 200 samples, 21 points: 0.21 s to compile and 12 ms to run, against 0.46 s and 25 ms fused), so there
 # none is fused. Read once, as XLA reads its flags once per process.
-FUSED_Q_MAX = 24 if _llvm_level(os.environ.get("XLA_FLAGS", "")) > 0 else 0
+_LLVM_LEVEL = int(xla_options(os.environ.get("XLA_FLAGS", "")).get("xla_backend_optimization_level", 3))
+FUSED_Q_MAX = 24 if _LLVM_LEVEL > 0 else 0
 
 
 def _tree_sum(terms: list) -> jax.Array:

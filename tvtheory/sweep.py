@@ -181,18 +181,18 @@ def training_batches(key, seed_ids, task_index: int, M: int, tr: Train, spec: Da
                 _batches.popitem(last=False)
     if not mine:
         return pending.result()                     # drawn, or being drawn by another stage
+    def forget():                                   # a draw not to keep: the next call draws again
+        with _batches_lock:
+            if _batches.get(memo) is pending:
+                del _batches[memo]
     try:
         got = draw()
     except BaseException as e:
-        with _batches_lock:
-            if _batches.get(memo) is pending:
-                del _batches[memo]
+        forget()
         pending.set_exception(e)
         raise
     if isinstance(got[0], jax.core.Tracer):         # inside another trace: arrays that must not outlive it
-        with _batches_lock:
-            if _batches.get(memo) is pending:
-                del _batches[memo]
+        forget()
     pending.set_result(got)
     return got
 
@@ -305,16 +305,15 @@ def cpus() -> int:
 
 
 @contextlib.contextmanager
-def stage_pool(workers: int | None = None):
-    """Threads that run a sweep's independent stages at once (fine-tunes, each alpha's evaluation), one per CPU (or
-    ``workers``). One compiled program keeps two CPUs busy only in its larger products: two fine-tunes of W1 at
-    once take 57% of their time one after the other (2.8 s against 5.0 s). A program computes the same bits
-    whichever thread starts it and whatever runs beside it (XLA splits its work by the process's CPUs, not by the
-    threads free at the time), so results do not depend on the pool (tested); with one CPU, as on a `make
-    reproduce` lane, the stages run one by one in submission order. When a stage raises, the sweep raises its error
-    as it reaches that stage's result (in alpha order), and the stages not yet started are cancelled; running ones
-    finish first."""
-    pool = ThreadPoolExecutor(max_workers=workers or cpus(), thread_name_prefix="stage")
+def stage_pool():
+    """Threads that run a sweep's independent stages at once (fine-tunes, each alpha's evaluation), one per CPU. One
+    compiled program keeps two CPUs busy only in its larger products: two fine-tunes of W1 at once take 57% of their
+    time one after the other (2.8 s against 5.0 s). A program computes the same bits whichever thread starts it and
+    whatever runs beside it (XLA splits its work by the process's CPUs, not by the threads free at the time), so
+    results do not depend on the pool (tested); with one CPU, as on a `make reproduce` lane, the stages run one by
+    one in submission order. When a stage raises, the sweep raises its error as it reaches that stage's result (in
+    alpha order), and the stages not yet started are cancelled; running ones finish first."""
+    pool = ThreadPoolExecutor(max_workers=cpus(), thread_name_prefix="stage")
     try:
         yield pool
     finally:
@@ -457,8 +456,8 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
         ft1 = finetuned(mus[0, 0], 0)
         return ft1, taskvec.task_vector(ft1.params, psi0)
 
-    def evaluate(i, a, first, second):        # alpha i, once both fine-tunes are done
-        (ft1, tau1), ft2 = first.result(), second.result()
+    def evaluate(i, a, t1, t2):               # alpha i, once both fine-tunes (futures t1, t2) are done
+        (ft1, tau1), ft2 = t1.result(), t2.result()
         tau2 = taskvec.task_vector(ft2.params, psi0)
         ev = cache.per_seed(store, "pair_eval", lambda s: {**fields, "s": s, "alpha": float(a)}, seed_ids,
                             lambda ids: pair_eval(*draw(key, ids, streams.TEST, (0, 1), mus[i], irr, n_test,
