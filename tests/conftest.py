@@ -37,7 +37,7 @@ settings.load_profile("tvtheory")
 # short files fill in behind them. A file missing here only runs later.
 LONGEST_FIRST = ("test_reliability.py", "test_experiments.py", "test_mutations.py", "test_digits.py", "test_beyond.py",
                  "test_merging.py", "test_practice.py", "test_unlearning.py", "test_digits_search.py", "test_docs.py",
-                 "test_bench.py", "test_config.py", "test_data.py", "test_sweep.py")
+                 "test_bench.py", "test_config.py", "test_data.py", "test_sweep.py", "test_reproduce.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -81,13 +81,19 @@ def test_linear_disentanglement_error_equals_the_library_on_the_linearised_model
     assert sign.max() > 0                                                       # a test that can tell
 
 
-def test_vocabulary_evaluation_is_model_grid_eval():
+@pytest.mark.parametrize("fused_q_max", [24, 0])
+def test_vocabulary_evaluation_is_model_grid_eval(monkeypatch, fused_q_max):
     """vocab_grid gives model.grid_eval's numbers for every delta and coefficient, and NaN for a sample whose tokens
-    are not vocabulary rows (never a wrong number)."""
+    are not vocabulary rows (never a wrong number): with its grid points as one fused loop (the suite's default;
+    the tests run LLVM level 0, where model.FUSED_Q_MAX is 0) and as batched products."""
     import jax
     import jax.numpy as jnp
 
     from tvtheory import data, model
+
+    trees, real = [], model._tree_sum
+    monkeypatch.setattr(model, "_tree_sum", lambda terms: trees.append(len(terms)) or real(terms))
+    monkeypatch.setattr(model, "FUSED_Q_MAX", fused_q_max)
 
     rng = np.random.default_rng(1)
     d, m, spec = 8, 16, config.Data(d=8, P=10, n_rel=3, n_conf=1)
@@ -103,6 +109,8 @@ def test_vocabulary_evaluation_is_model_grid_eval():
     q = spec.max_distinct(irr.shape[0])
     fast = jax.jit(lambda X: merging.vocab_grid(base, D, coeffs, X, y, vocab, q, block=16))
     loss, acc = fast(X)
+    assert bool(trees) == (q <= fused_q_max)                                    # the form asked for
+    monkeypatch.setattr(model, "FUSED_Q_MAX", 0)                                # the reference: batched products
     for c in range(3):
         ref = model.grid_eval(base, jax.tree.map(lambda t: t[c:c + 1], D), coeffs[c][:, None], X, y, q=q)
         np.testing.assert_allclose(loss[c], ref[0], rtol=1e-5, atol=1e-6)

@@ -125,3 +125,44 @@ def test_each_lane_gets_its_own_cpus_and_an_experiment_process_keeps_to_them(mon
                        env={**os.environ, runner.CPUS: str(one)})
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"[{one}]"
+
+
+OOD_TINY = ["train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "ood.n_test=100", "ood.n_val=50",
+            "ood.gammas=[0.6,-0.5]", "ood.ranges=[[-1,1,1],[-1,1,1]]", "figures=false"]
+
+
+@pytest.mark.slow
+def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_processes(tmp_path):
+    """A lane's worker answers each run with the command's exit status (a bad value: 2, and the worker lives on), runs
+    one experiment after another in one process, and writes the tables a separate ``python -m tvtheory`` writes
+    (no stage cache: everything computed in each run). A worker that dies reports a failure and is replaced."""
+    import os
+    import subprocess
+    import sys
+
+    from tvtheory.lane import Lane
+
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    lane = Lane(env)
+    try:
+        assert lane.run(["ood", "n_seeds=-1", f"out_dir={tmp_path / 'bad'}"]) == 2
+        first = lane.proc.pid
+        for k in (1, 2):
+            assert lane.run(["ood", *OOD_TINY, "cache.dir=null", f"out_dir={tmp_path / f'lane{k}'}"]) == 0
+        assert lane.proc.pid == first and not (tmp_path / "bad").exists()
+        lane.proc.kill()                                # a dead worker: the next run gets a fresh one
+        lane.proc.wait()
+        assert lane.run(["ood", "n_seeds=-1", f"out_dir={tmp_path / 'bad'}"]) == 2 and lane.proc.pid != first
+    finally:
+        lane.close()
+    p = subprocess.run([sys.executable, "-m", "tvtheory", "ood", *OOD_TINY, "cache.dir=null",
+                        f"out_dir={tmp_path / 'process'}"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    tables = sorted(f.name for f in (tmp_path / "process").glob("*.csv"))
+    assert tables
+    for k in (1, 2):
+        for name in tables:
+            assert (tmp_path / f"lane{k}" / name).read_bytes() == (tmp_path / "process" / name).read_bytes(), name
+        argv = json.loads((tmp_path / f"lane{k}" / "provenance.json").read_text())["argv"]
+        assert argv[0].endswith(os.path.join("tvtheory", "__main__.py"))
+        assert argv[1:] == [*OOD_TINY, "cache.dir=null", f"out_dir={tmp_path / f'lane{k}'}"]

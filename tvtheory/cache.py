@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 # XLA's LLVM optimisation level 1 (tvtheory/__init__.py), which moves grid losses and similarities by float rounding
 # (the last printed digit) and digits' ViT numbers as between machines (its Adam amplifies the rounding); the
 # language model's are unchanged; 11: a grid point's attention-weighted sums as unrolled multiply-adds summed as
-# balanced trees (model.grid_eval), which moves grid losses by float rounding (1e-7).
-VERSION = 11
+# balanced trees (model.grid_eval), which moves grid losses by float rounding (1e-7); 12: merging's vocab_grid
+# points as the same fused loop, which moves merging's grid losses by float rounding.
+VERSION = 12
 
 
 def canonical(fields: dict) -> str:

@@ -5,10 +5,11 @@ Whenever a lane is free it starts a ready experiment (one that reuses another's 
 one has finished): the first of that lane's order in the schedule with the earliest end found from here (``plan``),
 from each experiment's seconds in the last reproduce run in which every experiment computed (RESULTS_DIR/timings.json;
 a run served from the cache keeps it), or its module's COST when it has not run yet. Deciding again at every start,
-from the times measured so far, lets the real times rather than a plan fixed in advance decide. Each experiment is its
-own process, kept on its lane's logical CPUs (runner.CPUS), so that two experiments never share one. The last line
-gives the wall time and the critical path: the chain of experiments, each waiting on the one before it (its lane or
-its AFTER), that ended last.
+from the times measured so far, lets the real times rather than a plan fixed in advance decide. Each lane runs its
+experiments one after the other in a process of its own (tvtheory/lane.py: each as ``python -m tvtheory NAME`` would,
+without a new interpreter), kept on the lane's logical CPUs (runner.CPUS), so that two experiments never share one.
+The last line gives the wall time and the critical path: the chain of experiments, each waiting on the one before it
+(its lane or its AFTER), that ended last.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from tvtheory import experiments, results, runner
+from tvtheory.lane import Lane
 
 
 def costs(root: Path) -> dict[str, float]:
@@ -165,18 +166,11 @@ def main(argv: list[str] | None = None) -> None:
             blockers = [(finished[x], x) for x in after[n]] + ([(finished[prev], prev)] if prev else [])
             if blockers:
                 waited_on[n] = max(blockers)[1]
-            # Always the lane's own CPUs, so that two experiments never share one (measured: 10-20% faster than both
-            # spreading XLA's threads over both cores) and an experiment's bytes do not depend on the schedule (the
-            # ViT and the language model round differently on one core than on two).
-            env = dict(os.environ)
-            if cpus:
-                env[runner.CPUS] = ",".join(map(str, cpus[i]))
-            print(f"== {n} (lane {i + 1}" + (f", CPUs {env[runner.CPUS]})" if cpus else ")"), file=sys.stderr,
-                  flush=True)
+            print(f"== {n} (lane {i + 1}" + (f", CPUs {workers[i].env[runner.CPUS]})" if cpus else ")"),
+                  file=sys.stderr, flush=True)
             ok = False
             try:
-                ok = subprocess.run([sys.executable, "-m", "tvtheory", n, f"out_dir={root / n}", *a.overrides],
-                                    env=env).returncode == 0
+                ok = workers[i].run([n, f"out_dir={root / n}", *a.overrides]) == 0
             finally:                    # whatever happens here, the other lanes must not wait for n forever
                 end = time.time() - t0      # before the lock, which another lane's search may hold for a moment
                 with cond:
@@ -187,11 +181,20 @@ def main(argv: list[str] | None = None) -> None:
                     cond.notify_all()
             prev = n
 
+    # Each lane's worker process, kept on the lane's own CPUs, so that two experiments never share one (measured:
+    # 10-20% faster than both spreading XLA's threads over both cores) and an experiment's bytes do not depend on the
+    # schedule (the ViT and the language model round differently on one core than on two).
+    workers = [Lane({**os.environ, **({runner.CPUS: ",".join(map(str, cpus[i]))} if cpus else {})})
+               for i in range(len(planned))]
     threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(planned))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for w in workers:
+            w.close()
     if failed:
         sys.exit(f"error: {', '.join(failed)} failed; the results of the others are in {root}")
     wall = time.time() - t0

@@ -448,7 +448,11 @@ def vocab_grid(base, D_C, coeffs_CxZ, X_NxPxD, y_N, vocab_VxD, q: int, block: in
     token is one of the vocabulary's rows (+mu, -mu, the v_j), so the products with W and V are computed once per
     delta on the vocabulary, E W^T E^T (V x V) and E V^T (V x m), and gathered per sample: a grid point costs the
     attention over q distinct tokens alone, where model.grid_eval also pays q d m per sample and delta for the
-    products. A token that is no vocabulary row turns the result into NaN, never into a wrong number."""
+    products. Up to model.FUSED_Q_MAX distinct tokens a point's attention-weighted sums are model.grid_eval's fused
+    loop of q x q multiply-adds over the values gathered from the vocabulary (the same function to float rounding;
+    on one core, 56 deltas, 4 scales, 200 samples, q = 16, m = 256: 123 ms against 184 ms for the batched product,
+    0.45 s more to compile). A token that is no vocabulary row turns the result into NaN, never into a wrong
+    number."""
     import jax
     import jax.numpy as jnp
 
@@ -484,16 +488,24 @@ def vocab_grid(base, D_C, coeffs_CxZ, X_NxPxD, y_N, vocab_VxD, q: int, block: in
         u, c, y, w = args
         gather_S = lambda Sv: Sv[u[:, :, None], u[:, None, :]]  # noqa: E731  (nb, q, q): query, key
         log_c = jnp.where(c > 0, jnp.log(jnp.maximum(c, 1.0)), -jnp.inf)[:, None, :]
-        S0, H0 = gather_S(S0v) + log_c, H0v[u]
+        S0 = gather_S(S0v) + log_c
+        H0 = None if q <= model.FUSED_Q_MAX else H0v[u]
         weight = (c / P)[..., None]
 
         def per_delta(args):
             SDv, HDv, coeffs_Z = args
-            SD, HD = gather_S(SDv), HDv[u]
+            SD, HD = gather_S(SDv), None if q <= model.FUSED_Q_MAX else HDv[u]
 
             def point(z):
-                G = jax.nn.relu((jax.nn.softmax(S0 + z * SD, axis=-1) * weight) @ (H0 + z * HD))
-                f = G.sum(-2) @ a
+                A = jax.nn.softmax(S0 + z * SD, axis=-1) * weight
+                if q <= model.FUSED_Q_MAX:      # one fused loop over (nb, m), as in model.grid_eval
+                    Hv = H0v + z * HDv
+                    Hs = [Hv[u[:, s]] for s in range(q)]
+                    G = model._tree_sum([jax.nn.relu(model._tree_sum([A[:, j, s, None] * Hs[s] for s in range(q)]))
+                                         for j in range(q)])
+                else:
+                    G = jax.nn.relu(A @ (H0 + z * HD)).sum(-2)
+                f = G @ a
                 return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
             return jax.lax.map(point, coeffs_Z)
         return jax.lax.map(per_delta, (SDv_C, HDv_C, coeffs_CxZ))
