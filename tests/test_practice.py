@@ -90,6 +90,38 @@ def threshold_l2(a, s, lam):
     return max(0.0, (1 - a) - lam)
 
 
+def test_validation_and_norm_grids_gather_from_the_pattern_table_with_the_per_token_numbers(monkeypatch):
+    """The validation and norm-control stages evaluate their grids with each task's pattern table (model.grid_eval's
+    gathered values): the numbers of the per-token products (the path token noise takes), to float rounding."""
+    import jax
+    import jax.numpy as jnp
+
+    from tvtheory import data, data_options, sweep
+
+    d, m = 8, 16
+    setup = sweep.Setup(config.Data(d=d, P=10, n_rel=3, n_conf=1), config.Model(m=m), config.Train())
+    irr = jnp.asarray(data.irrelevant_patterns(np.eye(d)[:2]), jnp.float32)
+    mus = jnp.stack([data.pair_patterns(a, d) for a in (-0.5, 0.5)])           # (A, 2, d)
+    ks = jax.random.split(jax.random.key(3), 4)
+    psi0 = {"W": 0.1 * jax.random.normal(ks[0], (2, d, d)), "V": 0.1 * jax.random.normal(ks[1], (2, m, d))}
+    tau1 = {"W": jax.random.normal(ks[2], (2, d, d)), "V": jax.random.normal(ks[3], (2, m, d))}
+    tau2 = jax.tree.map(lambda t: jnp.stack([-t, 0.5 * t], 1), tau1)            # (S, A or V, ...)
+    lams = jnp.linspace(-2.0, 2.0, 5)
+    key, seeds = jax.random.key(0), jnp.arange(2, dtype=jnp.int32)
+
+    def run():
+        _, validate, _, norm_eval = pr._stages()
+        return (validate(key, seeds, mus, irr, psi0, tau1, tau2, lams, setup=setup, n_vals=(20, 40), chunk=1),
+                norm_eval(key, seeds, mus[1], irr, psi0, tau2, tau2, lams, setup=setup, n_test=40, chunk=1))
+
+    gathered = run()
+    monkeypatch.setattr(data_options, "token_ids", lambda spec: False)           # no table: per-token products
+    per_token = run()
+    for a, b in zip(jax.tree.leaves(gathered), jax.tree.leaves(per_token)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert float(np.ptp(np.asarray(gathered[0]))) > 0.1                          # grids that can tell
+
+
 def test_estimator_summary_correlations_errors_and_lambda_by_hand():
     c = analysis.curves(pair_metrics(ALPHAS, [0, 1], LAMS, lambda a, s, lam: 0.0, threshold_l2))
     est = estimates(ALPHAS, [0, 1], {"grad_cosine": lambda a, s: a, "output_cosine": lambda a, s: a ** 3,

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 # (the last printed digit) and digits' ViT numbers as between machines (its Adam amplifies the rounding); the
 # language model's are unchanged; 11: a grid point's attention-weighted sums as unrolled multiply-adds summed as
 # balanced trees (model.grid_eval), which moves grid losses by float rounding (1e-7); 12: merging's vocab_grid
-# points as the same fused loop, which moves merging's grid losses by float rounding.
-VERSION = 12
+# points as the same fused loop, which moves merging's grid losses by float rounding; 13: practice's grid
+# evaluations gather a point's values from the pattern table (model.grid_eval), which moves them by float rounding.
+VERSION = 13
 
 
 def canonical(fields: dict) -> str:

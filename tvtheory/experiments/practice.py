@@ -216,7 +216,12 @@ def _stages():
     import jax
     import jax.numpy as jnp
 
-    from tvtheory import data, metrics, model, norm_control, similarity as sim, streams, taskvec
+    from tvtheory import data, data_options, metrics, model, norm_control, similarity as sim, streams, taskvec
+
+    def table_of(mu, irr, spec):
+        """A task's pattern table, whose rows model.grid_eval gathers a grid point's values from (data.token_table),
+        or None where tokens are no table's rows (token noise)."""
+        return data_options.table(mu, irr, spec) if data_options.token_ids(spec) else None
 
     @partial(jax.jit, static_argnames=("setup", "probes"))
     def estimate(key, seed_ids, mus_Ax2xD, irr, psi0_S, tau1_S, tau2_SxA, *, setup, probes):
@@ -272,8 +277,10 @@ def _stages():
                 taus = jax.tree.map(lambda t: t[None], tau2)
                 pieces = lambda x: x.reshape(n_max // g, g, *x.shape[1:])  # noqa: E731
                 out = []
-                for X, y in ((X1, y1), (X2, y2)):
-                    sums = jax.lax.map(lambda xy: model.grid_eval(base, taus, coeffs_Lx1, *xy, chunk, q=q)[0] * g,
+                for X, y, mu in ((X1, y1, mus_Ax2xD[0, 0]), (X2, y2, mu2)):
+                    table = table_of(mu, irr, setup.data)
+                    sums = jax.lax.map(lambda xy, table=table: model.grid_eval(base, taus, coeffs_Lx1, *xy, chunk, q=q,
+                                                                               table=table)[0] * g,
                                        (pieces(X), pieces(y)))
                     out.append(jnp.cumsum(sums, 0)[upto] / jnp.asarray(n_vals, jnp.float32)[:, None])
                 return jnp.stack(out, -1)
@@ -316,7 +323,8 @@ def _stages():
                 tau1, tau2 = args
                 base = taskvec.add(psi0, tau1)
                 taus = jax.tree.map(lambda t: t[None], tau2)
-                grids = [model.grid_eval(base, taus, lams_L[:, None], X, y, chunk, q=q) for X, y in sets]
+                grids = [model.grid_eval(base, taus, lams_L[:, None], X, y, chunk, q=q,
+                                         table=table_of(mus_2xD[t], irr, setup.data)) for t, (X, y) in enumerate(sets)]
                 own = [metrics.evaluate(taskvec.add(psi0, tau), X, y) for tau, (X, y) in zip((tau1, tau2), sets)]
                 return (jnp.stack([g[0] for g in grids], -1), jnp.stack([g[1] for g in grids], -1),
                         jnp.stack([jnp.stack([o["loss"], o["acc"]]) for o in own]),
