@@ -18,7 +18,8 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 # Each traced operation carries its whole Python traceback into the lowered program by default; the suite traces its
 # programs anew in ~100 processes, and without the tracebacks tracing and lowering take ~25% less (the programs
-# compute the same: locations are debug metadata).
+# compute the same: locations are debug metadata). `import tvtheory` sets the same default; here it precedes any
+# plugin's import of JAX.
 os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 
 import subprocess  # noqa: E402

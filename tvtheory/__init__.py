@@ -32,3 +32,9 @@ def with_xla_defaults(flags: str) -> str:
 
 
 _os.environ["XLA_FLAGS"] = with_xla_defaults(_os.environ.get("XLA_FLAGS", ""))
+
+# Each traced operation carries its whole Python traceback into the lowered program by default (debug metadata, which
+# XLA does not compile): without it tracing and lowering take less time and the programs compute the same bits (a
+# cold scaling run's tables were byte-identical either way). Read when JAX is imported; an environment that sets the
+# option wins.
+_os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
