@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 # language model's are unchanged; 11: a grid point's attention-weighted sums as unrolled multiply-adds summed as
 # balanced trees (model.grid_eval), which moves grid losses by float rounding (1e-7); 12: merging's vocab_grid
 # points as the same fused loop, which moves merging's grid losses by float rounding; 13: practice's grid
-# evaluations gather a point's values from the pattern table (model.grid_eval), which moves them by float rounding.
+# evaluations gather a point's values from the pattern table (model.grid_eval), the same products in another order,
+# which may move them by float rounding (on the machine of the change, every table of practice byte-identical).
 VERSION = 13
 
 
