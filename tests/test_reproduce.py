@@ -128,41 +128,54 @@ def test_each_lane_gets_its_own_cpus_and_an_experiment_process_keeps_to_them(mon
 
 
 OOD_TINY = ["train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "ood.n_test=100", "ood.n_val=50",
-            "ood.gammas=[0.6,-0.5]", "ood.ranges=[[-1,1,1],[-1,1,1]]", "figures=false"]
+            "ood.gammas=[0.6,-0.5]", "ood.ranges=[[-1,1,1],[-1,1,1]]", "figures=false", "cache.dir=null"]
+SCALING_TINY = ["train=tiny", "n_seeds=2", "model.m=16", "scaling.ds=[6,8]", "scaling.ms=[16]", "scaling.n_rels=[2,4]",
+                "scaling.conv_steps=40", "scaling.n_test=50", "figures=false", "cache.dir=null"]
 
 
 @pytest.mark.slow
 def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_processes(tmp_path):
-    """A lane's worker answers each run with the command's exit status (a bad value: 2, and the worker lives on), runs
-    one experiment after another in one process, and writes the tables a separate ``python -m tvtheory`` writes
-    (no stage cache: everything computed in each run). A worker that dies reports a failure and is replaced."""
+    """A lane's worker (pinned to one CPU, as in make reproduce) answers each run with the command's exit status (a
+    bad value: 2, and the worker lives on); a worker that dies during a run fails it and the next run gets a fresh
+    one; an experiment run after another one in the same worker writes the files a separate ``python -m tvtheory``
+    writes (no stage cache; each side with its own cache of compiled programs); a lane closed from another thread
+    ends its running experiment and starts no other."""
     import os
     import subprocess
     import sys
+    import threading
 
+    from tvtheory import runner
     from tvtheory.lane import Lane
 
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    lane = Lane(env)
+    one = str(min(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else "0"
+    env = {**os.environ, "PYTHONHASHSEED": "0", runner.CPUS: one}
+    lane = Lane({**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-lane")})
     try:
         assert lane.run(["ood", "n_seeds=-1", f"out_dir={tmp_path / 'bad'}"]) == 2
         first = lane.proc.pid
-        for k in (1, 2):
-            assert lane.run(["ood", *OOD_TINY, "cache.dir=null", f"out_dir={tmp_path / f'lane{k}'}"]) == 0
-        assert lane.proc.pid == first and not (tmp_path / "bad").exists()
-        lane.proc.kill()                                # a dead worker: the next run gets a fresh one
-        lane.proc.wait()
-        assert lane.run(["ood", "n_seeds=-1", f"out_dir={tmp_path / 'bad'}"]) == 2 and lane.proc.pid != first
+        threading.Timer(1.0, lane.proc.kill).start()                    # dies in the middle of a run
+        assert lane.run(["ood", *OOD_TINY, f"out_dir={tmp_path / 'killed'}"]) == 1 and lane.proc is None
+        assert lane.run(["scaling", *SCALING_TINY, f"out_dir={tmp_path / 'scaling'}"]) == 0
+        assert lane.proc.pid != first
+        assert lane.run(["ood", *OOD_TINY, f"out_dir={tmp_path / 'lane'}"]) == 0
+        threading.Timer(1.0, lane.close, kwargs={"kill": True}).start()  # closed from another thread
+        assert lane.run(["ood", *OOD_TINY, f"out_dir={tmp_path / 'closed'}"]) == 1
+        assert lane.run(["ood", "n_seeds=-1"]) == 1 and lane.proc is None   # no worker once closed
     finally:
-        lane.close()
-    p = subprocess.run([sys.executable, "-m", "tvtheory", "ood", *OOD_TINY, "cache.dir=null",
-                        f"out_dir={tmp_path / 'process'}"], env=env, capture_output=True, text=True)
+        lane.close(kill=True)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "killed").exists()
+    p = subprocess.run([sys.executable, "-m", "tvtheory", "ood", *OOD_TINY, f"out_dir={tmp_path / 'process'}"],
+                       env={**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-process")}, capture_output=True,
+                       text=True)
     assert p.returncode == 0, p.stderr
-    tables = sorted(f.name for f in (tmp_path / "process").glob("*.csv"))
-    assert tables
-    for k in (1, 2):
-        for name in tables:
-            assert (tmp_path / f"lane{k}" / name).read_bytes() == (tmp_path / "process" / name).read_bytes(), name
-        argv = json.loads((tmp_path / f"lane{k}" / "provenance.json").read_text())["argv"]
-        assert argv[0].endswith(os.path.join("tvtheory", "__main__.py"))
-        assert argv[1:] == [*OOD_TINY, "cache.dir=null", f"out_dir={tmp_path / f'lane{k}'}"]
+    files = sorted(f.name for f in (tmp_path / "process").iterdir() if f.name != "provenance.json")
+    assert "metrics.csv" in files and "claims.json" in files
+    assert files == sorted(f.name for f in (tmp_path / "lane").iterdir() if f.name != "provenance.json")
+    for name in files:                                  # claims.json names its folder
+        lane_bytes = (tmp_path / "lane" / name).read_bytes().replace(str(tmp_path / "lane").encode(),
+                                                                      str(tmp_path / "process").encode())
+        assert lane_bytes == (tmp_path / "process" / name).read_bytes(), name
+    argv = json.loads((tmp_path / "lane" / "provenance.json").read_text())["argv"]
+    assert argv[0].endswith(os.path.join("tvtheory", "__main__.py"))
+    assert argv[1:] == [*OOD_TINY, f"out_dir={tmp_path / 'lane'}"]

@@ -152,6 +152,13 @@ def main(argv: list[str] | None = None) -> None:
         return plan(cost, after, free, {**finished, **ends}, pending)[0][0]
 
     def lane(i: int) -> None:
+        try:
+            workers[i].start()              # its imports before the first experiment's clock starts
+        except BaseException:
+            with cond:
+                failed.append(f"lane {i + 1}'s worker")
+                cond.notify_all()
+            raise
         prev = None
         while True:
             with cond:
@@ -192,6 +199,13 @@ def main(argv: list[str] | None = None) -> None:
             t.start()
         for t in threads:
             t.join()
+    except BaseException:                   # Ctrl-C here: no lane starts another experiment, the workers end now
+        with cond:
+            failed.append("interrupted")
+            cond.notify_all()
+        for w in workers:
+            w.close(kill=True)
+        raise
     finally:
         for w in workers:
             w.close()
