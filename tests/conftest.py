@@ -23,7 +23,6 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import tvtheory  # noqa: E402,F401  (the package's XLA defaults, in force before any test computes)
@@ -59,31 +58,16 @@ def command(capfd, monkeypatch):
     from tvtheory import cli
 
     # Hydra sets up the job's log with logging.config.dictConfig, which closes every handler alive in the process,
-    # pytest's capture handlers included; here it only forgets them (they are put back on the root logger below).
+    # pytest's capture handlers included; here it only forgets them (cli.in_process puts them back on the root logger).
     monkeypatch.setattr(logging.config, "_clearExistingHandlers", logging._handlers.clear)
 
     def run(name: str, *overrides) -> subprocess.CompletedProcess:
-        argv, env = list(sys.argv), dict(os.environ)
-        handlers, level = logging.root.handlers[:], logging.root.level
         code = 0
-        try:
-            cli.main(name, [str(o) for o in overrides])
-        except SystemExit as e:                   # as the interpreter exits: None is 0, a message is 1
-            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
-        finally:                                  # what the command sets for itself: its arguments, environment, log
-            sys.argv[:] = argv
-            for k in set(os.environ) - set(env):
-                del os.environ[k]
-            for k, v in env.items():
-                if os.environ.get(k) != v:
-                    os.environ[k] = v
-            for h in logging.root.handlers:
-                if h not in handlers:
-                    h.close()                     # the run's log file
-            logging.root.handlers[:] = handlers
-            logging.root.setLevel(level)
+        with cli.in_process():                    # what the command sets for itself: arguments, environment, log
+            try:
+                cli.main(name, [str(o) for o in overrides])
+            except SystemExit as e:               # as the interpreter exits
+                code = cli.exit_status(e)
         out, err = capfd.readouterr()
         return subprocess.CompletedProcess([name, *overrides], code, out, err)
     return run

@@ -9,6 +9,8 @@ the first starts. ``--help`` lists every field with its default and meaning.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -45,6 +47,34 @@ def run_id() -> str:
 def fail(message: str, code: int = EXIT_CONFIG) -> None:
     print(message, file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def in_process():
+    """Around ``main`` run in a process that lives on (a reproduce lane's worker, the tests): puts back what a command
+    sets for itself, its arguments, environment and root logger (handlers and level; the run's own handlers, such as
+    its log file, are closed)."""
+    argv, env, level, handlers = list(sys.argv), dict(os.environ), logging.root.level, logging.root.handlers[:]
+    try:
+        yield
+    finally:
+        sys.argv[:] = argv
+        for k in set(os.environ) - set(env):
+            del os.environ[k]
+        os.environ.update(env)
+        for h in logging.root.handlers:
+            if h not in handlers:
+                h.close()
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+
+
+def exit_status(e: SystemExit) -> int:
+    """The status a process ending with ``e`` gives: None is 0, a message is 1 (printed on stderr, as the interpreter
+    prints it)."""
+    if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+    return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
 
 
 def main(name: str | None = None, argv: list[str] | None = None) -> None:

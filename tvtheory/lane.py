@@ -3,8 +3,8 @@
 ``Lane`` starts ``python -m tvtheory.lane FD`` on the lane's CPUs and sends it one experiment at a time (its command
 line as a JSON list on the worker's stdin); the worker runs it as ``python -m tvtheory NAME ...`` would
 (``cli.main``: the same parsing, check, Hydra job, output and exit status) and answers with the exit status on pipe
-FD. Between runs it puts back what a command sets for itself (arguments, environment, the root logger's handlers), as
-the test suite's in-process runs do (tests/conftest.py, ``command``).
+FD. Between runs it puts back what a command sets for itself (``cli.in_process``: arguments, environment, the root
+logger's handlers), as the test suite's in-process runs do (tests/conftest.py, ``command``).
 
 What a lane saves is each later experiment's start: the interpreter, the imports (jax, pandas, flax, matplotlib,
 Hydra: ~2.5 s on one core), JAX's backend, and the programs an earlier experiment of the lane already traced and
@@ -17,7 +17,6 @@ lane's next experiment gets a fresh worker; Ctrl-C (exit status 130) ends the wo
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -129,32 +128,22 @@ def serve(reply_fd: int) -> None:
 
 
 def run_one(cli, main_path: str, name: str, args: list[str]) -> int:
-    env, level, handlers = dict(os.environ), logging.root.level, logging.root.handlers[:]
-    sys.argv[:] = [main_path]                       # what ``python -m tvtheory`` shows the run (provenance.json)
     code = 0
-    try:
-        cli.main(name, args)
-    except SystemExit as e:                         # as the interpreter exits: None is 0, a message is 1
-        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        code = INTERRUPTED
-    except Exception:                               # as an uncaught error ends a process
-        traceback.print_exc()
-        code = 1
-    finally:
-        for k in set(os.environ) - set(env):
-            del os.environ[k]
-        os.environ.update(env)
-        for h in logging.root.handlers:
-            if h not in handlers:
-                h.close()                           # the run's log file
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
-        sys.stdout.flush()
-        sys.stderr.flush()
+    with cli.in_process():
+        sys.argv[:] = [main_path]                   # what ``python -m tvtheory`` shows the run (provenance.json)
+        try:
+            cli.main(name, args)
+        except SystemExit as e:
+            code = cli.exit_status(e)
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            code = INTERRUPTED
+        except Exception:                           # as an uncaught error ends a process
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
     return code
 
 
