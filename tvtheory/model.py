@@ -260,9 +260,7 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
             A = jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]
             H = values(c_K)                     # (T, m) gathered per key inside the fused loop, or (N, q, m)
             if q <= FUSED_Q_MAX:
-                Hs = [H[:, s] if table is None else H[row_NxQ[:, s]] for s in range(q)]
-                G = _tree_sum([jax.nn.relu(_tree_sum([A[:, j, s, None] * Hs[s] for s in range(q)]))
-                               for j in range(q)])
+                G = fused_relu_attention(A, [H[:, s] if table is None else H[row_NxQ[:, s]] for s in range(q)])
             else:
                 G = jax.nn.relu(A @ (H if table is None else H[row_NxQ])).sum(axis=-2)
             f = G @ a
@@ -284,6 +282,14 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
 # none is fused. Read once, as XLA reads its flags once per process.
 _LLVM_LEVEL = int(xla_options(os.environ.get("XLA_FLAGS", "")).get("xla_backend_optimization_level", 3))
 FUSED_Q_MAX = 24 if _LLVM_LEVEL > 0 else 0
+
+
+def fused_relu_attention(A_NxQxQ: jax.Array, H_s: list) -> jax.Array:
+    """sum_j ReLU(sum_s A[:, j, s] H_s[s]) for attention A (N, q, q) and each key's values H_s[s] (N, m): q x q
+    multiply-adds of (N, m) rows, each sum a balanced tree (``_tree_sum``), which XLA fuses into one loop over (N, m)
+    (``grid_eval``'s grid points up to FUSED_Q_MAX distinct tokens)."""
+    q = len(H_s)
+    return _tree_sum([jax.nn.relu(_tree_sum([A_NxQxQ[:, j, s, None] * H_s[s] for s in range(q)])) for j in range(q)])
 
 
 def _tree_sum(terms: list) -> jax.Array:

@@ -216,12 +216,7 @@ def _stages():
     import jax
     import jax.numpy as jnp
 
-    from tvtheory import data, data_options, metrics, model, norm_control, similarity as sim, streams, taskvec
-
-    def table_of(mu, irr, spec):
-        """A task's pattern table, whose rows model.grid_eval gathers a grid point's values from (data.token_table),
-        or None where tokens are no table's rows (token noise)."""
-        return data_options.table(mu, irr, spec) if data_options.token_ids(spec) else None
+    from tvtheory import data, metrics, model, norm_control, similarity as sim, streams, sweep, taskvec
 
     @partial(jax.jit, static_argnames=("setup", "probes"))
     def estimate(key, seed_ids, mus_Ax2xD, irr, psi0_S, tau1_S, tau2_SxA, *, setup, probes):
@@ -277,8 +272,9 @@ def _stages():
                 taus = jax.tree.map(lambda t: t[None], tau2)
                 pieces = lambda x: x.reshape(n_max // g, g, *x.shape[1:])  # noqa: E731
                 out = []
-                for X, y, mu in ((X1, y1, mus_Ax2xD[0, 0]), (X2, y2, mu2)):
-                    table = table_of(mu, irr, setup.data)
+                tables = sweep.pattern_tables(jnp.stack([mus_Ax2xD[0, 0], mu2]), irr, setup.data)
+                for i, (X, y) in enumerate(((X1, y1), (X2, y2))):
+                    table = None if tables is None else tables[i]
                     sums = jax.lax.map(lambda xy, table=table: model.grid_eval(base, taus, coeffs_Lx1, *xy, chunk, q=q,
                                                                                table=table)[0] * g,
                                        (pieces(X), pieces(y)))
@@ -318,13 +314,14 @@ def _stages():
             sk = streams.seed_key(key, s)
             sets = [data.sample(streams.task(sk, streams.TEST, t), mus_2xD[t], irr, n_test, setup.data)
                     for t in (0, 1)]
+            tables = sweep.pattern_tables(mus_2xD, irr, setup.data)
 
             def one_variant(args):
                 tau1, tau2 = args
                 base = taskvec.add(psi0, tau1)
                 taus = jax.tree.map(lambda t: t[None], tau2)
                 grids = [model.grid_eval(base, taus, lams_L[:, None], X, y, chunk, q=q,
-                                         table=table_of(mus_2xD[t], irr, setup.data)) for t, (X, y) in enumerate(sets)]
+                                         table=None if tables is None else tables[t]) for t, (X, y) in enumerate(sets)]
                 own = [metrics.evaluate(taskvec.add(psi0, tau), X, y) for tau, (X, y) in zip((tau1, tau2), sets)]
                 return (jnp.stack([g[0] for g in grids], -1), jnp.stack([g[1] for g in grids], -1),
                         jnp.stack([jnp.stack([o["loss"], o["acc"]]) for o in own]),
