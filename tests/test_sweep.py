@@ -1,4 +1,5 @@
 import dataclasses
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +83,92 @@ def test_stages_run_at_once_give_the_bits_of_stages_run_one_by_one(swept, monkey
         b = tiny_sweep()
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+class _Program:
+    """A jitted stage program that records the signature (input types, static arguments) of what it compiles ahead
+    (``lower(...).compile()``, on the thread it ran) and of what it is called with on arrays (not traced for its
+    shapes, as cache.per_seed does to read a cached entry)."""
+
+    def __init__(self, f):
+        self.f, self.compiled, self.called = f, [], []
+
+    @staticmethod
+    def signature(args, kwargs):
+        return str(jax.tree.map(jax.typeof, args)), sorted(kwargs.items(), key=lambda kv: kv[0])
+
+    def lower(self, *args, **kwargs):
+        lowered, sig = self.f.lower(*args, **kwargs), self.signature(args, kwargs)
+        done = self.compiled
+
+        class Lowered:
+            def compile(self):
+                out = lowered.compile()
+                done.append((sig, threading.current_thread().name))
+                return out
+        return Lowered()
+
+    def __call__(self, *args, **kwargs):
+        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
+            self.called.append(self.signature(args, kwargs))
+        return self.f(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["pair", "ood"])
+def test_with_a_cpu_to_spare_the_evaluation_is_compiled_ahead_as_the_program_the_stage_calls(monkeypatch, tmp_path,
+                                                                                              kind):
+    """sweep.compiled_ahead: on two CPUs a sweep compiles its evaluation on a thread of its own while the fine-tunes
+    run, with the very signature of the stage's call (so the stage finds it compiled); not on one CPU, and not when the
+    evaluation is cached. The numbers are the bits of a sweep without it."""
+    name = "pair_eval" if kind == "pair" else "ood_eval"
+    program = _Program(getattr(sweep, name))
+    monkeypatch.setattr(sweep, name, program)
+    store = cache.Store(tmp_path / "cache")
+    run = (lambda **k: tiny_sweep(n_seeds=3, **k)) if kind == "pair" else (lambda **k: sweep.ood_sweep(
+        0, 3, [0.6, -0.5], None, [(-1, 1, 1), (-1, 1, 1)], SETUP, n_test=64, n_val=48, **k))
+    monkeypatch.setattr(sweep, "cpus", lambda: 2)
+    ahead = run(store=store)
+    assert [thread for _, thread in program.compiled] == ["compile-ahead"]
+    assert program.called and all(call == program.compiled[0][0] for call in program.called)
+    run(store=store)                                           # cached: nothing to compile ahead
+    assert len(program.compiled) == 1
+    monkeypatch.setattr(sweep, "cpus", lambda: 1)
+    alone = run()
+    assert len(program.compiled) == 1 and len(program.called) == (2 * len(ALPHAS) if kind == "pair" else 2)
+    for x, y in zip(jax.tree.leaves(ahead), jax.tree.leaves(alone)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_per_seed_traces_for_an_entrys_shapes_only_when_there_is_one_to_read(tmp_path):
+    """cache.per_seed computes the missing seeds in one call, and traces ``compute`` for an entry's shapes (to read
+    it) only when an entry is there: once, and never on a cold run."""
+    calls = []
+
+    def compute(ids):
+        calls.append("traced" if isinstance(ids, jax.core.Tracer) else np.asarray(ids).tolist())
+        return {"x": jnp.asarray(ids, jnp.float32)[:, None] * jnp.arange(3.0)}
+    store, fields = cache.Store(tmp_path), lambda s: {"s": s}
+    cold = cache.per_seed(store, "k", fields, np.arange(3, dtype=np.int32), compute)
+    assert calls == [[0, 1, 2]]
+    warm = cache.per_seed(store, "k", fields, np.arange(4, dtype=np.int32), compute)
+    assert calls == [[0, 1, 2], "traced", [3]] and np.array_equal(warm["x"][:3], cold["x"])
+    assert cache.per_seed(cache.NoStore(), "k", fields, np.arange(2, dtype=np.int32), compute)["x"].shape == (2, 3)
+    assert calls[3:] == [[0, 1]]
+
+
+def test_an_error_while_compiling_ahead_is_left_to_the_stage(monkeypatch):
+    """What fails ahead fails again, with its context, in the stage's own call; the block waits for the thread."""
+    monkeypatch.setattr(sweep, "cpus", lambda: 2)
+    ran = []
+    with sweep.compiled_ahead(lambda: ran.append(1) or _raise(ValueError("shapes"))):
+        pass
+    assert ran == [1]
+    with sweep.compiled_ahead(lambda: ran.append(2), needed=False):
+        pass
+    monkeypatch.setattr(sweep, "cpus", lambda: 1)
+    with sweep.compiled_ahead(lambda: ran.append(3)):
+        pass
+    assert ran == [1]
 
 
 def test_one_cpu_runs_the_stages_in_submission_order(monkeypatch):

@@ -246,12 +246,12 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         fields = {**base, "setting": [setting.pretrain_labels, setting.finetune_lr]}
         stack = lambda ids: jax.tree.map(lambda *x: np.stack(x), *[train_seed(int(s), setting) for s in ids])  # noqa
         p0, taus, mp = cache.per_seed(ctx.store, "digits_models", lambda s: {**fields, "s": s}, seed_ids, stack,
-                                      like=jax.eval_shape(lambda: train_seed(0, setting)))
+                                      like=lambda: jax.eval_shape(lambda: train_seed(0, setting)))
         ev = cache.per_seed(
             ctx.store, "digits_eval", lambda s: {**fields, "s": s, "lams": lams, "ood_ranges": cfg.ood_ranges},
             seed_ids, lambda ids: jax.tree.map(lambda *x: np.stack(x), *[
                 evaluate_seed(seed_of(p0, s), seed_of(taus, s)) for s in ids]),
-            like=jax.eval_shape(lambda: evaluate_seed(seed_of(p0, 0), seed_of(taus, 0))))
+            like=lambda: jax.eval_shape(lambda: evaluate_seed(seed_of(p0, 0), seed_of(taus, 0))))
         if cfg.pretrain.steps in cfg.map_steps:         # the map's full-strength point is this setting's Psi_0
             full = jax.tree.map(lambda x: np.asarray(x)[:, list(cfg.map_steps).index(cfg.pretrain.steps)], mp)
         else:

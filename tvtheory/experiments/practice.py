@@ -203,6 +203,11 @@ class _Memo:
             self.mem[k] = got
         return self.mem[k]
 
+    def has(self, kind, fields):
+        from tvtheory import cache
+
+        return (kind, cache.key(fields)) in self.mem or self.store.has(kind, fields)
+
     def save(self, kind, fields, tree):
         from tvtheory import cache
 
