@@ -127,10 +127,11 @@ def test_each_lane_gets_its_own_cpus_and_an_experiment_process_keeps_to_them(mon
     assert p.stdout.strip() == f"[{one}]"
 
 
+# The shapes of tests/test_experiments.py's tiny ood and scaling runs, whose programs the suite has compiled by then.
 OOD_TINY = ["train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "ood.n_test=100", "ood.n_val=50",
-            "ood.gammas=[0.6,-0.5]", "ood.ranges=[[-1,1,1],[-1,1,1]]", "figures=false", "cache.dir=null"]
+            "ood.gammas=[0.6,-0.5,0.3]", "ood.ranges=[[-1,2,1],[-1,1,1],[0,1,1]]", "figures=false", "cache.dir=null"]
 SCALING_TINY = ["train=tiny", "n_seeds=2", "model.m=16", "scaling.ds=[6,8]", "scaling.ms=[16]", "scaling.n_rels=[2,4]",
-                "scaling.conv_steps=40", "scaling.n_test=50", "figures=false", "cache.dir=null"]
+                "scaling.conv_steps=60", "scaling.n_test=50", "figures=false", "cache.dir=null"]
 
 
 @pytest.mark.slow
@@ -138,8 +139,8 @@ def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_proces
     """A lane's worker (pinned to one CPU, as in make reproduce) answers each run with the command's exit status (a
     bad value: 2, and the worker lives on); a worker that dies during a run fails it and the next run gets a fresh
     one; an experiment run after another one in the same worker writes the files a separate ``python -m tvtheory``
-    writes (no stage cache; each side with its own cache of compiled programs); a lane closed from another thread
-    ends its running experiment and starts no other."""
+    writes (no stage cache; the separate process with a cache of compiled programs of its own, so that it compiles
+    every program anew); a lane closed from another thread ends its running experiment and starts no other."""
     import os
     import subprocess
     import sys
@@ -150,7 +151,7 @@ def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_proces
 
     one = str(min(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else "0"
     env = {**os.environ, "PYTHONHASHSEED": "0", runner.CPUS: one}
-    lane = Lane({**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla-lane")})
+    lane = Lane(env)                                                    # the suite's cache of compiled programs
     try:
         assert lane.run(["ood", "n_seeds=-1", f"out_dir={tmp_path / 'bad'}"]) == 2
         first = lane.proc.pid
