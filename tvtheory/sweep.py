@@ -321,22 +321,24 @@ def stage_pool():
 
 
 @contextlib.contextmanager
-def compiled_ahead(compile_later, needed: bool = True):
-    """Compile a sweep's later programs on a thread of their own while its first stages run, where the process has a
+def compiled_ahead(later_call, needed: bool = True):
+    """Compile a sweep's later program on a thread of its own while its first stages run, where the process has a
     CPU to spare: at a sweep's start both stages wait on the programs of the first fine-tunes (one compiles them,
-    the other waits), and with three fine-tunes on two CPUs the third runs alone. ``compile_later()`` lowers and
-    compiles them (``jit(f).lower(...).compile()``, after at most a cheap draw); the stage's own call then finds
-    each program compiled, the one it would have compiled itself (JAX keys a program by its inputs' shapes and its
-    static arguments), so every number is the same bits. An error there is left for the stage's own call to raise.
-    Skipped with one CPU (a `make reproduce` lane: nothing to spare) or when not ``needed`` (the stage's results
-    are cached); the block ends once the thread has."""
+    the other waits), and with three fine-tunes on two CPUs the third runs alone. ``later_call()`` builds the later
+    stage's call without making it (a functools.partial of a jitted program and its arguments, after at most a
+    cheap draw), which is lowered and compiled here (``jit(f).lower(...).compile()``); the stage's own call then
+    finds the program compiled, the one it would have compiled itself (JAX keys a program by its inputs' types and
+    its static arguments), so every number is the same bits. An error there is left for the stage's own call to
+    raise. Skipped with one CPU (a `make reproduce` lane: nothing to spare) or when not ``needed`` (the stage's
+    results are cached); the block ends once the thread has."""
     if not needed or cpus() < 2:
         yield
         return
 
     def run():
         try:
-            compile_later()
+            call = later_call()
+            call.func.lower(*call.args, **call.keywords).compile()
         except Exception:       # noqa: BLE001  (the stage's own call raises it, with its context)
             pass
     thread = threading.Thread(target=run, name="compile-ahead")
@@ -483,30 +485,33 @@ def pair_sweep(seed: int, n_seeds: int, alphas, lams, setup: Setup, *, n_test: i
         ft1 = finetuned(mus[0, 0], 0)
         return ft1, taskvec.task_vector(ft1.params, psi0)
 
+    eval_fields = lambda a, s: {**fields, "s": s, "alpha": float(a)}  # noqa: E731
+
+    def evaluation(i, ids, psi0_S, tau1_S, tau2_S):
+        """Alpha i's pair_eval on seeds ``ids``, as a call not yet made (the stage makes it, compiled_ahead
+        compiles it)."""
+        return partial(pair_eval, *draw(key, ids, streams.TEST, (0, 1), mus[i], irr, n_test, setup.data),
+                       psi0_S, tau1_S, tau2_S, lams, pattern_tables(mus[i], irr, setup.data), setup=setup,
+                       n_alpha_hat=n_alpha_hat, chunk=chunk, q=q, comp=comp)
+
     def evaluate(i, a, t1, t2):               # alpha i, once both fine-tunes (futures t1, t2) are done
         (ft1, tau1), ft2 = t1.result(), t2.result()
         tau2 = taskvec.task_vector(ft2.params, psi0)
-        ev = cache.per_seed(store, "pair_eval", lambda s: {**fields, "s": s, "alpha": float(a)}, seed_ids,
-                            lambda ids: pair_eval(*draw(key, ids, streams.TEST, (0, 1), mus[i], irr, n_test,
-                                                        setup.data),
-                                                  select(psi0, ids), select(tau1, ids), select(tau2, ids), lams,
-                                                  pattern_tables(mus[i], irr, setup.data), setup=setup,
-                                                  n_alpha_hat=n_alpha_hat, chunk=chunk, q=q, comp=comp))
+        ev = cache.per_seed(store, "pair_eval", lambda s: eval_fields(a, s), seed_ids, lambda ids: evaluation(
+            i, ids, select(psi0, ids), select(tau1, ids), select(tau2, ids))())
         ok = np.asarray(ft1.finite) & np.asarray(ft2.finite) & valid(*ev)
         curves = np.stack([np.asarray(ft1.curve_loss), np.asarray(ft2.curve_loss)], axis=1)
         return (*ev, ok, curves)
 
-    def compile_later():                      # alpha 0's evaluation: its test sets (drawn, 0.1 s) and pair_eval
-        X, y = draw(key, seed_ids, streams.TEST, (0, 1), mus[0], irr, n_test, setup.data)
-        p = select(psi0, seed_ids)             # a task vector has Psi_0's shapes
-        pair_eval.lower(X, y, p, p, p, lams, pattern_tables(mus[0], irr, setup.data), setup=setup,
-                        n_alpha_hat=n_alpha_hat, chunk=chunk, q=q, comp=comp).compile()
+    def first_evaluation():                   # alpha 0's, Psi_0 standing in for the task vectors (their shapes)
+        p = select(psi0, seed_ids)
+        return evaluation(0, seed_ids, p, p, p)
 
     # Stages in the order the pool starts them: T1's fine-tune, then T2's for each alpha one ahead of that alpha's
     # evaluation, so that on two CPUs the last two evaluations end the sweep together. A stage only waits for
     # stages submitted before it (already started), so one CPU runs them in this order.
-    cold = not any(store.has("pair_eval", {**fields, "s": int(s), "alpha": float(alphas[0])}) for s in seed_ids)
-    with compiled_ahead(compile_later, cold), stage_pool() as pool:
+    cold = not any(store.has("pair_eval", eval_fields(alphas[0], int(s))) for s in seed_ids)
+    with compiled_ahead(first_evaluation, cold), stage_pool() as pool:
         ft1, evals = pool.submit(first), []
         ft2 = [pool.submit(finetuned, mus[0, 1], 1)]
         for i, a in enumerate(alphas):
@@ -569,30 +574,30 @@ def ood_sweep(seed: int, n_seeds: int, gammas, kappa, ranges, setup: Setup, *, n
               "kappa": kappa, "coeffs": coeffs, "n_test": n_test, "n_val": n_val, **comp.fields()}
     key = streams.run_key(seed)
 
-    def sets(ids):
+    eval_fields = lambda s: {**fields, "s": s}  # noqa: E731
+
+    def evaluation(ids, psi0_S, taus_S, direct_S):
+        """ood_eval on seeds ``ids``, as a call not yet made (the stage makes it, compiled_ahead compiles it)."""
         only = lambda sets: jax.tree.map(lambda a: a[:, 0], sets)  # noqa: E731  (T' is the one set drawn)
-        return (only(draw(key, ids, streams.TEST, (0,), target[None], irr, n_test, setup.data)),
-                only(draw(key, ids, streams.VAL, (0,), target[None], irr, n_val, setup.data)),
-                draw(key, ids, streams.TEST, 1 + np.arange(K), sources, irr, min(n_test, 500), setup.data))
-
-    def evaluate(ids, params=None):            # params: (psi0, taus, direct), or their shapes' stand-ins
-        psi0_, taus_, direct_ = params or (select(psi0, ids), select(taus, ids), select(direct.params, ids))
+        test = only(draw(key, ids, streams.TEST, (0,), target[None], irr, n_test, setup.data))
+        val = only(draw(key, ids, streams.VAL, (0,), target[None], irr, n_val, setup.data))
+        own = draw(key, ids, streams.TEST, 1 + np.arange(K), sources, irr, min(n_test, 500), setup.data)
         tables = pattern_tables(target[None], irr, setup.data)
-        return partial(ood_eval, *sets(ids), psi0_, taus_, direct_, coeffs, None if tables is None else tables[0],
-                       setup=setup, chunk=chunk, q=setup.data.max_distinct(irr.shape[0]), comp=comp)
+        return partial(ood_eval, test, val, own, psi0_S, taus_S, direct_S, coeffs,
+                       None if tables is None else tables[0], setup=setup, chunk=chunk,
+                       q=setup.data.max_distinct(irr.shape[0]), comp=comp)
 
-    def compile_later():                       # the evaluation (its sets drawn, 0.1 s) while the fine-tunes run
-        p = select(psi0, seed_ids)             # a task vector and a fine-tune have Psi_0's shapes
-        stacked = jax.tree.map(lambda x: jnp.stack([x] * K, axis=1), p)
-        ev = evaluate(seed_ids, (p, stacked, p))
-        ood_eval.lower(*ev.args, **ev.keywords).compile()
+    def first_evaluation():                    # Psi_0 standing in for the task vectors and the direct fine-tune
+        p = select(psi0, seed_ids)
+        return evaluation(seed_ids, p, jax.tree.map(lambda x: jnp.stack([x] * K, axis=1), p), p)
 
-    cold = not any(store.has("ood_eval", {**fields, "s": int(s)}) for s in seed_ids)
-    with compiled_ahead(compile_later, cold), stage_pool() as pool:   # the sources' fine-tunes, the direct one on T'
+    cold = not any(store.has("ood_eval", eval_fields(int(s))) for s in seed_ids)
+    with compiled_ahead(first_evaluation, cold), stage_pool() as pool:   # the sources' fine-tunes, the direct one on T'
         *fts, direct = [f.result() for f in [pool.submit(finetune_all, seed, setup, seed_ids, psi0, mu, i, irr, store)
                                              for i, mu in enumerate([*sources, target])]]
     taus = jax.tree.map(lambda *t: np.stack(t, axis=1), *[taskvec.task_vector(f.params, psi0) for f in fts])
-    ev = cache.per_seed(store, "ood_eval", lambda s: {**fields, "s": s}, seed_ids, lambda ids: evaluate(ids)())
+    ev = cache.per_seed(store, "ood_eval", eval_fields, seed_ids, lambda ids: evaluation(
+        ids, select(psi0, ids), select(taus, ids), select(direct.params, ids))())
     finite = np.all([np.asarray(f.finite) for f in fts + [direct]], axis=0) & valid(*ev)
     if progress:
         progress(1, 1, f"out-of-domain grid of {len(coeffs)} points x {n_seeds} seeds")
