@@ -3,9 +3,12 @@ a perturbation that breaks what it tests and keep its verdict under one that doe
 can flip is a defect; so is a claim id of results/claims.json without both perturbations here.
 
 Each perturbation edits the tables of one experiment's folder (DataFrames keyed by table name) and the verdicts are
-recomputed by runner.recompute, the function behind ``python -m tvtheory.claims`` (which one test runs as a command).
+recomputed by the experiment's analysis and claims, as runner.recompute (the function behind ``python -m
+tvtheory.claims``, which one test runs as a command) computes them from a folder; each folder's unperturbed verdicts
+go through runner.recompute itself.
 """
 
+import io
 import json
 import shutil
 import subprocess
@@ -16,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tvtheory import runner
+from tvtheory import results, runner
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -468,13 +471,13 @@ MUTATIONS = {
 
 
 def load(name):
-    folder = RESULTS / name
-    _, _, tables = runner.load(folder)
-    return tables
+    """The experiment module, typed config and tables of results/<name>, read by runner.load (as the command reads
+    them)."""
+    return runner.load(RESULTS / name)
 
 
 @pytest.fixture(scope="module")
-def tables_of():
+def loaded():
     cache = {}
 
     def get(name):
@@ -484,30 +487,41 @@ def tables_of():
     return get
 
 
-def recomputed(name, tables, tmp_path, base) -> dict:
-    """Verdicts recomputed from a copy of results/<name> whose tables are ``tables``; a table that is the very object
-    of ``base`` (what the perturbation left alone) keeps the committed file."""
+def recomputed(name, tmp_path) -> dict:
+    """The verdicts of a copy of results/<name>, recomputed from its files by runner.recompute (the function behind
+    ``python -m tvtheory.claims``)."""
     folder = tmp_path / name
     shutil.copytree(RESULTS / name, folder, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
-    for t, df in tables.items():
-        if df is not base[t]:
-            df.to_csv(folder / f"{t}.csv", index=False)
     return {r["id"]: r["verdict"] for r in runner.recompute(folder)}
 
 
+def perturbed_verdicts(exp, cfg, tables, base) -> dict:
+    """The verdicts of the committed tables with ``tables`` in their place, by the analysis and claims that
+    runner.recompute runs, in memory: a table the perturbation edited goes through a CSV as the file would (its
+    values and types as read back), the others are copies of the committed frames as runner.load read them. What
+    recompute adds (reading the config and tables, writing the derived files into a staging folder) is the same for
+    every perturbation; the unperturbed verdicts go through it (``recomputed``)."""
+    frames = {t: results.read_csv(io.StringIO(df.to_csv(index=False))) if df is not base[t] else df.copy()
+              for t, df in tables.items()}
+    return {r.id: r.verdict for r in exp.claims(exp.analyse(frames, cfg), cfg)}
+
+
 @pytest.fixture(scope="module")
-def verdicts_under(tables_of, tmp_path_factory):
+def verdicts_under(loaded, tmp_path_factory):
     """The verdicts of results/<name> recomputed under a perturbation (None: none), once per (name, perturbation)."""
     cache = {}
 
     def get(name, f=None):
         key = (name, id(f))
         if key not in cache:
-            base = tables_of(name)
-            tables = base if f is None else f(base)
-            # a perturbation hands back new frames for the tables it edits (only those are written)
-            assert f is None or any(tables[t] is not base[t] for t in base), f"{name}: a perturbation changed nothing"
-            cache[key] = recomputed(name, tables, tmp_path_factory.mktemp(name), base)
+            if f is None:
+                cache[key] = recomputed(name, tmp_path_factory.mktemp(name))
+            else:
+                exp, cfg, base = loaded(name)
+                tables = f(base)
+                # a perturbation hands back new frames for the tables it edits (only those go through a CSV)
+                assert any(tables[t] is not base[t] for t in base), f"{name}: a perturbation changed nothing"
+                cache[key] = perturbed_verdicts(exp, cfg, tables, base)
         return cache[key]
     return get
 
