@@ -46,13 +46,15 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture
-def command(capfd, monkeypatch):
+def command(capfd, monkeypatch, tmp_path_factory):
     """``python -m tvtheory NAME OVERRIDES...`` in the test's own process: ``cli.main``, the function behind the
     command (the same parsing, precheck, Hydra job, run and exit status), without a new interpreter. A second run of
     the same shapes in a process reuses its traced and compiled programs: a tiny end-to-end run takes about half the
     time it takes as a new process (imports, tracing and reading the compiled programs back are most of a tiny run).
     The tests that need a process of their own (a kill, two runs at once, launchers, the bad values' one line before
-    Hydra, a rerun across processes) start one."""
+    Hydra, a rerun across processes) start one. Hydra's job folder (its .hydra and cli.log) goes to a temporary folder
+    rather than the repository's outputs/, unless the test names one (``hydra.run.dir`` is not a config field: the
+    run's files and provenance are the same)."""
     import logging.config
 
     from tvtheory import cli
@@ -62,10 +64,12 @@ def command(capfd, monkeypatch):
     monkeypatch.setattr(logging.config, "_clearExistingHandlers", logging._handlers.clear)
 
     def run(name: str, *overrides) -> subprocess.CompletedProcess:
-        code = 0
+        code, args = 0, [str(o) for o in overrides]
+        if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "-m", "--multirun")) for a in args):
+            args.append(f"hydra.run.dir={tmp_path_factory.mktemp('hydra-job')}")
         with cli.in_process():                    # what the command sets for itself: arguments, environment, log
             try:
-                cli.main(name, [str(o) for o in overrides])
+                cli.main(name, args)
             except SystemExit as e:               # as the interpreter exits
                 code = cli.exit_status(e)
         out, err = capfd.readouterr()
