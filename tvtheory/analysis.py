@@ -119,9 +119,10 @@ def _beta_of(cur: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def beta_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """beta_add and beta_neg of every seed (alpha = 0)."""
-    c = curves(df)
+def beta_seeds(c: Curves | pd.DataFrame) -> pd.DataFrame:
+    """beta_add and beta_neg of every seed (alpha = 0), from a table or its curves (computed once by the caller
+    that needs them too)."""
+    c = c if isinstance(c, Curves) else curves(c)
     rows = []
     for s, g in c.seeds.xs(0.0, level="alpha").groupby(level="seed"):
         rows.append({"seed": s, **_beta_of(g.droplevel("seed"))})

@@ -706,14 +706,14 @@ def norm_summary(norm: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     whether both fine-tunes still learn their task (own hinge <= eps; 'undecided' within the seed spread)."""
     cc, eps = cfg.claims, cfg.claims.eps_learned
     order = {m: i for i, m in enumerate(METHODS)}
-    betas, rows = {}, []
+    rows = []
     groups = sorted(analysis.valid(norm).groupby(["method", "strength"]), key=lambda kv: (order.get(kv[0][0], 9),
                                                                                           kv[0][1]))
-    for (m, s), g in groups:
-        betas[(m, s)] = analysis.beta_seeds(g).set_index("seed")
+    curves = {key: analysis.curves(g) for key, g in groups}
+    betas = {key: analysis.beta_seeds(c).set_index("seed") for key, c in curves.items()}
     ref = betas.get(("none", 0.0))
     for (m, s), g in groups:
-        c = analysis.curves(g)
+        c = curves[(m, s)]
         b = betas[(m, s)]
         own = g.groupby(["seed", "task"])[["own_loss", "norm", "own_acc"]].first().unstack("task")
         worst = own["own_loss"].max(axis=1)                                  # the worse of the two fine-tunes

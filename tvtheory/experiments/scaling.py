@@ -117,7 +117,7 @@ def analyse(tables, cfg: Config) -> dict:
         beta.append({"d": d, "m": m, **analysis.beta_hat(c), "lambda_star": analysis.lambda_star(c.at(0.0), eps),
                      "own_loss_T1": float(analysis.valid(own)["loss"].mean()), "one_over_d": 1 / d,
                      "m_over_M2logM": m / (M**2 * np.log(M))})
-        beta_seeds += [{"d": d, "m": m, **r} for r in analysis.beta_seeds(g).to_dict("records")]
+        beta_seeds += [{"d": d, "m": m, **r} for r in analysis.beta_seeds(c).to_dict("records")]
     conv = []
     for (n_rel, ds, s), g in analysis.valid(tables["convergence_curves"]).groupby(["n_rel", "delta_star", "seed"]):
         conv.append({"n_rel": n_rel, "delta_star": ds, "seed": s,
