@@ -52,9 +52,10 @@ def command(capfd, monkeypatch, tmp_path_factory):
     the same shapes in a process reuses its traced and compiled programs: a tiny end-to-end run takes about half the
     time it takes as a new process (imports, tracing and reading the compiled programs back are most of a tiny run).
     The tests that need a process of their own (a kill, two runs at once, launchers, the bad values' one line before
-    Hydra, a rerun across processes) start one. Hydra's job folder (its .hydra and cli.log) goes to a temporary folder
-    rather than the repository's outputs/, unless the test names one (``hydra.run.dir`` is not a config field: the
-    run's files and provenance are the same)."""
+    Hydra, a rerun across processes) start one. Hydra's job folder (its .hydra and cli.log, and a run's results when
+    it has no ``out_dir``) goes to a temporary folder rather than the repository's outputs/, unless the test names one
+    or asks for a multirun. ``hydra.run.dir`` is not a config field: the tables and the task overrides provenance
+    records are the same; only its ``argv`` shows the added override."""
     import logging.config
 
     from tvtheory import cli
@@ -65,7 +66,8 @@ def command(capfd, monkeypatch, tmp_path_factory):
 
     def run(name: str, *overrides) -> subprocess.CompletedProcess:
         code, args = 0, [str(o) for o in overrides]
-        if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "-m", "--multirun")) for a in args):
+        if not any(a.lstrip("+~").startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode=", "-m",
+                                                  "--multirun")) for a in args):
             args.append(f"hydra.run.dir={tmp_path_factory.mktemp('hydra-job')}")
         with cli.in_process():                    # what the command sets for itself: arguments, environment, log
             try:
