@@ -157,7 +157,8 @@ def test_per_seed_traces_for_an_entrys_shapes_only_when_there_is_one_to_read(tmp
 
 
 def test_an_error_while_compiling_ahead_is_left_to_the_stage(monkeypatch):
-    """What fails ahead fails again, with its context, in the stage's own call; the block waits for the thread."""
+    """An error while compiling ahead does not leave the block (the stage's own call meets it again, with its
+    context); nothing is run ahead when the stage's results are cached or with one CPU."""
     monkeypatch.setattr(sweep, "cpus", lambda: 2)
     ran = []
     with sweep.compiled_ahead(lambda: ran.append(1) or _raise(ValueError("shapes"))):
