@@ -225,7 +225,7 @@ def test_digits_experiment_end_to_end_and_rerun_from_its_cache(tmp_path, command
     args = ["n_seeds=2", "pretrain.steps=20", "map_steps=[0,20]", "finetune.steps=10", "lam_step=1.0",
             "ood_ranges=[[-1,2,1],[-1,1,1]]", "claims.chance_acc=0", f"cache.dir={tmp_path / 'cache'}"]
     p = subprocess.run([sys.executable, str(ROOT / "experiments" / "digits.py"), *args, f"out_dir={tmp_path / 'cold'}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "0 entries reused, 8 computed" in p.stderr, p.stderr[-3000:]
     # the rerun reads the cold run's 8 entries (models and evaluations, per seed and setting)
     p = command("digits", *args, f"out_dir={tmp_path / 'again'}", "figures=false")

@@ -27,7 +27,7 @@ def run(*args, cwd=ROOT, env=None):
 def arithmetic_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("arith") / "arithmetic"
     p = run("tvtheory", "arithmetic", *TINY, "sweep.phase_alphas=[-0.5,0.0,0.5,1.0]", f"out_dir={out}",
-            f"cache.dir={out.parent / 'cache'}")
+            f"cache.dir={out.parent / 'cache'}", cwd=out.parent)
     assert p.returncode == 0, p.stderr[-3000:]
     return out
 
@@ -125,7 +125,7 @@ def test_multirun_through_a_real_launcher_then_gather_and_redraw(tmp_path, launc
     ``tvtheory.plots`` draws them from the multirun folder's tables."""
     p = subprocess.run([sys.executable, str(ROOT / "experiments" / "arithmetic.py"), "-m", *launcher, "threads=1",
                         "figures=false", *TINY[:-2], "model.m=16", "data.d=6,8", f"hydra.sweep.dir={tmp_path / 'mr'}",
-                        f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        f"cache.dir={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = results.gather(tmp_path / "mr")
     assert sorted(rows["d"].unique()) == [6, 8] and rows["job"].nunique() == 2

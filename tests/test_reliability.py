@@ -51,8 +51,10 @@ BAD = [  # (override, text the one-line message must contain)
 ]
 
 
-def run(script, *overrides, **kw):
-    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), *overrides], cwd=kw.pop("cwd", ROOT),
+def run(script, *overrides, cwd, **kw):
+    """The experiment's script in a process of its own, from ``cwd`` (a test's temporary folder: Hydra's job folder of
+    a run goes there, under outputs/, not into the repository)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), *overrides], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -113,12 +115,12 @@ def test_every_bad_value_stops_the_commands_check_with_one_line(tmp_path, capsys
 
 def test_a_multirun_checks_every_job_before_the_first_starts(tmp_path):
     p = run("arithmetic.py", "-m", *TINY, "data.d=8,2", f"hydra.sweep.dir={tmp_path / 'mr'}",
-            f"cache.dir={tmp_path / 'cache'}")
+            f"cache.dir={tmp_path / 'cache'}", cwd=tmp_path)
     line = one_line_error(p)
     assert line.startswith("config error: job 1 (") and line.endswith("data.d=2: must be an integer >= 3")
     assert not list((tmp_path / "mr").rglob("metrics.csv")) and not (tmp_path / "cache").exists()
     p = run("arithmetic.py", "-m", *TINY, "data.d=6,8", f"out_dir={tmp_path / 'same'}",
-            f"hydra.sweep.dir={tmp_path / 'mr2'}")
+            f"hydra.sweep.dir={tmp_path / 'mr2'}", cwd=tmp_path)
     assert "shared by several jobs" in one_line_error(p)
     # with the default sweep folder (it interpolates the experiment's name, resolvable only once Hydra is set up)
     p = run("arithmetic.py", "-m", *TINY, "data.d=8,2", cwd=tmp_path)
@@ -143,7 +145,7 @@ def test_reruns_are_byte_identical_with_and_without_cache_refresh_recomputes_and
             (out / "old_figure.png").write_text("stale")
         args = [*TINY, f"out_dir={out}", *extra[name]]
         if name == "plain":
-            _, logs[name] = (p := run("arithmetic.py", *args)).communicate(timeout=300)
+            _, logs[name] = (p := run("arithmetic.py", *args, cwd=tmp_path)).communicate(timeout=300)
         else:
             logs[name] = (p := command("arithmetic", *args)).stderr
         assert p.returncode == 0, logs[name]
@@ -171,7 +173,8 @@ def test_a_result_folder_belongs_to_one_experiment_and_the_results_root_is_refus
     (ood / "metrics.csv").write_text("keep me")
     (tmp_path / "results" / "claims.json").write_text("[]")
     for target, msg in ((ood, "belongs to the 'ood' experiment"), (tmp_path / "results", "not a result folder")):
-        line = one_line_error(run("arithmetic.py", *TINY, f"out_dir={target}", "cache.dir=null"))
+        line = one_line_error(run("arithmetic.py", *TINY, f"out_dir={target}", "cache.dir=null",
+                                      cwd=tmp_path))
         assert msg in line, line
     assert (ood / "metrics.csv").read_text() == "keep me"
 
@@ -189,7 +192,7 @@ def test_a_damaged_cache_heals_with_a_cold_runs_numbers(tmp_path, command):
     """The cold run in a process of its own; the runs on the damaged cache through the command's function in this
     one."""
     cdir, args = tmp_path / "cache", [*TINY, "n_seeds=1", "sweep.alphas=[0.0]"]
-    assert run("arithmetic.py", *args, f"out_dir={tmp_path / 'cold'}", f"cache.dir={cdir}").wait(300) == 0
+    assert run("arithmetic.py", *args, f"out_dir={tmp_path / 'cold'}", f"cache.dir={cdir}", cwd=tmp_path).wait(300) == 0
     entries = sorted(cdir.glob("finetune/*.npz"))
     evals = sorted(cdir.glob("pair_eval/*.npz"))
     assert len(entries) == 2 and len(evals) == 1
@@ -228,7 +231,7 @@ def test_sigkill_mid_sweep_then_resume_finishes_without_redoing_work(tmp_path, c
     out, cdir = tmp_path / "out", tmp_path / "cache"
     args = [*TINY, "sweep.alphas=[-0.8,-0.4,0.0,0.4,0.8,1.0]", "sweep.lam_step=0.1", "sweep.n_test=2000",
             f"out_dir={out}", f"cache.dir={cdir}"]
-    p = run("arithmetic.py", *args, start_new_session=True)
+    p = run("arithmetic.py", *args, cwd=tmp_path, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(list((cdir / "pair_eval").glob("*.npz"))) < 4:
         assert p.poll() is None, p.stderr.read()
@@ -318,6 +321,6 @@ def test_a_result_folder_inside_another_is_refused(tmp_path):
     run_dir = tmp_path / "arith"
     run_dir.mkdir()
     (run_dir / "provenance.json").write_text(json.dumps({"experiment": "arithmetic"}))
-    p = run("ood.py", f"out_dir={run_dir / 'sub'}")
+    p = run("ood.py", f"out_dir={run_dir / 'sub'}", cwd=tmp_path)
     assert "lies inside the result folder" in one_line_error(p)
     assert sorted(x.name for x in run_dir.iterdir()) == ["provenance.json"]

@@ -135,7 +135,7 @@ SCALING_TINY = ["train=tiny", "n_seeds=2", "model.m=16", "scaling.ds=[6,8]", "sc
 
 
 @pytest.mark.slow
-def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_processes(tmp_path):
+def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_processes(tmp_path, monkeypatch):
     """A lane's worker (pinned to one CPU, as in make reproduce) answers each run with the command's exit status (a
     bad value: 2, and the worker lives on); a worker that dies during a run fails it and the next run gets a fresh
     one; an experiment run after another one in the same worker writes the files a separate ``python -m tvtheory``
@@ -149,6 +149,7 @@ def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_proces
     from tvtheory import runner
     from tvtheory.lane import Lane
 
+    monkeypatch.chdir(tmp_path)                 # Hydra's job folders (outputs/) go here, not into the repository
     one = str(min(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else "0"
     env = {**os.environ, "PYTHONHASHSEED": "0", runner.CPUS: one}
     lane = Lane(env)                                                    # the suite's cache of compiled programs

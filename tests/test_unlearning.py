@@ -224,8 +224,8 @@ TINY = ["n_seeds=2", "corpus.n_docs=8", "corpus.n_general=32", "corpus.n_general
 def test_tiny_run_end_to_end_rerun_from_the_cache_gives_the_same_bytes(tmp_path, command):
     """A run in a process of its own, then its rerun through the command's function in the test process."""
     out, again = tmp_path / "a", tmp_path / "b"
-    p = subprocess.run([sys.executable, "experiments/unlearning.py", *TINY, f"out_dir={out}",
-                        f"cache.dir={tmp_path / 'cache'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "unlearning.py"), *TINY, f"out_dir={out}",
+                        f"cache.dir={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "2 computed" in p.stderr, p.stderr[-3000:]
     assert results.owner(out) == "unlearning"
     t = {n: pd.read_csv(out / f"{n}.csv") for n in ul.TABLES}
