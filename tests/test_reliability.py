@@ -173,8 +173,7 @@ def test_a_result_folder_belongs_to_one_experiment_and_the_results_root_is_refus
     (ood / "metrics.csv").write_text("keep me")
     (tmp_path / "results" / "claims.json").write_text("[]")
     for target, msg in ((ood, "belongs to the 'ood' experiment"), (tmp_path / "results", "not a result folder")):
-        line = one_line_error(run("arithmetic.py", *TINY, f"out_dir={target}", "cache.dir=null",
-                                      cwd=tmp_path))
+        line = one_line_error(run("arithmetic.py", *TINY, f"out_dir={target}", "cache.dir=null", cwd=tmp_path))
         assert msg in line, line
     assert (ood / "metrics.csv").read_text() == "keep me"
 
