@@ -6,18 +6,32 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+HANG = "import time\n\ndef test_hangs():\n    time.sleep(600)\n\ndef test_after():\n    pass\n"
+
+
+def pytest_with_a_2_s_limit(folder: Path, *args) -> tuple[str, float]:
+    started = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(folder),
+                        "-p", "no:cacheprovider", "-o", "timeout=2", *args, str(folder)],
+                       cwd=folder, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, (p.stdout + p.stderr)[-2000:]                  # tests failed (not an internal error)
+    return p.stdout + p.stderr, time.monotonic() - started
 
 
 def test_a_test_that_hangs_is_stopped_and_fails_with_every_threads_stack(tmp_path, pytestconfig):
-    """The suite's per-test timeout and method, with the limit lowered to 2 s: a hung test ends the run, failed, with
-    every thread's stack (the watchdog thread's dump, which also reaches a hang in native code), instead of holding
-    ``make test`` forever."""
+    """The suite's per-test limit and method, the limit lowered to 2 s: a hung test fails with every thread's stack
+    (the watchdog thread's dump, which also reaches a hang in native code) instead of holding the run forever."""
     assert 0 < float(pytestconfig.getini("timeout")) <= 600          # in force for this suite
-    (tmp_path / "test_hang.py").write_text("import time\n\ndef test_hangs():\n    time.sleep(600)\n")
-    started = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path),
-                        "-p", "no:cacheprovider", "-o", "timeout=2", str(tmp_path / "test_hang.py")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    out = p.stdout + p.stderr
-    assert p.returncode != 0 and time.monotonic() - started < 60, out[-2000:]
-    assert "Timeout" in out and "Stack of MainThread" in out and "time.sleep(600)" in out, out[-2000:]
+    (tmp_path / "test_hang.py").write_text(HANG)
+    out, seconds = pytest_with_a_2_s_limit(tmp_path)
+    assert seconds < 60 and "Timeout" in out and "Stack of MainThread" in out and "time.sleep(600)" in out, out[-2000:]
+
+
+def test_under_make_tests_workers_a_hung_test_fails_once_and_is_not_run_again(tmp_path):
+    """As ``make test`` runs (two workers taking whole files): the hung test fails once, named, and the run ends; its
+    worker is not replaced by one that would start the same test again (pytest-xdist under --dist loadfile)."""
+    (tmp_path / "test_hang.py").write_text(HANG)
+    (tmp_path / "test_other.py").write_text("def test_other():\n    pass\n")
+    out, seconds = pytest_with_a_2_s_limit(tmp_path, "-n", "2", "--dist", "loadfile")
+    assert seconds < 60 and out.count("crashed while running 'test_hang.py::test_hangs'") == 1, out[-2000:]
+    assert "1 failed" in out and "replacing crashed worker" not in out, out[-2000:]
