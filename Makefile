@@ -21,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
-# The unit tests alone (no experiment run end to end), about 1.5 minutes.
+# The unit tests alone (no experiment run end to end), about 2 minutes.
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -m "not slow"
 
