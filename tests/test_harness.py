@@ -33,5 +33,6 @@ def test_under_make_tests_workers_a_hung_test_fails_once_and_is_not_run_again(tm
     (tmp_path / "test_hang.py").write_text(HANG)
     (tmp_path / "test_other.py").write_text("def test_other():\n    pass\n")
     out, seconds = pytest_with_a_2_s_limit(tmp_path, "-n", "2", "--dist", "loadfile")
-    assert seconds < 60 and out.count("crashed while running 'test_hang.py::test_hangs'") == 1, out[-2000:]
-    assert "1 failed" in out and "replacing crashed worker" not in out, out[-2000:]
+    # one "node down" line per crash; the summary's wording and truncation depend on the terminal and on CI variables
+    assert seconds < 60 and out.count("node down:") == 1 and "'test_hang.py::test_hangs'" in out, out[-2000:]
+    assert "1 failed, 1 passed" in out and "replacing crashed worker" not in out, out[-2000:]
