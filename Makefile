@@ -17,13 +17,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-compile --no-deps -e .
 	touch $@
 
-# The whole suite on both cores: whole files per worker, the longest end-to-end files first (tests/conftest.py).
+# The whole suite on both cores: whole files per worker, the longest end-to-end files first (tests/conftest.py). A
+# worker that dies (a crash, or pyproject's time limit) is not replaced: under --dist loadfile, pytest-xdist 3.8 gives
+# a replacement the test its predecessor died on, again, until the restarts run out (tests/test_harness.py).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n 2 --max-worker-restart=0 --dist loadfile --no-loadscope-reorder
 
 # The unit tests alone (no experiment run end to end), about 2 minutes.
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 -m "not slow"
+	$(PY) -m pytest -n 2 --max-worker-restart=0 -m "not slow"
 
 # Every experiment of the registry into results/, scheduled on two lanes (tvtheory/reproduce.py), then every verdict
 # merged into results/claims.json, results/CLAIMS.md and the README's table.

@@ -1,5 +1,7 @@
 """The test suite's own settings (pyproject.toml's [tool.pytest.ini_options])."""
 
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -27,12 +29,22 @@ def test_a_test_that_hangs_is_stopped_and_fails_with_every_threads_stack(tmp_pat
     assert seconds < 60 and "Timeout" in out and "Stack of MainThread" in out and "time.sleep(600)" in out, out[-2000:]
 
 
+def make_test_arguments() -> list[str]:
+    """The pytest arguments of the Makefile's ``test`` recipe."""
+    recipe = re.search(r"^test: .*\n\t\$\(PY\) -m pytest (.*)$", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe, "no `$(PY) -m pytest ...` line under the Makefile's test target"
+    return shlex.split(recipe.group(1))
+
+
 def test_under_make_tests_workers_a_hung_test_fails_once_and_is_not_run_again(tmp_path):
-    """As ``make test`` runs (two workers taking whole files): the hung test fails once, named, and the run ends; its
-    worker is not replaced by one that would start the same test again (pytest-xdist under --dist loadfile)."""
+    """With ``make test``'s own arguments (two workers taking whole files): the hung test fails once, named, and the
+    run ends; its worker is not replaced by one that would start the same test again (pytest-xdist under --dist
+    loadfile)."""
     (tmp_path / "test_hang.py").write_text(HANG)
     (tmp_path / "test_other.py").write_text("def test_other():\n    pass\n")
-    out, seconds = pytest_with_a_2_s_limit(tmp_path, "-n", "2", "--dist", "loadfile")
+    args = make_test_arguments()
+    assert "--dist" in args and "-n" in args, args
+    out, seconds = pytest_with_a_2_s_limit(tmp_path, *args)
     # one "node down" line per crash; the summary's wording and truncation depend on the terminal and on CI variables
     assert seconds < 60 and out.count("node down:") == 1 and "'test_hang.py::test_hangs'" in out, out[-2000:]
     assert "1 failed, 1 passed" in out and "replacing crashed worker" not in out, out[-2000:]
