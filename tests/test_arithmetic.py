@@ -61,7 +61,8 @@ def test_the_figure_1_alphas_without_a_valid_seed_leave_dashes_and_inconclusive_
     windows = a["summary"][["add_window", "neg_window", "add_window_acc", "neg_window_acc"]]
     assert (windows == "no valid seed").all(axis=None)
     assert a["summary"]["lambda_star"].isna().all() and list(a["summary"]["alpha"]) == FIG1
-    assert a["table1"].count("| - | - | - | - | - |") == 2 * len(FIG1)
+    assert (a["summary"]["n_seeds"] == 0).all()
+    assert a["table1"].count("| 0 | - | - | - | - | - |") == 2 * len(FIG1)
     recs = ar.claims(a, cfg)
     assert [r.verdict for r in recs] == ["inconclusive"] * 7 and {r.n_seeds for r in recs} == {0}
     assert all("no valid seed" in r.measured for r in recs)
@@ -106,7 +107,11 @@ def test_lambda_star_from_a_metrics_table_leaves_out_invalid_seeds(figures):
     """Without phase alphas the figure reads the metrics table: its seed means took in the invalid seeds' rows."""
     cfg = config(FIG1, [])
     t = tables(FIG1, [], invalid=lambda a, s: a == 0.0 and s == 0)
-    figs = figures(t, ar.analyse(t, cfg), cfg)
+    a = ar.analyse(t, cfg)
+    assert dict(zip(a["summary"]["alpha"], a["summary"]["n_seeds"])) == {-0.5: 3, 0.0: 2, 0.5: 3}
+    assert "| irrelevant | 0 | addition | 2 | 1 |" in a["table1"] and "| aligned | 0.5 | addition | 3 | 0.5 |" in a[
+        "table1"], a["table1"]
+    figs = figures(t, a, cfg)
     ax = figs["lambda_star"].axes[0]
     measured = ax.lines[1]                                             # T2 hinge <= eps
     assert list(measured.get_xdata()) == FIG1 and list(measured.get_ydata()) == [1.5, 1.0, 0.5]   # 1 - alpha

@@ -185,6 +185,9 @@ def test_a_compressed_variant_losing_an_alpha_leaves_only_the_claims_that_need_i
     assert thm3["verdict"] == "pass" and thm3["n_seeds"] == 5, thm3
     kept = pd.read_csv(folder / "keeps.csv").set_index(["variant", "theorem"])["kept"]
     assert kept["rank1", "thm1"] == "undecided" and kept["rank1", "thm3"] == "pass"
+    stars = pd.read_csv(folder / "lambda_star.csv").set_index(["variant", "alpha"])
+    assert stars.loc[("rank1", 0.5), "n_seeds"] == 0 and np.isnan(stars.loc[("rank1", 0.5), "lambda_star"])
+    assert stars.loc[("rank1", 0.9), "n_seeds"] == stars.loc[("dense", 0.9), "n_seeds"] == 5
 
 
 def test_a_compressed_variant_losing_every_out_of_domain_seed_compares_no_region():

@@ -89,15 +89,17 @@ def phase_table(rows: pd.DataFrame, cc, d: int) -> pd.DataFrame:
 
 
 def summary(rows: pd.DataFrame, diag: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Per alpha: lambda* (seed mean and spread), the addition and negation windows by hinge loss and accuracy, the
-    measured beta beside the declared one, alpha_hat and the task vectors' cosine and norms; an alpha without a
-    valid seed has no lambda* and 'no valid seed' for windows."""
+    """Per alpha: the valid seeds behind its seed means (``n_seeds``), lambda* (seed mean and spread), the addition
+    and negation windows by hinge loss and accuracy, the measured beta beside the declared one, alpha_hat and the
+    task vectors' cosine and norms; an alpha without a valid seed has n_seeds 0, no lambda* and 'no valid seed' for
+    windows."""
     cc, d = cfg.claims, cfg.data.d
     c = analysis.curves(rows)
     measured = analysis.beta_hat(c)
     out = []
     for a, n in c.valid_seeds.items():
-        row = {"alpha": a, "relation": analysis.relation(a), "lambda_star": np.nan, "lambda_star_seed_std": np.nan,
+        row = {"alpha": a, "relation": analysis.relation(a), "n_seeds": int(n), "lambda_star": np.nan,
+               "lambda_star_seed_std": np.nan,
                "predicted_threshold": float(1 - a) if a >= 0 else float("nan"),
                **dict.fromkeys(("add_window", "neg_window", "add_window_acc", "neg_window_acc"), "no valid seed"),
                "beta_declared": cc.beta(d), **measured}
@@ -127,14 +129,14 @@ PAPER_ALPHA_HAT = {"irrelevant": 0.164, "aligned": 0.891, "contradictory": -0.84
 
 
 def best_points(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per alpha, the best lambda for addition (min L1 + L2) and for negation (lambda <= 0, max L2 - L1); NaN for
-    both goals of an alpha without a valid seed."""
+    """Per alpha, the best lambda for addition (min L1 + L2) and for negation (lambda <= 0, max L2 - L1), with the
+    valid seeds behind the seed means (``n_seeds``); NaN for both goals of an alpha without a valid seed."""
     c = analysis.curves(rows)
     out = []
     for a, n in c.valid_seeds.items():
         if not n:
-            out += [{"alpha": a, "relation": analysis.relation(a), "goal": goal, "lam": np.nan} for goal in
-                    ("addition", "negation")]
+            out += [{"alpha": a, "relation": analysis.relation(a), "goal": goal, "lam": np.nan, "n_seeds": 0}
+                    for goal in ("addition", "negation")]
             continue
         cur = c.at(a)
         add = cur.index[np.argmin((cur["L1"] + cur["L2"]).to_numpy())]
@@ -145,7 +147,7 @@ def best_points(rows: pd.DataFrame) -> pd.DataFrame:
                 continue
             r = cur.loc[lam]
             out.append({"alpha": a, "relation": analysis.relation(a), "goal": goal, "lam": lam, "acc_T1": r["A1"],
-                        "acc_T2": r["A2"], "loss_T1": r["L1"], "loss_T2": r["L2"]})
+                        "acc_T2": r["A2"], "loss_T1": r["L1"], "loss_T2": r["L2"], "n_seeds": int(n)})
     return pd.DataFrame(out)
 
 
@@ -156,16 +158,18 @@ def table1(rows: pd.DataFrame) -> str:
                             else col.abs() if col.name == "alpha" else col)
     lines = ["# Table 1 for the one-layer transformer", "",
              "Psi_0 + dPsi_T1 + lambda dPsi_T2, best lambda per goal (addition: min T1 + T2 hinge loss; negation: "
-             "lambda <= 0 with max T2 - T1 hinge loss), seed means. Paper: Colored-MNIST, ViT-Small/16 (accuracy %).",
-             "", "| relation | alpha | goal | lambda | T1 acc | T2 acc | T1 hinge | T2 hinge | paper lambda | "
-             "paper T1 / T2 acc |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "lambda <= 0 with max T2 - T1 hinge loss), means over the valid seeds (seeds). Paper: Colored-MNIST, "
+             "ViT-Small/16 (accuracy %).",
+             "", "| relation | alpha | goal | seeds | lambda | T1 acc | T2 acc | T1 hinge | T2 hinge | paper lambda | "
+             "paper T1 / T2 acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in best.iterrows():
         pl, p1, p2 = PAPER_TABLE1[r["relation"]][r["goal"]]
         if np.isnan(r["lam"]):                  # no valid seed at this alpha: nothing to report
-            lines.append(f"| {r['relation']} | {r['alpha']:g} | {r['goal']} | - | - | - | - | - | {pl:g} | "
+            lines.append(f"| {r['relation']} | {r['alpha']:g} | {r['goal']} | 0 | - | - | - | - | - | {pl:g} | "
                          f"{p1:.2f} / {p2:.2f} |")
             continue
-        lines.append(f"| {r['relation']} | {r['alpha']:g} | {r['goal']} | {r['lam']:g} | {100 * r['acc_T1']:.2f} | "
+        lines.append(f"| {r['relation']} | {r['alpha']:g} | {r['goal']} | {r['n_seeds']:d} | {r['lam']:g} | "
+                     f"{100 * r['acc_T1']:.2f} | "
                      f"{100 * r['acc_T2']:.2f} | {r['loss_T1']:.3f} | {r['loss_T2']:.3f} | {pl:g} | "
                      f"{p1:.2f} / {p2:.2f} |")
     lines += ["", "Paper alpha_hat: " + ", ".join(f"{k} {v:g}" for k, v in PAPER_ALPHA_HAT.items())

@@ -122,8 +122,12 @@ def analyse(tables, cfg: Config) -> dict:
     names = list(q)
     stars, verdicts = [], []
     for v in names:
-        stars += [{"variant": v, "alpha": a, "lambda_star": float(np.nanmean(s)) if np.isfinite(s).any() else np.nan}
-                  for a, s in q[v]["lambda_star"].items()]
+        # Every alpha >= 0 of the table: the mean of the seeds' lambda* over those whose lambda* exists (n_seeds of
+        # them; 0, with no lambda*, where the variant lost every seed of the alpha or none reached eps).
+        for a in (a for a in q[v]["valid_seeds"].index if a >= 0):
+            s = np.asarray(q[v]["lambda_star"].get(a, []), float)
+            stars.append({"variant": v, "alpha": a, "lambda_star": float(np.nanmean(s)) if np.isfinite(s).any()
+                          else np.nan, "n_seeds": int(np.isfinite(s).sum())})
         recs = (rules.pair_claims(pm[pm["variant"] == v], cfg.claims, cfg.data.d)
                 + rules.ood_region_claims(om[om["variant"] == v], None, cfg.ood.gammas, cfg.claims, cfg.ood,
                                           cfg.data.d))
