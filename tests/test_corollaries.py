@@ -183,8 +183,9 @@ def test_a_compressed_variant_losing_an_alpha_leaves_only_the_claims_that_need_i
     assert thm2["verdict"] == "inconclusive" and thm2["n_seeds"] == 2, thm2           # alpha = -0.5: seeds 3, 4
     assert "2 valid seed(s), fewer than claims.min_seeds=3" in thm2["details"]
     assert thm3["verdict"] == "pass" and thm3["n_seeds"] == 5, thm3
-    kept = pd.read_csv(folder / "keeps.csv").set_index(["variant", "theorem"])["kept"]
-    assert kept["rank1", "thm1"] == "undecided" and kept["rank1", "thm3"] == "pass"
+    kept = pd.read_csv(folder / "keeps.csv").set_index(["variant", "theorem"])
+    assert kept.loc[("rank1", "thm1"), "kept"] == "undecided" and kept.loc[("rank1", "thm3"), "kept"] == "pass"
+    assert [kept.loc[("rank1", f"thm{i}"), "n_seeds"] for i in (1, 2, 3)] == [0, 2, 5]      # as the claims count
     stars = pd.read_csv(folder / "lambda_star.csv").set_index(["variant", "alpha"])
     assert stars.loc[("rank1", 0.5), "n_seeds"] == 0 and np.isnan(stars.loc[("rank1", 0.5), "lambda_star"])
     assert stars.loc[("rank1", 0.9), "n_seeds"] == stars.loc[("dense", 0.9), "n_seeds"] == 5

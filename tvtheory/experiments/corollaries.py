@@ -132,8 +132,8 @@ def analyse(tables, cfg: Config) -> dict:
                 + rules.ood_region_claims(om[om["variant"] == v], None, cfg.ood.gammas, cfg.claims, cfg.ood,
                                           cfg.data.d))
         verdicts += [{"variant": v, "id": r.id, "verdict": r.verdict, "measured": r.measured} for r in recs]
-    keeps = [{"variant": v, "theorem": t, "kept": rules._word(ok), "numbers": text}
-             for v, kk in kept_by.items() for t, (ok, text, _) in kk.items()]
+    keeps = [{"variant": v, "theorem": t, "kept": rules._word(ok), "n_seeds": n, "numbers": text}
+             for v, kk in kept_by.items() for t, (ok, text, n) in kk.items()]
     return {"lambda_star": pd.DataFrame(stars), "verdicts": pd.DataFrame(verdicts), "keeps": pd.DataFrame(keeps),
             "_kept_by": kept_by, "_n_dense": q["dense"]["n_seeds"], "_rownorms": of_valid_seeds(tables, "rownorms")}
 
