@@ -116,3 +116,17 @@ def test_lambda_star_from_a_metrics_table_leaves_out_invalid_seeds(figures):
     measured = ax.lines[1]                                             # T2 hinge <= eps
     assert list(measured.get_xdata()) == FIG1 and list(measured.get_ydata()) == [1.5, 1.0, 0.5]   # 1 - alpha
     assert "(2-3 seeds per alpha)" in ax.get_title()
+
+
+@pytest.mark.parametrize("rule, alpha, task", [("thm1.contradictory_fails", -0.5, "T1"),
+                                                ("thm2.aligned_fails", 0.5, "T2")])
+def test_a_task_whose_rows_are_missing_decides_no_rule_that_reads_it(rule, alpha, task):
+    """The two rules that pass where a set is empty: without the rows of the task they read, a missing seed mean
+    used to count as beyond every bound, so the set was certainly empty and the claim passed on missing data."""
+    cfg = config(FIG1, [])
+    t = tables(FIG1, [])
+    before = {r.id: r.verdict for r in ar.claims(ar.analyse(t, cfg), cfg)}
+    m = t["metrics"]
+    t["metrics"] = m[~((m["alpha"] == alpha) & (m["task"] == task))]
+    after = {r.id: r for r in ar.claims(ar.analyse(t, cfg), cfg)}
+    assert before[rule] == "fail" and after[rule].verdict == "inconclusive", (before[rule], after[rule])

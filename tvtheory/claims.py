@@ -178,12 +178,21 @@ def pair_rules(c: Curves, alpha: float, cfg, beta: float, metric: str = "loss") 
 def _pair_rules(c: Curves, alpha: float, cfg, beta: float, metric: str) -> PairRules:
     m, s = c.at(alpha), c.std_at(alpha)
     lam, k = m.index.to_numpy(), cfg.spread_k
+
+    def known(t: Tri, col: str) -> Tri:
+        """A task's rule decides nothing where its seed mean is missing (no row of that task at that lambda: a
+        valid seed's losses are finite). at_most/at_least count NaN as beyond the bound, which a negated rule
+        (thm1.contradictory_fails, thm2.aligned_fails) would read as certainly true."""
+        there = np.isfinite(m[col].to_numpy())
+        return Tri(t.yes & there, t.no & there)
     if metric == "loss":
         bound = theory.kept_tolerance(lam, cfg.eps_learned, beta, beta, cfg.kept_cap)
-        return PairRules(lam, at_most(m["L1"], s["L1"], bound, k), at_most(m["L2"], s["L2"], cfg.eps_learned, k),
-                         at_least(m["L2"], s["L2"], cfg.forget_loss, k))
-    return PairRules(lam, at_least(m["A1"], s["A1"], cfg.acc_learned, k),
-                     at_least(m["A2"], s["A2"], cfg.acc_learned, k), at_most(m["A2"], s["A2"], cfg.acc_forgotten, k))
+        return PairRules(lam, known(at_most(m["L1"], s["L1"], bound, k), "L1"),
+                         known(at_most(m["L2"], s["L2"], cfg.eps_learned, k), "L2"),
+                         known(at_least(m["L2"], s["L2"], cfg.forget_loss, k), "L2"))
+    return PairRules(lam, known(at_least(m["A1"], s["A1"], cfg.acc_learned, k), "A1"),
+                     known(at_least(m["A2"], s["A2"], cfg.acc_learned, k), "A2"),
+                     known(at_most(m["A2"], s["A2"], cfg.acc_forgotten, k), "A2"))
 
 
 def describe_set(lam: np.ndarray, t: Tri) -> str:
