@@ -335,13 +335,46 @@ def test_compare_variants_measures_dense_on_the_compressed_variants_seeds(tmp_pa
     assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]
 
 
-def test_keeps_leaves_lambda_star_undecided_where_a_seed_learns_t2_in_one_variant_only():
+def test_keeps_reads_a_seed_that_never_learns_t2_on_the_grid_as_beyond_its_last_point():
     """A compressed variant whose seeds 1-4 never learn T2 on the grid at alpha = 0.5 (lambda* NaN) while dense's
-    do: the finite seed agrees, but its mean used to hide the others and call lambda* kept, on 5 seeds."""
+    learn it at ~0.5: their lambda* lie beyond the grid's last point (3), so lambda* certainly moved, on all 5 seeds
+    (the finite seed's mean used to hide the others and call lambda* kept)."""
     _, cfg, tables = runner.load(COMMITTED)
     pm, om = tables["pair_metrics"], tables["ood_metrics"]
     q = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
     ls = q["lambda_star"][0.5]
     never = {**q, "lambda_star": {**q["lambda_star"], 0.5: ls.where(ls.index == ls.index[0])}}
     ok, text, n = rules.keeps(q, never, cfg.claims, cfg.corollaries.region_iou)["thm1"]
-    assert ok is None and n == 1 and f"({len(ls) - 1} seed(s) learn T2 on the grid in one variant only)" in text, text
+    assert ok is False and n == len(ls) and f"({len(ls) - 1} seed(s) learn T2 on the grid in one variant only)" in \
+        text, text
+
+
+def test_keeps_leaves_lambda_star_undecided_where_a_seed_beyond_the_grid_may_have_moved_it_within_tolerance():
+    """Dense's seed 0 never learns T2 at alpha = 0 and the variant's learns it at the grid's last point, the other
+    seeds equal: that seed's lambda* may differ by less than the tolerance, or by more (undecided); the seed means
+    used to be over different seeds (0.4 apart), a certain change."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"]
+    q = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
+    ls = q["lambda_star"][0.0]
+    dense = {**q, "lambda_star": {**q["lambda_star"], 0.0: ls.where(ls.index != ls.index[0])}}
+    late = {**q, "lambda_star": {**q["lambda_star"], 0.0: ls.where(ls.index != ls.index[0], q["lam_max"][0.0])}}
+    ok, text, n = rules.keeps(dense, late, cfg.claims, cfg.corollaries.region_iou)["thm1"]
+    assert ok is None and n == len(ls) - 1 and "(1 seed(s) learn T2 on the grid in one variant only)" in text, text
+
+
+@pytest.mark.parametrize("offsets, kept", [([0.0, 0.0, 0.3, 0.0, 0.0], None), ([0.3] * 5, False),
+                                           ([0.0] * 5, True)])
+def test_keeps_compares_the_hinge_at_minus_one_seed_by_seed_beyond_the_spread(offsets, kept):
+    """Theorem 2's comparison at lambda = -1: one seed's T1 hinge 0.3 higher moves the mean by 0.06 > eps = 0.05,
+    within its seed spread (undecided; it used to compare the seed means alone, a certain change); every seed's
+    0.3 higher is a certain change; equal is kept."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"]
+    q = rules.variant_quantities(pm[pm["variant"] == "dense"], om[om["variant"] == "dense"], cfg.claims, cfg.data.d)
+    per = q["at_minus_one_seeds"][-0.5].copy()
+    assert len(per) == len(offsets) and cfg.claims.eps_learned == 0.05
+    per["L1"] += offsets
+    other = {**q, "at_minus_one_seeds": {**q["at_minus_one_seeds"], -0.5: per}}
+    ok, text, n = rules.keeps(q, other, cfg.claims, cfg.corollaries.region_iou)["thm2"]
+    assert ok is kept and n == len(offsets), text

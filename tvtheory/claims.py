@@ -483,14 +483,18 @@ def variant_quantities(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int) -> di
     and its best (validation-chosen) test loss per seed, and the valid seeds of every alpha of the table (0: lost)."""
     c = analysis.curves(pair)
     beta = cfg.beta(d)
-    out = {"lambda_star": {}, "neg_edges": {}, "at_minus_one": {}}
+    out = {"lambda_star": {}, "lam_max": {}, "neg_edges": {}, "at_minus_one": {}, "at_minus_one_seeds": {}}
     for a in c.alphas():
         if a >= 0:
             out["lambda_star"][a] = analysis.lambda_star_seeds(c, a, cfg.eps_learned)
+            out["lam_max"][a] = float(c.at(a).index.max())     # a seed that never learns T2 has lambda* beyond
         if a <= 0:
             r = pair_rules(c, a, cfg, beta)
             out["neg_edges"][a] = analysis.edges(r.lam, r.negation.yes)
             out["at_minus_one"][a] = (analysis.value_at(c.at(a), -1.0, "L1"), analysis.value_at(c.at(a), -1.0, "L2"))
+            per = c.seeds.xs(a, level="alpha")                 # each valid seed's hinge losses there (none: no -1)
+            out["at_minus_one_seeds"][a] = per[np.isclose(per.index.get_level_values("lam"), -1.0, atol=1e-6)] \
+                .droplevel("lam")[["L1", "L2"]]
     cur = analysis.ood_curves(ood)
     val = analysis.ood_curves(ood, "val_loss", "val_acc")
     if cur.empty:               # every seed of this variant's grid invalid: no region, no best loss (keeps says so)
@@ -536,16 +540,29 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
             n1.append(0)
             continue
         ls, lo = dense["lambda_star"][a].align(other["lambda_star"][a], join="inner")   # the seeds valid in both
-        # A seed that learns T2 on the grid in one variant only moved lambda* past the grid by an unmeasured amount:
-        # undecided, so the alpha is kept only if nothing else changed (the means leave such a seed out).
-        one_sided = int((ls.isna() ^ lo.isna()).sum())
-        both_never = np.all(np.isnan(ls)) and np.all(np.isnan(lo))
-        diff = 0.0 if both_never else abs(_mean(lo) - _mean(ls))
-        sd = np.nanstd(lo - ls, ddof=1) if np.isfinite(lo - ls).sum() > 1 else 0.0
-        t1.append(all3([at_most(diff, sd, tol, k).all(), *[None] * bool(one_sided)]) if len(ls) else None)
+        # A seed that learns T2 on the grid in one variant only has its other lambda* beyond the grid's last point
+        # (censored): its difference is known only to exceed the one with that point in place of the missing
+        # lambda*. With every such seed on the same side, the alpha is certainly not kept when even those lower
+        # bounds of the differences change the mean beyond the tolerance; otherwise it is undecided. Without one,
+        # the seeds that learn T2 in both are compared (a seed that learns it in neither counts as equal).
+        one = ls.isna() ^ lo.isna()
+        one_sided, paired = int(one.sum()), ls.notna() & lo.notna()
+        if one_sided:
+            top = max(dense["lam_max"][a], other["lam_max"][a])
+            dd = (lo.fillna(top) - ls.fillna(top))[paired | one]
+            up, down = bool((one & lo.isna()).any()), bool((one & ls.isna()).any())
+            sd = float(dd.std(ddof=1)) if len(dd) > 1 else 0.0
+            kept = False if up != down and (1 if up else -1) * float(dd.mean()) - k * sd > tol else None
+        elif paired.any():
+            diff = abs(_mean(lo[paired]) - _mean(ls[paired]))
+            sd = float(np.std((lo - ls)[paired], ddof=1)) if paired.sum() > 1 else 0.0
+            kept = at_most(diff, sd, tol, k).all()
+        else:
+            kept = True                                                  # no seed learns T2 in either: equal
+        t1.append(kept if len(ls) else None)
         parts1.append(f"alpha={a:g}: {_mean(lo):g} vs {_mean(ls):g}"
                       + (f" ({one_sided} seed(s) learn T2 on the grid in one variant only)" if one_sided else ""))
-        n1.append(len(ls) - one_sided)
+        n1.append(int((paired | one).sum()) if one_sided and kept is False else len(ls) - one_sided)  # behind it
     t2, parts, n2 = [], [], []
     for a in [a for a in seeds if a <= 0]:
         if lost[a]:
@@ -557,8 +574,11 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
         olo, ohi = other["neg_edges"][a]
         same_empty = np.isnan(lo) and np.isnan(olo)
         edges_ok = same_empty or (abs(olo - lo) <= tol and abs(ohi - hi) <= tol)
-        losses = np.abs(np.subtract(other["at_minus_one"][a], dense["at_minus_one"][a]))
-        t2.append(bool(edges_ok and np.all(np.nan_to_num(losses, nan=np.inf) <= eps)))
+        # both tasks' hinge at lambda = -1, seed by seed: the mean difference within eps beyond the seed spread
+        dl = other["at_minus_one_seeds"][a].sub(dense["at_minus_one_seeds"][a], fill_value=None).dropna()
+        hinge = [at_most(abs(float(dl[t].mean())), float(dl[t].std(ddof=1)) if len(dl) > 1 else 0.0, eps, k).all()
+                 if len(dl) else None for t in ("L1", "L2")]
+        t2.append(all3([bool(edges_ok), *hinge]))
         parts.append(f"alpha={a:g}: window [{olo:g}, {ohi:g}] vs [{lo:g}, {hi:g}], hinge at -1 (T1, T2) "
                      f"({other['at_minus_one'][a][0]:.3g}, {other['at_minus_one'][a][1]:.3g}) vs "
                      f"({dense['at_minus_one'][a][0]:.3g}, {dense['at_minus_one'][a][1]:.3g})")
