@@ -559,3 +559,18 @@ def test_the_command_recomputes_every_committed_verdict(tmp_path):
     again = {r["id"]: (r["verdict"], r["measured"]) for r in json.loads((copy / "claims.json").read_text())}
     assert again == {k: (r["verdict"], r["measured"]) for k, r in COMMITTED.items()}
     assert pd.read_csv(copy / "arithmetic" / "summary.csv").equals(pd.read_csv(RESULTS / "arithmetic" / "summary.csv"))
+
+
+@pytest.mark.parametrize("methods", [["ties"], ["ties", "dare", "dare_ties", "tsv", "iso_c"]])
+def test_merging_methods_with_a_methods_cells_missing_compares_nothing_there(methods):
+    """merging.methods on the committed tables with every method made task arithmetic (a pass), then ``methods``'
+    negation rows removed: a cell the reference has and the method lacks is undecided and leaves no seed behind the
+    claim; it used to be left out of the comparison, so the claim passed on the cells that remained."""
+    exp, cfg, base = load("merging")
+    t = methods_as_task_arithmetic()(base)
+    assert perturbed_verdicts(exp, cfg, t, base)["merging.methods"] == "pass"
+    gone = edit("methods", lambda df: df[~((df["space"] == "standard") & df["method"].isin(methods)
+                                          & (df["goal"] == "negation"))])(t)
+    frames = {k: results.read_csv(io.StringIO(v.to_csv(index=False))) for k, v in gone.items()}
+    got = {r.id: r for r in exp.claims(exp.analyse(frames, cfg), cfg)}["merging.methods"]
+    assert got.verdict == "inconclusive" and got.n_seeds == 0 and "(no row)" in got.measured, got

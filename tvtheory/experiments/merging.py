@@ -1048,10 +1048,10 @@ class Comparison(NamedTuple):
     ok: Optional[bool]          # every judged cell certainly the same (three-valued)
     ok_acc: Optional[bool]      # the same by the accuracy view
     changed: list               # the cells where the outcome certainly differs, with their numbers
-    open: list                  # the judged cells where the method's outcome is undecided
+    open: list                  # the judged cells where the method's outcome is undecided or has no row
     not_judged: list            # the cells where the reference's own outcome is undecided
     lost: list                  # the alphas where either has no valid seed (absent from the outcome table)
-    n_seeds: int                # the fewest valid seeds behind a cell (0 with a lost alpha)
+    n_seeds: int                # the fewest valid seeds behind a cell (0 with a lost alpha or a missing cell)
 
 
 def _compare(out: pd.DataFrame, alphas, ref: tuple[str, str], other: tuple[str, str]) -> Comparison:
@@ -1063,14 +1063,18 @@ def _compare(out: pd.DataFrame, alphas, ref: tuple[str, str], other: tuple[str, 
     have = set(a.index.get_level_values("alpha").round(6)) & set(b.index.get_level_values("alpha").round(6))
     lost = [al for al in alphas if al not in have]
     idx = a.index.intersection(b.index)
-    n = int(min(a.loc[idx, "n_seeds"].min(), b.loc[idx, "n_seeds"].min())) if len(idx) and not lost else 0
+    # a cell of the reference that ``other`` lacks at an alpha both have (a damaged table) compares nothing:
+    # undecided, named, and the comparison rests on 0 seeds
+    missing = [f"{goal} at alpha={al:g} (no row)" for al, goal in a.index.difference(b.index)
+               if round(al, 6) in have]
+    n = int(min(a.loc[idx, "n_seeds"].min(), b.loc[idx, "n_seeds"].min())) if len(idx) and not lost + missing else 0
     sure = (a.loc[idx, "ok_loss"] != "undecided").to_numpy()
     not_judged = [f"{goal} at alpha={al:g}" for (al, goal) in idx[~sure]]
     idx = idx[sure]
     a, b = a.loc[idx], b.loc[idx]
     agree = _agree(_tri(a["ok_loss"]), _tri(b["ok_loss"]))
     agree_acc = _agree(_tri(a["ok_acc"]), _tri(b["ok_acc"]))
-    changed, still_open = [], []
+    changed, still_open = [], list(missing)
     for (al, goal), yes, no in zip(idx, agree.yes, agree.no):
         ra, rb = a.loc[(al, goal)], b.loc[(al, goal)]
         if no:
@@ -1079,7 +1083,7 @@ def _compare(out: pd.DataFrame, alphas, ref: tuple[str, str], other: tuple[str, 
                            f"{ra['L2']:.3g})")
         elif not yes:
             still_open.append(f"{goal} at alpha={al:g}")
-    gap = [None] if lost else []
+    gap = [None] if lost or missing else []
     return Comparison(rules.all3([agree.all(), *gap]), rules.all3([agree_acc.all(), *gap]), changed, still_open,
                       not_judged, lost, n)
 
