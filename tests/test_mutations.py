@@ -574,3 +574,18 @@ def test_merging_methods_with_a_methods_cells_missing_compares_nothing_there(met
     frames = {k: results.read_csv(io.StringIO(v.to_csv(index=False))) for k, v in gone.items()}
     got = {r.id: r for r in exp.claims(exp.analyse(frames, cfg), cfg)}["merging.methods"]
     assert got.verdict == "inconclusive" and got.n_seeds == 0 and "(no row)" in got.measured, got
+
+
+def test_practice_lambda_from_similarity_without_an_alphas_estimate_judges_nothing_there():
+    """practice.lambda_from_similarity failed by an alpha_hat 0.3 off at alpha = 0.5; with that alpha's estimator
+    rows removed it used to skip the alpha and pass on the others: it is undecided there, and says so."""
+    exp, cfg, base = load("practice")
+    t = setcol("metrics", "loss", lambda x: x + 0.01, alpha=0.1, task="T2", lam=-0.1)(base)
+    off = setcol("estimators", "value", lambda v: v - 0.3, estimator=cfg.practice.lambda_estimator,
+                 n_probe=cfg.practice.claim_probe, alpha=0.5)(t)
+    assert perturbed_verdicts(exp, cfg, t, base)["practice.lambda_from_similarity"] == "pass"
+    assert perturbed_verdicts(exp, cfg, off, base)["practice.lambda_from_similarity"] == "fail"
+    gone = edit("estimators", lambda df: df[~np.isclose(df["alpha"], 0.5)])(off)
+    frames = {k: results.read_csv(io.StringIO(v.to_csv(index=False))) for k, v in gone.items()}
+    got = {r.id: r for r in exp.claims(exp.analyse(frames, cfg), cfg)}["practice.lambda_from_similarity"]
+    assert got.verdict == "inconclusive" and "alpha=0.5: no estimate" in got.measured, got

@@ -544,12 +544,15 @@ def lambda_prediction(est: pd.DataFrame, c: analysis.Curves, cfg: Config) -> pd.
     for (e, n), g in est[est["estimator"].isin(ALPHA_SCALE)].groupby(["estimator", "n_probe"], sort=False):
         j = g.join(ls, on=["alpha", "seed"])
         j["err"] = 1 - j["value"] - j["lambda_star"]
+        group = [{"estimator": e, "n_probe": n, "alpha": a, "lambda_star": star[a], "n_seeds": 0}   # no estimate
+                 for a in c.alphas() if not np.isclose(g["alpha"], a).any()]
         for a, h in j.groupby("alpha"):
-            rows.append({"estimator": e, "n_probe": n, "alpha": a, "alpha_hat": h["value"].mean(),
-                         "alpha_hat_sd": _sd(h["value"]), "predicted": 1 - h["value"].mean(),
-                         "lambda_star": star.get(a, np.nan), "lambda_star_seeds": h["lambda_star"].mean(),
-                         "err": h["err"].mean() if h["err"].notna().all() else np.nan, "err_sd": _sd(h["err"]),
-                         "n_seeds": h["seed"].nunique()})
+            group.append({"estimator": e, "n_probe": n, "alpha": a, "alpha_hat": h["value"].mean(),
+                          "alpha_hat_sd": _sd(h["value"]), "predicted": 1 - h["value"].mean(),
+                          "lambda_star": star.get(a, np.nan), "lambda_star_seeds": h["lambda_star"].mean(),
+                          "err": h["err"].mean() if h["err"].notna().all() else np.nan, "err_sd": _sd(h["err"]),
+                          "n_seeds": h["seed"].nunique()})
+        rows += sorted(group, key=lambda r: r["alpha"])
     return pd.DataFrame(rows)
 
 
@@ -564,7 +567,9 @@ def window_prediction(est: pd.DataFrame, c: analysis.Curves, cfg: Config) -> pd.
     ah = _estimates(est, p.lambda_estimator, p.claim_probe).groupby("alpha").mean()
     rows = []
     for a in c.alphas():
-        if a not in ah.index:
+        if a not in ah.index:                   # no estimate (a damaged table): nothing predicted, nothing judged
+            rows.append({"alpha": a, "alpha_hat": np.nan, "relation": "", "predicted": "no estimate",
+                         "measured": "undecided", "agree": None})
             continue
         adv = sim.lambda_from_similarity(float(ah[a]), tol=p.relation_tol)
         rel = str(adv.relation)
@@ -809,6 +814,10 @@ def lambda_claim(pred: pd.DataFrame, windows: pd.DataFrame, summary: pd.DataFram
     lams = cfg.sweep.lams()
     part_a, texts = [], []
     for r in g[g["alpha"] >= 0].itertuples():
+        if pd.isna(r.alpha_hat):
+            part_a.append(None)                                  # no estimate at this alpha: nothing predicted
+            texts.append(f"alpha={r.alpha:g}: no estimate vs {r.lambda_star:g}")
+            continue
         if not (lams.min() <= 1 - r.alpha <= lams.max() - cfg.claims.lam_tol + 1e-9):
             part_a.append(None)                                  # the grid cannot show lambda* near 1 - alpha
         elif np.isnan(r.err):
@@ -817,7 +826,7 @@ def lambda_claim(pred: pd.DataFrame, windows: pd.DataFrame, summary: pd.DataFram
             part_a.append(rules.at_most(abs(r.err), r.err_sd, p.lambda_tol + 1e-9, k).all())
         texts.append(f"alpha={r.alpha:g}: {r.predicted:.2f} vs {r.lambda_star:g}")
     judged = [w for w in windows.itertuples() if w.predicted != "not judged"] if len(windows) else []
-    part_b = [None if w.measured == "undecided" else bool(w.agree) for w in judged]
+    part_b = [None if w.measured == "undecided" or w.predicted == "no estimate" else bool(w.agree) for w in judged]
     disagree = [f"alpha={w.alpha:g} ({w.relation}, alpha_hat {w.alpha_hat:.2f}): predicted {w.predicted}, measured "
                 f"{w.measured_window}" for w in judged if w.measured != "undecided" and not w.agree]
     paper = pred[(pred["estimator"] == "output_cosine") & (pred["n_probe"] == p.claim_probe) & (pred["alpha"] >= 0)]
