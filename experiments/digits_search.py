@@ -14,7 +14,7 @@ fewest changes to the previous defaults; the first and the second are then rerun
 report on the test split, which it never evaluates.
 """
 
-import argparse
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from tvtheory import digits, metrics, streams, taskvec, vit
+from tvtheory import _check, digits, metrics, results, streams, taskvec, vit
 
 VIT = dict(patch=2, dim=32, depth=1, heads=2)          # the experiment's ViT
 PRE_STEPS, PRE_BATCH, PRE_LR, FT_BATCH = (0, 10, 30, 100, 400), 128, 3e-3, 64
@@ -234,24 +234,31 @@ def as_candidate(row) -> Candidate:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = _check.Arguments(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 configs x 2 seeds (a test of the script, not a search)")
     ap.add_argument("--out", default=str(ROOT / "results" / "digits_search"),
                     help="folder of search.csv, ranking.csv and replication.csv (default: results/digits_search)")
     a = ap.parse_args()
     t0, out = time.time(), Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:                                # before any compute: a file, a path under a file, an unwritable place
+        results.check_writable(out, "--out")
+    except ValueError as e:
+        ap.error(str(e))
     candidates, seeds, fresh = (QUICK, SEARCH_SEEDS[:2], REPLICATION_SEEDS[:2]) if a.quick else \
         (CANDIDATES, SEARCH_SEEDS, REPLICATION_SEEDS)
     splits = digits.load(0)
     table = search(candidates, seeds, splits)
-    table.to_csv(out / "search.csv", index=False)
     ranking = rank(table)
-    ranking.round(4).to_csv(out / "ranking.csv", index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(ranking.head(8).round(4).to_string(index=False))
     top = [as_candidate(r) for _, r in ranking.head(2).iterrows()]
-    search(top, fresh, splits).to_csv(out / "replication.csv", index=False)
+    replication = search(top, fresh, splits)
+    # written once everything is computed, each file whole (a failure leaves the previous tables as they were)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in (("search", table), ("ranking", ranking.round(4)), ("replication", replication)):
+        df.to_csv(out / f"{name}.csv.tmp", index=False)
+    for name in ("search", "ranking", "replication"):
+        os.replace(out / f"{name}.csv.tmp", out / f"{name}.csv")
     best = ranking.iloc[0]
     if best["passes"]:
         print(f"chosen: {as_candidate(best)} (worst margin {best['worst_margin']:+.4f}, {best['changes']} changes)")

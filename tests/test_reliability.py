@@ -48,6 +48,13 @@ BAD = [  # (override, text the one-line message must contain)
     ("out_dir=/proc/nope", "out_dir='/proc/nope': /proc is not writable"),
     ("cache.dir=/proc/nope", "cache.dir='/proc/nope': /proc is not writable"),
     ("hydra.run.dir=/proc/nope/run", "hydra.run.dir (or hydra.sweep.dir)="),
+    # numbers 32-bit arithmetic cannot hold: used to overflow after the job had started (a traceback, or an
+    # infinity that read as divergence)
+    ("seed=18446744073709551616", "seed=18446744073709551616: outside the 32-bit integer range"),
+    ("train.n_train=10000000000", "train.n_train=10000000000: outside the 32-bit integer range"),
+    ("sweep.lam_max=1e300", "sweep.lam_max=1e+300: outside the 32-bit float range"),
+    ("sweep.alphas=[0.5,-1e39]", "sweep.alphas[1]=-1e+39: outside the 32-bit float range"),
+    ("data=null", "data='null': a config group takes the name of one of its options"),   # used to be a traceback
 ]
 
 
@@ -77,9 +84,16 @@ THROUGH_CLI = ("+foo=1", "data.d=abc", "sweep=nope", "sweep.alphas=[0.2,1.5]", "
 def bad_cases(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    done = tmp_path / "done"                                  # another run's result folder
+    done.mkdir()
+    (done / "provenance.json").write_text("{}")
+    inside = tmp_path / "results" / "cache"                   # results: the tests' out_dir
     return BAD + [(f"out_dir={a_file}", f"out_dir='{a_file}': is a file"),
                   (f"out_dir={a_file}/sub", f"out_dir='{a_file}/sub': {a_file} is a file"),
-                  (f"cache.dir={a_file}", f"cache.dir='{a_file}': {a_file} is a file")]
+                  (f"cache.dir={a_file}", f"cache.dir='{a_file}': {a_file} is a file"),
+                  # a cache the finished run's folder swap would delete (it used to, silently)
+                  (f"cache.dir={inside}", f"cache.dir='{inside}': inside out_dir="),
+                  (f"cache.dir={done / 'c'}", f"cache.dir='{done / 'c'}': inside the result folder")]
 
 
 def test_bad_values_and_paths_stop_with_one_line_naming_the_field(tmp_path):
@@ -323,3 +337,20 @@ def test_a_result_folder_inside_another_is_refused(tmp_path):
     p = run("ood.py", f"out_dir={run_dir / 'sub'}", cwd=tmp_path)
     assert "lies inside the result folder" in one_line_error(p)
     assert sorted(x.name for x in run_dir.iterdir()) == ["provenance.json"]
+
+
+def test_the_folder_commands_and_the_digits_search_refuse_bad_arguments_in_one_line(tmp_path):
+    """claims and plots take one folder (extra arguments used to be a traceback, or ignored); the digits search
+    checks --out before computing (a file there used to be a traceback after the search)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cmds = {("-m", "tvtheory.claims", "a", "b"): "python -m tvtheory.claims: error: unrecognized arguments: b",
+            ("-m", "tvtheory.plots", "a", "b"): "python -m tvtheory.plots: error: unrecognized arguments: b",
+            (str(ROOT / "experiments" / "digits_search.py"), "--quick", "--out", str(a_file / "sub")):
+                f"error: --out='{a_file / 'sub'}': {a_file} is a file, so the folder cannot be created"}
+    procs = {args: subprocess.Popen([sys.executable, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for args in cmds}
+    for args, says in cmds.items():
+        line = one_line_error(procs[args])
+        assert line.endswith(says), (args, line)
+    assert a_file.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

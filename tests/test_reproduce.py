@@ -130,6 +130,9 @@ def test_each_lane_gets_its_own_cpus_and_an_experiment_process_keeps_to_them(mon
 # The shapes of tests/test_experiments.py's tiny ood and scaling runs, whose programs the suite has compiled by then.
 OOD_TINY = ["train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "ood.n_test=100", "ood.n_val=50",
             "ood.gammas=[0.6,-0.5,0.3]", "ood.ranges=[[-1,2,1],[-1,1,1],[0,1,1]]", "figures=false", "cache.dir=null"]
+# A run that cannot end before the 1-s timers that kill it: a tiny run whose programs are in the suite's cache of
+# compiled programs can finish in under a second.
+OOD_LONG = [*OOD_TINY, "train.steps=20000"]
 SCALING_TINY = ["train=tiny", "n_seeds=2", "model.m=16", "scaling.ds=[6,8]", "scaling.ms=[16]", "scaling.n_rels=[2,4]",
                 "scaling.conv_steps=60", "scaling.n_test=50", "figures=false", "cache.dir=null"]
 
@@ -157,12 +160,12 @@ def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_proces
         assert lane.run(["ood", "n_seeds=-1", f"out_dir={tmp_path / 'bad'}"]) == 2
         first = lane.proc.pid
         threading.Timer(1.0, lane.proc.kill).start()                    # dies in the middle of a run
-        assert lane.run(["ood", *OOD_TINY, f"out_dir={tmp_path / 'killed'}"]) == 1 and lane.proc is None
+        assert lane.run(["ood", *OOD_LONG, f"out_dir={tmp_path / 'killed'}"]) == 1 and lane.proc is None
         assert lane.run(["scaling", *SCALING_TINY, f"out_dir={tmp_path / 'scaling'}"]) == 0
         assert lane.proc.pid != first
         assert lane.run(["ood", *OOD_TINY, f"out_dir={tmp_path / 'lane'}"]) == 0
         threading.Timer(1.0, lane.close, kwargs={"kill": True}).start()  # closed from another thread
-        assert lane.run(["ood", *OOD_TINY, f"out_dir={tmp_path / 'closed'}"]) == 1
+        assert lane.run(["ood", *OOD_LONG, f"out_dir={tmp_path / 'closed'}"]) == 1
         assert lane.run(["ood", "n_seeds=-1"]) == 1 and lane.proc is None   # no worker once closed
     finally:
         lane.close(kill=True)
@@ -181,3 +184,22 @@ def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_proces
     argv = json.loads((tmp_path / "lane" / "provenance.json").read_text())["argv"]
     assert argv[0].endswith(os.path.join("tvtheory", "__main__.py"))
     assert argv[1:] == [*OOD_TINY, f"out_dir={tmp_path / 'lane'}"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--only", "nope"], "--only: experiment='nope': no such experiment"),
+    (["--lanes", "0"], "--lanes=0: must be at least 1"),
+    (["--only", "arithmetic,ood", "{root}", "sweep=tiny"], "ood refuses the overrides; nothing was run"),
+    (["--only", "arithmetic", "n_seeds=0"], "arithmetic refuses the overrides; nothing was run"),   # no folder given
+])
+def test_reproduce_refuses_bad_arguments_and_overrides_before_any_experiment_runs(tmp_path, monkeypatch, capsys, args,
+                                                                                    says):
+    """Each used to be a traceback, or (an override one experiment refuses) a failure after the others had run and
+    written their folders; a first override was taken for the results folder."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    with pytest.raises(SystemExit) as e:
+        reproduce.main([a.format(root=root) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and says in err[-1], err
+    assert not root.exists() and not (tmp_path / "results").exists()

@@ -6,7 +6,9 @@ way whether it comes from Python or from the command line.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from typing import Any
 
 
@@ -41,3 +43,12 @@ def integer(field: str, value: int, lo: int | None = None, hi: int | None = None
         bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         fail(field, value, f"must be an integer {bounds}")
     return value
+
+
+class Arguments(argparse.ArgumentParser):
+    """An argument parser whose refusal is one line, ``<prog>: error: <what>`` (exit 2), without the usage that
+    argparse prints first (``--help`` shows it)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -131,8 +131,8 @@ def precheck(name: str, exp, overrides: list[str]) -> None:
     try:
         with initialize_config_module("tvtheory.conf", version_base="1.3"):
             cfg = compose(name, overrides=[o for o in overrides if not o.startswith("hydra")])
-    except (HydraException, OmegaConfBaseException) as e:
-        fail(f"config error: {_one_line(e)}")
+    except (HydraException, OmegaConfBaseException, ValueError) as e:       # ValueError: Hydra's, on ``data=null``
+        fail(f"config error: {_empty_group(overrides) or _one_line(e)}")
     try:
         check_job(exp, cfg, None)
     except ValueError as e:
@@ -200,6 +200,15 @@ def help_text(name: str, exp) -> str:
               "Multirun: -m key=a,b (each job validated before the first starts); hydra/launcher=local|slurm.",
               "Hydra's own flags: --hydra-help."]
     return "\n".join(lines)
+
+
+def _empty_group(overrides: list[str]) -> str | None:
+    """The line for a config group set to nothing (``data=null``, ``model=``), whose Hydra error names no group."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in ("model", "data", "train", "sweep") and value in ("null", "", "~"):
+            return f"{key}={value!r}: a config group takes the name of one of its options: {', '.join(_options(key))}"
+    return None
 
 
 def _options(group: str) -> list[str]:

@@ -55,12 +55,37 @@ def config(cls):
     return dataclass(eq=True, unsafe_hash=True)(cls)
 
 
+# The computation runs in 32-bit numbers: an integer or a float outside their range would overflow there (an error
+# or an infinity after the run has started), so every numeric field, in lists too, is refused beyond it up front.
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def representable(name: str, value: Any) -> None:
+    """Refuse a number (or a number in a list) that 32-bit integers or floats cannot hold; infinities, NaN and
+    every other constraint are each block's ``check``."""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            representable(f"{name}[{i}]", v)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and abs(value) > INT32_MAX:
+        _check.fail(name, value, f"outside the 32-bit integer range the computation uses (|value| <= {INT32_MAX})")
+    elif isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        _check.fail(name, value, f"outside the 32-bit float range the computation uses (|value| <= {FLOAT32_MAX:.4g})")
+
+
 def validate(cfg: Node, prefix: str = "") -> Node:
     """Check every block, depth first: a failing field raises ValueError("<path>.<field>=<value>: ...")."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, Node):
             validate(v, f"{prefix}{f.name}.")
+        else:
+            try:
+                representable(f.name, v)
+            except ValueError as e:
+                raise ValueError(f"{prefix}{e}") from None
     try:
         cfg.check()
     except ValueError as e:

@@ -415,4 +415,7 @@ def main(root: str = "results") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    from tvtheory import runner
+
+    main(str(runner.folder_argument("python -m tvtheory.plots", "Redraw the figures of every result folder from its "
+                                    "tables alone.", sys.argv[1:])))

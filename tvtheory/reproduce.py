@@ -14,7 +14,6 @@ The last line gives the wall time and the critical path: the chain of experiment
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from tvtheory import experiments, results, runner
+from tvtheory import _check, experiments, results, runner
 from tvtheory.lane import Lane
 
 
@@ -112,16 +111,34 @@ def schedule(cost: dict[str, float], after: dict[str, tuple], lanes: int) -> lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _check.Arguments(prog="python -m tvtheory.reproduce", description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="results")
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated experiments (default: all)")
     ap.add_argument("overrides", nargs="*", help="key=value passed to every experiment")
     a = ap.parse_args(argv)
+    if "=" in a.root:                       # no folder given: the first override is not one
+        a.overrides, a.root = [a.root, *a.overrides], "results"
+    if a.lanes < 1:
+        ap.error(f"--lanes={a.lanes}: must be at least 1")
     root = Path(a.root)
     names = [n for n in a.only.split(",") if n] or list(experiments.NAMES)
     for n in names:
-        experiments.get(n)
+        try:
+            experiments.get(n)
+        except ValueError as e:
+            ap.error(f"--only: {e}")
+    # Every experiment's config with the overrides, before the first starts: a value one of them refuses stops the
+    # command here, with that experiment's one line, rather than after the others have run.
+    from tvtheory import cli
+    cli.register(*names)
+    for n in names:
+        try:
+            cli.precheck(n, experiments.get(n), [f"out_dir={root / n}", *a.overrides])
+        except SystemExit as e:
+            if e.code:
+                print(f"error: {n} refuses the overrides; nothing was run", file=sys.stderr)
+            raise
     cost = {n: c for n, c in costs(root).items() if n in names}
     after = {n: tuple(x for x in experiments.get(n).AFTER if x in names) for n in names}
     planned = schedule(cost, after, a.lanes)

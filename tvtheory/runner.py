@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 import pandas as pd
 
 from tvtheory import config as C
-from tvtheory import experiments, results
+from tvtheory import _check, experiments, results
 
 log = logging.getLogger("tvtheory")
 
@@ -206,8 +206,22 @@ def preflight(exp: ModuleType, cfg: C.Node, out: Optional[Path]) -> Cost:
     if out is not None:
         results.check_out_dir(out, name_of(exp))
     if getattr(cfg, "cache", None) is not None and cfg.cache.dir:
+        check_cache_outside_results(cfg.cache.dir, out)
         results.check_writable(cfg.cache.dir, "cache.dir")
     return check_budget(exp, cfg)
+
+
+def check_cache_outside_results(cache_dir: str, out: Optional[Path]) -> None:
+    """A finished run replaces its result folder whole, so a cache inside ``out`` (or inside any result folder, which
+    its own rerun replaces) would be deleted with it: refused."""
+    cache = Path(cache_dir).resolve()
+    if out is not None and (cache == Path(out).resolve() or Path(out).resolve() in cache.parents):
+        raise ConfigError(f"cache.dir={cache_dir!r}: inside out_dir={str(out)!r}, which the finished run replaces "
+                          "whole (the cache would be deleted with it); put the cache elsewhere")
+    for folder in (cache, *cache.parents):
+        if (folder / results.MARKER).is_file():
+            raise ConfigError(f"cache.dir={cache_dir!r}: inside the result folder {str(folder)!r}, which its rerun "
+                              "replaces whole (the cache would be deleted with it); put the cache elsewhere")
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -328,10 +342,20 @@ def _display(folder: Path) -> Path:
         return folder
 
 
+def folder_argument(prog: str, description: str, argv: list[str]) -> Path:
+    """The one optional argument of the commands that work on result folders (``--help``; anything more is refused
+    in one line)."""
+    ap = _check.Arguments(prog=prog, description=description)
+    ap.add_argument("folder", nargs="?", default="results",
+                    help="a result folder, or a folder of them such as results/ (default: results)")
+    return Path(ap.parse_args(argv).folder)
+
+
 def claims_main(argv: list[str] | None = None) -> None:
     """``python -m tvtheory.claims RESULTS_DIR``: every claim recomputed from the tables, merged, README updated."""
-    argv = sys.argv[1:] if argv is None else argv
-    root = Path(argv[0] if argv else "results")
+    root = folder_argument("python -m tvtheory.claims", "Recompute every verdict (and the derived tables) of the "
+                           "result folders from their tables alone; merge them into claims.json and CLAIMS.md.",
+                           sys.argv[1:] if argv is None else argv)
     folders = run_folders(root)
     if not folders:
         print(f"error: {root} holds no result folder ({results.MARKER})", file=sys.stderr)
