@@ -171,15 +171,27 @@ def test_every_experiment_names_its_own_fields(name, override, field):
     assert str(e.value).startswith(field), str(e.value)
 
 
-@pytest.mark.parametrize("override, field", [("n_seeds=5000", "n_seeds=5000: the run would need"),
-                                             ("train.steps=1000000000", "train.steps=1000000000: the run would need"),
-                                             ("sweep.n_test=100000000", "sweep.n_test=100000000: the run would need")])
-def test_the_budget_refuses_a_run_before_compute_naming_the_largest_field(override, field):
-    exp = experiments.get("arithmetic")
+@pytest.mark.parametrize("name, overrides, field", [
+    ("arithmetic", ["n_seeds=5000"], "n_seeds=5000: the run would need"),
+    ("arithmetic", ["train.steps=1000000000"], "train.steps=1000000000: the run would need"),
+    ("arithmetic", ["sweep.n_test=100000000"], "sweep.n_test=100000000: the run would need"),
+    # costs the estimates used to leave out (the runs were accepted and ran for hours, or ran out of memory)
+    ("arithmetic", ["train.n_train=100000000"], "train.n_train=100000000: the run would need"),
+    ("arithmetic", ["model.pretrain_tasks=1", "model.pretrain_steps=100000000"], "model.pretrain_"),
+    ("ood", ["model.pretrain_tasks=1", "model.pretrain_steps=100000000"], "model.pretrain_"),
+    ("unlearning", ["corpus.n_general=100000000"], "corpus.n_general=100000000: the run would need"),
+    # fields outside the experiment's SIZE_FIELDS: the refusal used to name one of those, which the user never set
+    ("assumptions", ["train.batch=100000000"], "train.batch=100000000: the run would need"),
+    ("corollaries", ["ood.n_val=1000000000"], "ood.n_val=1000000000: the run would need"),
+    ("scaling", ["data.P=1000000"], "data.P=1000000: the run would need"),
+    ("merging", ["merging.ada_batch=1000000000"], "merging.ada_batch=1000000000: the run would need"),
+])
+def test_the_budget_refuses_a_run_before_compute_naming_the_largest_field(name, overrides, field):
+    exp = experiments.get(name)
     with pytest.raises(runner.ConfigError) as e:
-        runner.check_budget(exp, typed(overrides=[override]))
+        runner.check_budget(exp, typed(name, overrides))
     assert str(e.value).startswith(field) and "raise budget.max_" in str(e.value), str(e.value)
-    runner.check_budget(exp, typed(overrides=[override, "budget.max_minutes=1e12", "budget.max_memory_gb=1e12"]))
+    runner.check_budget(exp, typed(name, [*overrides, "budget.max_minutes=1e12", "budget.max_memory_gb=1e12"]))
 
 
 @pytest.mark.slow

@@ -80,8 +80,9 @@ def _get_path(cfg, path: str):
 
 
 def check_budget(exp: ModuleType, cfg: C.Node) -> Cost:
-    """Refuse a run whose estimated time or memory exceeds ``budget``, naming the size field that contributes most
-    (its cost against the same config with that field at its default) and the override that lifts the bound."""
+    """Refuse a run whose estimated time or memory exceeds ``budget``, naming the field that contributes most (its
+    cost against the same config with that field at its default; the experiment's SIZE_FIELDS and every field set
+    off its default are candidates) and the override that lifts the bound."""
     cost = exp.estimate(cfg)
     default = exp.Config()
     for what, value, bound, knob in (("time", cost.seconds / 60, cfg.budget.max_minutes, "budget.max_minutes"),
@@ -89,7 +90,9 @@ def check_budget(exp: ModuleType, cfg: C.Node) -> Cost:
         if value <= bound:
             continue
         ratios = {}
-        for path in getattr(exp, "SIZE_FIELDS", ()):
+        mine_flat, default_flat = C.flat(cfg), C.flat(default)
+        changed = [p for p in mine_flat if p in default_flat and mine_flat[p] != default_flat[p]]
+        for path in dict.fromkeys([*getattr(exp, "SIZE_FIELDS", ()), *changed]):   # every field set off its default
             try:
                 base = exp.estimate(_replace_path(cfg, path, _get_path(default, path)))
             except (ValueError, TypeError, ZeroDivisionError):

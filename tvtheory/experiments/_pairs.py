@@ -72,18 +72,28 @@ def pair_tables(r, alphas, lams, valid, at_chance, **constants) -> dict[str, pd.
     return {"metrics": metrics, "diagnostics": diagnostics, "curves": curves}
 
 
+def training_extra(cfg) -> Cost:
+    """What a synthetic run's Psi_0 and fine-tunes add beyond the fine-tunes' SGD steps: the pre-training of Psi_0
+    on ``model.pretrain_tasks`` tasks (``model.pretrain_steps`` SGD steps per seed), and the fixed training sets of
+    ``train.n_train`` samples (each seed's, both tasks', held at once)."""
+    d, P, m, S = cfg.data.d, cfg.data.P, cfg.model.m, cfg.n_seeds
+    pre = 6.0 * cfg.train.batch * P * d * (P + m) * cfg.model.pretrain_steps * S if cfg.model.pretrain_tasks else 0.0
+    return Cost(pre / SGD_FLOPS, 2 * 4.0 * S * cfg.train.n_train * P * d / 1e9)
+
+
 def pair_cost(cfg, n_alphas: int, n_lams: int, n_test: int, n_models: int = 1) -> Cost:
     """Time and memory of ``n_models`` Theorem 1-2 sweeps from the sizes alone."""
     d, P, m, S = cfg.data.d, cfg.data.P, cfg.model.m, cfg.n_seeds
     q = min(P, 16)
     sgd = 6.0 * cfg.train.batch * P * d * (P + m) * cfg.train.steps * S * (1 + n_alphas)
     evals = 2.0 * n_alphas * S * n_lams * 2 * n_test * (q * m + q * q) + 2.0 * n_alphas * S * 2 * n_test * P * d * m
-    seconds = n_models * (sgd / SGD_FLOPS + evals / EVAL_FLOPS)
+    extra = training_extra(cfg)
+    seconds = n_models * (sgd / SGD_FLOPS + evals / EVAL_FLOPS + extra.seconds)
     # Every seed's two test sets and training batches (as ids) are drawn at once (sweep.eval_sets, batch_ids).
     draws = 4.0 * S * (2 * n_test * P * d + cfg.train.steps * cfg.train.batch * (P + 1))
     memory = (0.5e9 + n_models * (4.0 * n_alphas * S * n_lams * 2 * 4 + draws
                                   + 4.0 * cfg.train.batch * P * (m + d) * 4 + 4.0 * min(n_test, 3200) * q * m * 3))
-    return Cost(seconds, memory / 1e9)
+    return Cost(seconds, memory / 1e9 + extra.memory_gb)
 
 
 def smoke_reason(cfg, n_test: int) -> str | None:

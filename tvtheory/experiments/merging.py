@@ -1408,4 +1408,5 @@ def estimate(cfg: Config) -> Cost:
                                  + 6 * 2 * (mc.n_val + mc.n_test) * fwd)
     seconds = 40.0 + n_ft * sgd / _pairs.SGD_FLOPS + (pair + kk + extra) / _pairs.EVAL_FLOPS
     memory = 0.6e9 + 4.0 * S * max(M * R, K * M) * (d * d + m * d) * 2 + 4.0 * S * mc.n_test * P * d * 4
-    return Cost(seconds, memory / 1e9)
+    extra = _pairs.training_extra(cfg)
+    return Cost(seconds + extra.seconds, memory / 1e9 + extra.memory_gb)

@@ -77,7 +77,8 @@ def estimate(cfg: Config) -> Cost:
     draws = 4.0 * S * ((o.n_test + o.n_val + K * min(o.n_test, 500)) * P * d
                        + cfg.train.steps * cfg.train.batch * (P + 1))
     memory = 0.5e9 + 4.0 * S * G * 6 + draws + 4.0 * min(o.n_test, 3200) * q * m * (K + 2)
-    return Cost(sgd / _pairs.SGD_FLOPS + evals / _pairs.EVAL_FLOPS, memory / 1e9)
+    extra = _pairs.training_extra(cfg)
+    return Cost(sgd / _pairs.SGD_FLOPS + evals / _pairs.EVAL_FLOPS + extra.seconds, memory / 1e9 + extra.memory_gb)
 
 
 def region_fits(rows: pd.DataFrame, cfg: Config) -> dict:
