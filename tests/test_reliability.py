@@ -55,6 +55,7 @@ BAD = [  # (override, text the one-line message must contain)
     ("sweep.lam_max=1e300", "sweep.lam_max=1e+300: outside the 32-bit float range"),
     ("sweep.alphas=[0.5,-1e39]", "sweep.alphas[1]=-1e+39: outside the 32-bit float range"),
     ("data=null", "data='null': a config group takes the name of one of its options"),   # used to be a traceback
+    ("hydra.job.chdir=true", "hydra.job.chdir=true: a run stays in the folder it starts from"),  # wrote elsewhere
 ]
 
 
@@ -78,7 +79,7 @@ def one_line_error(p, code=2):
 # Through the real command line, one case of each kind (the others take the same path, checked in-process below):
 # an unknown key, a wrong type, a missing option, a value out of range, a cost beyond the budget, unwritable folders.
 THROUGH_CLI = ("+foo=1", "data.d=abc", "sweep=nope", "sweep.alphas=[0.2,1.5]", "train.steps=1000000000",
-               "out_dir=/proc/nope", "cache.dir=/proc/nope", "hydra.run.dir=/proc/nope/run")
+               "out_dir=/proc/nope", "cache.dir=/proc/nope", "hydra.run.dir=/proc/nope/run", "hydra.job.chdir=true")
 
 
 def bad_cases(tmp_path):
@@ -139,6 +140,9 @@ def test_a_multirun_checks_every_job_before_the_first_starts(tmp_path):
     # with the default sweep folder (it interpolates the experiment's name, resolvable only once Hydra is set up)
     p = run("arithmetic.py", "-m", *TINY, "data.d=8,2", cwd=tmp_path)
     assert one_line_error(p).startswith("config error: job 1 (")
+    # a value the composition refuses (a type): one line too, not Hydra's warning about its callback before it
+    p = run("arithmetic.py", "-m", *TINY, "data.d=8,abc", f"hydra.sweep.dir={tmp_path / 'mr3'}", cwd=tmp_path)
+    assert one_line_error(p).startswith("config error: job 1 (") and not (tmp_path / "mr3").exists()
 
 
 def tables(d: Path) -> dict:

@@ -108,6 +108,11 @@ def main(name: str | None = None, argv: list[str] | None = None) -> None:
         started["job"] = True
         job(exp, cfg)
 
+    for a in argv:          # a job in Hydra's folder would read a relative out_dir or cache.dir from there
+        key, _, value = a.lstrip("+").partition("=")
+        if key == "hydra.job.chdir" and value.strip().lower() == "true":
+            fail(f"config error: {a}: a run stays in the folder it starts from (its relative out_dir and cache.dir "
+                 "are checked there); leave hydra.job.chdir false")
     if not any(a.startswith("-") for a in argv):
         precheck(name, exp, argv)
     sys.argv = [sys.argv[0], *argv]
@@ -225,6 +230,8 @@ class ValidateJobs:
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra import compose
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         from hydra.core.hydra_config import HydraConfig
@@ -247,6 +254,8 @@ class ValidateJobs:
                         raise ValueError(f"out_dir={cfg.out_dir!r}: shared by several jobs of the multirun; leave it "
                                          "null so that each job writes its own folder")
                     outs.add(cfg.out_dir)
+            except (HydraException, OmegaConfBaseException) as e:     # a value the composition itself refuses
+                fail(f"config error: job {i} ({' '.join(overrides)}): {_one_line(e)}")
             except ValueError as e:
                 fail(f"config error: job {i} ({' '.join(overrides)}): {e}")
 
