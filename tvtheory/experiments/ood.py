@@ -133,7 +133,8 @@ def table2(rows: pd.DataFrame, refs: pd.DataFrame, title: str = "the one-layer t
             name = f"Psi*_{m}"
         else:
             coeff = best_pt if m == "best" else None
-        measured = (f"{100 * st['acc'].mean():.2f} +- {100 * st['acc'].std(ddof=0):.2f} | {st['loss'].mean():.3f} +- "
-                    f"{st['loss'].std(ddof=0):.3f}") if len(st) else "- (no valid seed) | -"
+        sd = (lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0)  # noqa: E731  (the seeds' sample sd, as every rule)
+        measured = (f"{100 * st['acc'].mean():.2f} +- {100 * sd(st['acc']):.2f} | {st['loss'].mean():.3f} +- "
+                    f"{sd(st['loss']):.3f}") if len(st) else "- (no valid seed) | -"
         lines.append(f"| {name} | {fmt(coeff)} | {measured} | {fmt(pc)} | {'-' if pacc is None else f'{pacc:.2f}'} |")
     return "\n".join(lines) + "\n"
