@@ -164,6 +164,8 @@ def test_launcher_configs_compose(launcher, target):
     ("assumptions", "models=[merged]", "models=['merged']: needs a reference"),
     ("assumptions", "data.d=6", "models[1]='pretrained' (conf/model/pretrained.yaml): model.pretrain_tasks=4"),
     ("scaling", "model.pretrain_tasks=14", "scaling.ds[0]=16"),
+    ("corollaries", "corollaries.spectrum_ranks=[]", "corollaries.spectrum_ranks=[]: needs at least 1"),
+    ("corollaries", "corollaries.spectrum_ranks=[2,2]", "corollaries.spectrum_ranks=[2, 2]: must not repeat"),
 ])
 def test_every_experiment_names_its_own_fields(name, override, field):
     with pytest.raises(ValueError) as e:

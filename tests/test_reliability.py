@@ -56,6 +56,7 @@ BAD = [  # (override, text the one-line message must contain)
     ("sweep.alphas=[0.5,-1e39]", "sweep.alphas[1]=-1e+39: outside the 32-bit float range"),
     ("data=null", "data='null': a config group takes the name of one of its options"),   # used to be a traceback
     ("hydra.job.chdir=true", "hydra.job.chdir=true: a run stays in the folder it starts from"),  # wrote elsewhere
+    ("out_dir=outputs", "out_dir='outputs': would hold Hydra's job folder"),   # refused once Hydra had made it
 ]
 
 

@@ -140,8 +140,22 @@ def precheck(name: str, exp, overrides: list[str]) -> None:
         fail(f"config error: {_empty_group(overrides) or _one_line(e)}")
     try:
         check_job(exp, cfg, None)
+        _check_job_folder_outside(cfg.get("out_dir"), overrides, name)
     except ValueError as e:
         fail(f"config error: {e}")
+
+
+def _check_job_folder_outside(out_dir, overrides: list[str], name: str) -> None:
+    """Hydra creates its job folder (``outputs/<name>/...`` under the current folder unless hydra.run.dir says
+    otherwise) before the job starts: an ``out_dir`` holding it would hold a folder that is not a result's."""
+    if not out_dir:
+        return
+    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    job = Path(run_dir) if run_dir else Path("outputs") / name
+    out = Path(out_dir).resolve()
+    if out == job.resolve() or out in job.resolve().parents:
+        raise ValueError(f"out_dir={out_dir!r}: would hold Hydra's job folder ({job}); choose a folder outside it "
+                         "or set hydra.run.dir elsewhere")
 
 
 def job(exp, cfg) -> None:

@@ -42,6 +42,7 @@ class Corollaries(Node):
 
     def check(self):
         check_list("ranks", self.ranks)
+        check_list("spectrum_ranks", self.spectrum_ranks)
         for name in ("ranks", "spectrum_ranks"):
             for i, r in enumerate(getattr(self, name)):
                 _check.integer(f"{name}[{i}]", r, lo=1)
