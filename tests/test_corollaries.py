@@ -378,3 +378,17 @@ def test_keeps_compares_the_hinge_at_minus_one_seed_by_seed_beyond_the_spread(of
     other = {**q, "at_minus_one_seeds": {**q["at_minus_one_seeds"], -0.5: per}}
     ok, text, n = rules.keeps(q, other, cfg.claims, cfg.corollaries.region_iou)["thm2"]
     assert ok is kept and n == len(offsets), text
+
+
+def test_keeps_leaves_lambda_star_undecided_where_the_t2_rows_that_would_give_it_are_missing():
+    """A variant equal to dense whose T2 rows at alpha = 0.5 from lambda = 0.45 on are missing (a damaged table):
+    its lambda* is missing with them, not beyond the grid, so nothing is known (it read as a certain change)."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"], tables["ood_metrics"]
+    dense_pm, dense_om = pm[pm["variant"] == "dense"], om[om["variant"] == "dense"]
+    q = rules.variant_quantities(dense_pm, dense_om, cfg.claims, cfg.data.d)
+    cut = dense_pm[~((dense_pm["alpha"] == 0.5) & (dense_pm["task"] == "T2") & (dense_pm["lam"] >= 0.45))]
+    damaged = rules.variant_quantities(cut, dense_om, cfg.claims, cfg.data.d)
+    assert rules.keeps(q, q, cfg.claims, cfg.corollaries.region_iou)["thm1"][0] is True
+    ok, text, n = rules.keeps(q, damaged, cfg.claims, cfg.corollaries.region_iou)["thm1"]
+    assert ok is None, text

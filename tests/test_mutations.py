@@ -171,9 +171,9 @@ WRECK_CELL = {c: where("metrics", "loss", 0.0, cell(*c)) for c in (("gnn", "pape
 
 
 def beyond(option, committed):
-    """beyond.<kind>.<option>: a passing option loses the threshold curve (fail); a failing one, given the reference's
-    curves, keeps every rule (pass); an inconclusive one must reach both. Kept: jitter, and wrecking another option's
-    cell (each claim reads its own cell only)."""
+    """beyond.<kind>.<option>: a passing option loses the threshold curve (to fail); a failing one, given the
+    reference's curves, keeps every rule (to pass); an inconclusive one gets both. Kept: jitter, and wrecking another
+    option's cell (each claim reads its own cell only)."""
     kind, name = option.split(".")
     c = (name, "paper") if kind == "model" else ("merged", name)
     other = ("gnn", "paper") if c != ("gnn", "paper") else ("merged", "noise")
@@ -563,11 +563,11 @@ def test_the_command_recomputes_every_committed_verdict(tmp_path):
     assert pd.read_csv(copy / "arithmetic" / "summary.csv").equals(pd.read_csv(RESULTS / "arithmetic" / "summary.csv"))
 
 
-@pytest.mark.parametrize("methods", [["ties"], ["ties", "dare", "dare_ties", "tsv", "iso_c"]])
+@pytest.mark.parametrize("methods", [["ties"], ["ties", "dare", "dare_ties", "tsv", "iso_c"], ["task_arithmetic"]])
 def test_merging_methods_with_a_methods_cells_missing_compares_nothing_there(methods):
     """merging.methods on the committed tables with every method made task arithmetic (a pass), then ``methods``'
-    negation rows removed: a cell the reference has and the method lacks is undecided and leaves no seed behind the
-    claim; it used to be left out of the comparison, so the claim passed on the cells that remained."""
+    negation rows removed (the reference's too, last): a cell one side lacks is undecided and leaves no seed behind
+    the claim; it used to be left out of the comparison, so the claim passed on the cells that remained."""
     exp, cfg, base = load("merging")
     t = methods_as_task_arithmetic()(base)
     assert perturbed_verdicts(exp, cfg, t, base)["merging.methods"] == "pass"

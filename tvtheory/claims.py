@@ -483,11 +483,15 @@ def variant_quantities(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int) -> di
     and its best (validation-chosen) test loss per seed, and the valid seeds of every alpha of the table (0: lost)."""
     c = analysis.curves(pair)
     beta = cfg.beta(d)
-    out = {"lambda_star": {}, "lam_max": {}, "neg_edges": {}, "at_minus_one": {}, "at_minus_one_seeds": {}}
+    out = {"lambda_star": {}, "lam_max": {}, "l2_complete": {}, "neg_edges": {}, "at_minus_one": {},
+           "at_minus_one_seeds": {}}
     for a in c.alphas():
         if a >= 0:
             out["lambda_star"][a] = analysis.lambda_star_seeds(c, a, cfg.eps_learned)
             out["lam_max"][a] = float(c.at(a).index.max())     # a seed that never learns T2 has lambda* beyond
+            # ... if its T2 hinge is there at every grid lambda (not rows missing from a damaged table)
+            l2 = c.seeds.xs(a, level="alpha")["L2"]
+            out["l2_complete"][a] = np.isfinite(l2).groupby(level="seed").sum() == len(c.at(a))
         if a <= 0:
             r = pair_rules(c, a, cfg, beta)
             out["neg_edges"][a] = analysis.edges(r.lam, r.negation.yes)
@@ -540,14 +544,19 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
             n1.append(0)
             continue
         ls, lo = dense["lambda_star"][a].align(other["lambda_star"][a], join="inner")   # the seeds valid in both
-        # A seed that learns T2 on the grid in one variant only has its other lambda* beyond the grid's last point
-        # (censored): its difference is known only to exceed the one with that point in place of the missing
-        # lambda*. With every such seed on the same side, the alpha is certainly not kept when even those lower
-        # bounds of the differences change the mean beyond the tolerance; otherwise it is undecided. Without one,
-        # the seeds that learn T2 in both are compared (a seed that learns it in neither counts as equal).
+        # A seed that learns T2 on the grid in one variant only (its T2 hinge there at every grid lambda) has its
+        # other lambda* beyond the grid's last point (censored): its difference is known only to exceed the one with
+        # that point in place of the missing lambda*. With every such seed on the same side, the alpha is not kept
+        # when those lower bounds move the mean beyond the tolerance by more than spread_k of their sd; otherwise it
+        # is undecided, as is a lambda* missing with its T2 rows. Without one-sided seeds, the seeds that learn T2
+        # in both are compared. A seed that learns it in neither is left out of either comparison.
         one = ls.isna() ^ lo.isna()
         one_sided, paired = int(one.sum()), ls.notna() & lo.notna()
-        if one_sided:
+        censored = (one & lo.isna() & other["l2_complete"][a].reindex(lo.index, fill_value=False)) | \
+            (one & ls.isna() & dense["l2_complete"][a].reindex(ls.index, fill_value=False))
+        if (one & ~censored).any():
+            kept = None                         # a lambda* missing with its T2 rows: nothing known about it
+        elif one_sided:
             top = max(dense["lam_max"][a], other["lam_max"][a])
             dd = (lo.fillna(top) - ls.fillna(top))[paired | one]
             up, down = bool((one & lo.isna()).any()), bool((one & ls.isna()).any())

@@ -1048,7 +1048,7 @@ class Comparison(NamedTuple):
     ok: Optional[bool]          # every judged cell certainly the same (three-valued)
     ok_acc: Optional[bool]      # the same by the accuracy view
     changed: list               # the cells where the outcome certainly differs, with their numbers
-    open: list                  # the judged cells where the method's outcome is undecided or has no row
+    open: list                  # the judged cells where the method's outcome is undecided, and cells without a row
     not_judged: list            # the cells where the reference's own outcome is undecided
     lost: list                  # the alphas where either has no valid seed (absent from the outcome table)
     n_seeds: int                # the fewest valid seeds behind a cell (0 with a lost alpha or a missing cell)
@@ -1063,10 +1063,13 @@ def _compare(out: pd.DataFrame, alphas, ref: tuple[str, str], other: tuple[str, 
     have = set(a.index.get_level_values("alpha").round(6)) & set(b.index.get_level_values("alpha").round(6))
     lost = [al for al in alphas if al not in have]
     idx = a.index.intersection(b.index)
-    # a cell of the reference that ``other`` lacks at an alpha both have (a damaged table) compares nothing:
-    # undecided, named, and the comparison rests on 0 seeds
-    missing = [f"{goal} at alpha={al:g} (no row)" for al, goal in a.index.difference(b.index)
-               if round(al, 6) in have]
+    # a cell either side lacks at an alpha both have (a damaged table) compares nothing: undecided, named, and the
+    # comparison rests on 0 seeds; except where the reference's own outcome is undecided (never judged)
+    sure_in_a = {(round(al, 6), g) for (al, g), v in a["ok_loss"].items() if v != "undecided"}
+    in_a = {(round(al, 6), g) for al, g in a.index}
+    in_b = {(round(al, 6), g) for al, g in b.index}
+    missing = [f"{goal} at alpha={al:g} (no row)" for al in sorted(have) for goal in GOALS
+               if (al, goal) not in in_a or ((al, goal) in sure_in_a and (al, goal) not in in_b)]
     n = int(min(a.loc[idx, "n_seeds"].min(), b.loc[idx, "n_seeds"].min())) if len(idx) and not lost + missing else 0
     sure = (a.loc[idx, "ok_loss"] != "undecided").to_numpy()
     not_judged = [f"{goal} at alpha={al:g}" for (al, goal) in idx[~sure]]
