@@ -56,6 +56,7 @@ BAD = [  # (override, text the one-line message must contain)
     ("sweep.alphas=[0.5,-1e39]", "sweep.alphas[1]=-1e+39: outside the 32-bit float range"),
     ("data=null", "data='null': a config group takes the name of one of its options"),   # used to be a traceback
     ("hydra.job.chdir=true", "hydra.job.chdir=true: a run stays in the folder it starts from"),  # wrote elsewhere
+    ("hydra.job.chdir=yes", "hydra.job.chdir=yes: a run stays in the folder it starts from"),
     ("out_dir=outputs", "out_dir='outputs': would hold Hydra's job folder"),   # refused once Hydra had made it
 ]
 
@@ -80,7 +81,8 @@ def one_line_error(p, code=2):
 # Through the real command line, one case of each kind (the others take the same path, checked in-process below):
 # an unknown key, a wrong type, a missing option, a value out of range, a cost beyond the budget, unwritable folders.
 THROUGH_CLI = ("+foo=1", "data.d=abc", "sweep=nope", "sweep.alphas=[0.2,1.5]", "train.steps=1000000000",
-               "out_dir=/proc/nope", "cache.dir=/proc/nope", "hydra.run.dir=/proc/nope/run", "hydra.job.chdir=true")
+               "out_dir=/proc/nope", "cache.dir=/proc/nope", "hydra.run.dir=/proc/nope/run", "hydra.job.chdir=true",
+               "hydra.job.chdir=yes")
 
 
 def bad_cases(tmp_path):
@@ -111,10 +113,12 @@ def test_bad_values_and_paths_stop_with_one_line_naming_the_field(tmp_path):
     assert not (tmp_path / "outputs").exists()                # not even Hydra's run folder
 
 
-def test_every_bad_value_stops_the_commands_check_with_one_line(tmp_path, capsys):
-    """Every case, through the check the command runs before Hydra starts (``cli.precheck``), in this process."""
+def test_every_bad_value_stops_the_commands_check_with_one_line(tmp_path, capsys, monkeypatch):
+    """Every case, through the check the command runs before Hydra starts (``cli.precheck``), in this process, from
+    an empty folder (relative paths, such as out_dir=outputs, are read from there)."""
     from tvtheory import cli, experiments
 
+    monkeypatch.chdir(tmp_path)
     cli.register()                                            # as cli.main does first
     out, cache_dir = tmp_path / "results", tmp_path / "cache"
     for override, msg in bad_cases(tmp_path):
@@ -126,7 +130,7 @@ def test_every_bad_value_stops_the_commands_check_with_one_line(tmp_path, capsys
         lines = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(lines) == 1, (override, lines)
         assert lines[0].startswith("config error: ") and msg in lines[0], (override, lines[0])
-    assert not out.exists() and not cache_dir.exists()
+    assert not out.exists() and not cache_dir.exists() and not (tmp_path / "outputs").exists()
 
 
 def test_a_multirun_checks_every_job_before_the_first_starts(tmp_path):
@@ -144,6 +148,8 @@ def test_a_multirun_checks_every_job_before_the_first_starts(tmp_path):
     # a value the composition refuses (a type): one line too, not Hydra's warning about its callback before it
     p = run("arithmetic.py", "-m", *TINY, "data.d=8,abc", f"hydra.sweep.dir={tmp_path / 'mr3'}", cwd=tmp_path)
     assert one_line_error(p).startswith("config error: job 1 (") and not (tmp_path / "mr3").exists()
+    p = run("arithmetic.py", "-m", *TINY, "data=null", f"hydra.sweep.dir={tmp_path / 'mr4'}", cwd=tmp_path)
+    assert one_line_error(p).startswith("config error: data='null': a config group")     # was a traceback
 
 
 def tables(d: Path) -> dict:

@@ -110,7 +110,8 @@ def main(name: str | None = None, argv: list[str] | None = None) -> None:
 
     for a in argv:          # a job in Hydra's folder would read a relative out_dir or cache.dir from there
         key, _, value = a.lstrip("+").partition("=")
-        if key == "hydra.job.chdir" and value.strip().lower() == "true":
+        if key == "hydra.job.chdir" and any(v.strip().lower() in ("true", "yes", "y", "on", "1")
+                                            for v in value.split(",")):      # OmegaConf's true, or a sweep over it
             fail(f"config error: {a}: a run stays in the folder it starts from (its relative out_dir and cache.dir "
                  "are checked there); leave hydra.job.chdir false")
     if not any(a.startswith("-") for a in argv):
@@ -118,8 +119,10 @@ def main(name: str | None = None, argv: list[str] | None = None) -> None:
     sys.argv = [sys.argv[0], *argv]
     try:
         _main()
-    except (HydraException, OmegaConfBaseException) as e:
-        fail(f"config error: {_one_line(e)}")
+    except (HydraException, OmegaConfBaseException, ValueError) as e:   # ValueError: a multirun's ``data=null``
+        if started["job"] and not isinstance(e, (HydraException, OmegaConfBaseException)):
+            raise
+        fail(f"config error: {_empty_group(argv) or _one_line(e)}")
     except OSError as e:
         if started["job"]:
             raise
@@ -139,8 +142,8 @@ def precheck(name: str, exp, overrides: list[str]) -> None:
     except (HydraException, OmegaConfBaseException, ValueError) as e:       # ValueError: Hydra's, on ``data=null``
         fail(f"config error: {_empty_group(overrides) or _one_line(e)}")
     try:
-        check_job(exp, cfg, None)
         _check_job_folder_outside(cfg.get("out_dir"), overrides, name)
+        check_job(exp, cfg, None)
     except ValueError as e:
         fail(f"config error: {e}")
 
@@ -150,7 +153,8 @@ def _check_job_folder_outside(out_dir, overrides: list[str], name: str) -> None:
     otherwise) before the job starts: an ``out_dir`` holding it would hold a folder that is not a result's."""
     if not out_dir:
         return
-    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    run_dir = next((o.split("=", 1)[1] for o in reversed(overrides) if o.lstrip("+").startswith("hydra.run.dir=")),
+                   None)                                     # the last setting wins, as in Hydra
     job = Path(run_dir) if run_dir else Path("outputs") / name
     out = Path(out_dir).resolve()
     if out == job.resolve() or out in job.resolve().parents:
@@ -224,7 +228,7 @@ def help_text(name: str, exp) -> str:
 def _empty_group(overrides: list[str]) -> str | None:
     """The line for a config group set to nothing (``data=null``, ``model=``), whose Hydra error names no group."""
     for o in overrides:
-        key, _, value = o.partition("=")
+        key, _, value = o.lstrip("+~").partition("=")
         if key in ("model", "data", "train", "sweep") and value in ("null", "", "~"):
             return f"{key}={value!r}: a config group takes the name of one of its options: {', '.join(_options(key))}"
     return None
