@@ -189,8 +189,8 @@ def test_a_lane_runs_experiments_in_one_worker_with_the_bytes_of_separate_proces
 @pytest.mark.parametrize("args, says", [
     (["--only", "nope"], "--only: experiment='nope': no such experiment"),
     (["--lanes", "0"], "--lanes=0: must be at least 1"),
-    (["--only", "arithmetic,ood", "{root}", "sweep=tiny"], "ood refuses the overrides; nothing was run"),
-    (["--only", "arithmetic", "n_seeds=0"], "arithmetic refuses the overrides; nothing was run"),   # no folder given
+    (["--only", "arithmetic,ood", "{root}", "sweep=tiny"], "ood's configuration is refused; nothing was run"),
+    (["--only", "arithmetic", "n_seeds=0"], "arithmetic's configuration is refused; nothing was run"),  # no folder
 ])
 def test_reproduce_refuses_bad_arguments_and_overrides_before_any_experiment_runs(tmp_path, monkeypatch, capsys, args,
                                                                                     says):

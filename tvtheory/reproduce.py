@@ -1,5 +1,6 @@
-"""``python -m tvtheory.reproduce [RESULTS_DIR]``: every experiment of the registry into RESULTS_DIR/<name>, on two
-lanes, then every verdict merged (``python -m tvtheory.claims``) and the README's table rewritten.
+"""``python -m tvtheory.reproduce [RESULTS_DIR] [--lanes N] [--only a,b] [key=value ...]``: every experiment of the
+registry into RESULTS_DIR/<name>, on two lanes, then every verdict merged (``python -m tvtheory.claims``) and the
+README's table rewritten.
 
 Whenever a lane is free it starts a ready experiment (one that reuses another's cache, its AFTER, is ready once that
 one has finished): the first of that lane's order in the schedule with the earliest end found from here (``plan``),
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             cli.precheck(n, experiments.get(n), [f"out_dir={root / n}", *a.overrides])
         except SystemExit as e:
             if e.code:
-                print(f"error: {n} refuses the overrides; nothing was run", file=sys.stderr)
+                print(f"error: {n}'s configuration is refused; nothing was run", file=sys.stderr)
             raise
     cost = {n: c for n, c in costs(root).items() if n in names}
     after = {n: tuple(x for x in experiments.get(n).AFTER if x in names) for n in names}

@@ -125,6 +125,7 @@ def table2(rows: pd.DataFrame, refs: pd.DataFrame, title: str = "the one-layer t
              "Colored-MNIST, ViT-Small/16." + note, "",
              "| model | coefficients | T' acc (%) | T' hinge | paper coefficients | paper T' acc (%) |",
              "|---|---|---|---|---|---|"]
+    sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0  # noqa: E731  (the seeds' sample sd, as the rules')
     for m in ["direct"] + sorted(k for k in stats if k.startswith("T")) + ["best"]:
         st = stats[m]
         name, pc, pacc = PAPER_TABLE2.get(m, (m, None, None))
@@ -133,7 +134,6 @@ def table2(rows: pd.DataFrame, refs: pd.DataFrame, title: str = "the one-layer t
             name = f"Psi*_{m}"
         else:
             coeff = best_pt if m == "best" else None
-        sd = (lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0)  # noqa: E731  (the seeds' sample sd, as every rule)
         measured = (f"{100 * st['acc'].mean():.2f} +- {100 * sd(st['acc']):.2f} | {st['loss'].mean():.3f} +- "
                     f"{sd(st['loss']):.3f}") if len(st) else "- (no valid seed) | -"
         lines.append(f"| {name} | {fmt(coeff)} | {measured} | {fmt(pc)} | {'-' if pacc is None else f'{pacc:.2f}'} |")

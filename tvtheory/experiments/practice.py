@@ -537,7 +537,8 @@ def _estimates(est: pd.DataFrame, name: str, n: int) -> pd.Series:
 def lambda_prediction(est: pd.DataFrame, c: analysis.Curves, cfg: Config) -> pd.DataFrame:
     """Per (estimator on alpha's scale, n_probe, alpha): alpha_hat (seed mean, sd), the predicted lambda = 1 -
     alpha_hat, lambda* of the seed-mean curve, and the per-seed error 1 - alpha_hat_s - lambda*_s (mean, sd; NaN
-    where a seed never learns T2 on the grid)."""
+    where a seed never learns T2 on the grid). An alpha of the sweep without an estimate has a row with lambda*
+    alone (alpha_hat NaN, n_seeds 0)."""
     ls = lambda_star_by_seed(c, cfg.claims.eps_learned)
     star = {a: analysis.lambda_star(c.at(a), cfg.claims.eps_learned) for a in c.alphas()}
     rows = []
@@ -560,7 +561,8 @@ def window_prediction(est: pd.DataFrame, c: analysis.Curves, cfg: Config) -> pd.
     """Per alpha: the relation and negation window predicted from alpha_hat (lambda_estimator at claim_probe, seed
     mean; similarity.lambda_from_similarity with C = 1) against the measured negation set N(alpha) (claims.pair_rules,
     hinge loss, the declared beta). ``predicted``: 'window' (contradictory or irrelevant), 'none' (alpha_hat >=
-    aligned_large), 'not judged' (aligned, but small); ``measured``: 'window', 'none' or 'undecided'."""
+    aligned_large), 'not judged' (aligned, but small), 'no estimate' (no alpha_hat at that alpha: not judged either);
+    ``measured``: 'window', 'none' or 'undecided'."""
     from tvtheory import similarity as sim
 
     p, cc = cfg.practice, cfg.claims
