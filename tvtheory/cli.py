@@ -155,9 +155,10 @@ def _check_job_folder_outside(out_dir, overrides: list[str], name: str) -> None:
         return
     run_dir = next((o.split("=", 1)[1] for o in reversed(overrides) if o.lstrip("+").startswith("hydra.run.dir=")),
                    None)                                     # the last setting wins, as in Hydra
+    from tvtheory import results
+
     job = Path(run_dir) if run_dir else Path("outputs") / name
-    out = Path(out_dir).resolve()
-    if out == job.resolve() or out in job.resolve().parents:
+    if results.inside(job, out_dir):
         raise ValueError(f"out_dir={out_dir!r}: would hold Hydra's job folder ({job}); choose a folder outside it "
                          "or set hydra.run.dir elsewhere")
 

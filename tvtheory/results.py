@@ -97,6 +97,19 @@ def owner(folder: Path) -> str | None:
         return None
 
 
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def result_folder_around(path: str | os.PathLike, *, itself: bool = True) -> Path | None:
+    """The result folder (one with a MARKER) that ``path`` is (``itself``) or lies in, if any: a run's next run
+    replaces it as a whole, with everything inside."""
+    path = Path(path).resolve()
+    return next((p for p in ((path,) if itself else ()) + tuple(path.parents) if (p / MARKER).exists()), None)
+
+
 def check_out_dir(out: str | os.PathLike, experiment: str, *, field: str = "out_dir") -> None:
     """Refuse, before any compute, an ``out_dir`` this run cannot or must not write: a file, a path under a file,
     an unwritable place, another experiment's result folder, or a non-empty folder that is not a result folder (the
@@ -111,10 +124,9 @@ def check_out_dir(out: str | os.PathLike, experiment: str, *, field: str = "out_
     if not parent.is_dir():
         raise ValueError(f"{shown}: {parent} is a file, so the folder cannot be created")
     # Inside another result folder, a run's folder would be deleted by that folder's next run.
-    for above in out.resolve().parents:
-        if (above / MARKER).exists():
-            raise ValueError(f"{shown}: lies inside the result folder {above} (of the {owner(above)!r} "
-                             "experiment), which its next run replaces as a whole; choose a folder beside it")
+    if (above := result_folder_around(out, itself=False)) is not None:
+        raise ValueError(f"{shown}: lies inside the result folder {above} (of the {owner(above)!r} "
+                         "experiment), which its next run replaces as a whole; choose a folder beside it")
     if out.is_dir():
         mine = owner(out)
         entries = [p.name for p in out.iterdir() if not p.name.startswith(".") and not p.name.endswith(".log")]

@@ -217,14 +217,12 @@ def preflight(exp: ModuleType, cfg: C.Node, out: Optional[Path]) -> Cost:
 def check_cache_outside_results(cache_dir: str, out: Optional[Path]) -> None:
     """A finished run replaces its result folder whole, so a cache inside ``out`` (or inside any result folder, which
     its own rerun replaces) would be deleted with it: refused."""
-    cache = Path(cache_dir).resolve()
-    if out is not None and (cache == Path(out).resolve() or Path(out).resolve() in cache.parents):
+    if out is not None and results.inside(cache_dir, out):
         raise ConfigError(f"cache.dir={cache_dir!r}: inside out_dir={str(out)!r}, which the finished run replaces "
                           "whole (the cache would be deleted with it); put the cache elsewhere")
-    for folder in (cache, *cache.parents):
-        if (folder / results.MARKER).is_file():
-            raise ConfigError(f"cache.dir={cache_dir!r}: inside the result folder {str(folder)!r}, which its rerun "
-                              "replaces whole (the cache would be deleted with it); put the cache elsewhere")
+    if (folder := results.result_folder_around(cache_dir)) is not None:
+        raise ConfigError(f"cache.dir={cache_dir!r}: inside the result folder {str(folder)!r}, which its rerun "
+                          "replaces whole (the cache would be deleted with it); put the cache elsewhere")
 
 
 # ---------------------------------------------------------------------------------------------------- running
