@@ -14,7 +14,6 @@ fewest changes to the previous defaults; the first and the second are then rerun
 report on the test split, which it never evaluates.
 """
 
-import os
 import time
 from functools import partial
 from pathlib import Path
@@ -254,11 +253,9 @@ def main() -> None:
     top = [as_candidate(r) for _, r in ranking.head(2).iterrows()]
     replication = search(top, fresh, splits)
     # written once everything is computed, each file whole (a failure leaves the previous tables as they were)
-    out.mkdir(parents=True, exist_ok=True)
     for name, df in (("search", table), ("ranking", ranking.round(4)), ("replication", replication)):
-        df.to_csv(out / f"{name}.csv.tmp", index=False)
-    for name in ("search", "ranking", "replication"):
-        os.replace(out / f"{name}.csv.tmp", out / f"{name}.csv")
+        with results.atomic_path(out / f"{name}.csv") as tmp:
+            df.to_csv(tmp, index=False)
     best = ranking.iloc[0]
     if best["passes"]:
         print(f"chosen: {as_candidate(best)} (worst margin {best['worst_margin']:+.4f}, {best['changes']} changes)")

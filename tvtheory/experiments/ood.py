@@ -125,7 +125,7 @@ def table2(rows: pd.DataFrame, refs: pd.DataFrame, title: str = "the one-layer t
              "Colored-MNIST, ViT-Small/16." + note, "",
              "| model | coefficients | T' acc (%) | T' hinge | paper coefficients | paper T' acc (%) |",
              "|---|---|---|---|---|---|"]
-    sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0  # noqa: E731  (the seeds' sample sd, as the rules')
+    sd = lambda x: analysis.mean_sd(x)[1]  # noqa: E731  (the seeds' sample sd, as the rules')
     for m in ["direct"] + sorted(k for k in stats if k.startswith("T")) + ["best"]:
         st = stats[m]
         name, pc, pacc = PAPER_TABLE2.get(m, (m, None, None))
