@@ -307,11 +307,22 @@ def test_a_run_derives_its_verdicts_from_the_tables_as_written(tmp_path):
     assert seen[0]["_x"] == [0.123457, 0.333333]
 
 
-@pytest.mark.parametrize("damage", ["config", "provenance", "table", "experiment"])
+@pytest.mark.parametrize("damage", ["config", "provenance", "table", "experiment", "cell", "column"])
 def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_change_nothing(tmp_path, damage):
+    """A damaged cell (text in the True/False column ``diverged``) used to turn every verdict inconclusive without a
+    word, and a renamed column was a KeyError naming the folder only."""
     folder = tmp_path / "ood"
     shutil.copytree(ROOT / "results" / "ood", folder)
-    if damage == "config":
+    table = folder / "metrics.csv"
+    if damage in ("cell", "column"):
+        lines = table.read_text().splitlines(keepends=True)
+        assert lines[0].startswith("seed,lam1,lam2,loss,") and lines[2].endswith(",False\n")
+        if damage == "cell":
+            lines[2] = lines[2][:-len("False\n")] + "abc\n"
+        else:
+            lines[0] = lines[0].replace(",loss,", ",lost,")
+        table.write_text("".join(lines))
+    elif damage == "config":
         (folder / "config.yaml").write_text("n_seeds: [unclosed\n")
     elif damage == "provenance":
         (folder / "provenance.json").write_text("{not json")
@@ -325,7 +336,8 @@ def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_cha
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: folder="), p.stderr[-2000:]
         assert {"config": "config.yaml", "provenance": "provenance.json", "table": "metrics.csv",
-                "experiment": "nope"}[damage] in lines[0]
+                "experiment": "nope", "cell": "metrics.csv: column 'diverged', line 3: 'abc'",
+                "column": "metrics.csv: no column 'loss'"}[damage] in lines[0]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 

@@ -403,7 +403,10 @@ def main(root: str = "results") -> None:
         try:
             exp, cfg, tables = runner.load(folder)
             with results.staged(folder, replace=False) as stage:          # a failure changes no figure
-                exp.plot(tables, exp.analyse(tables, cfg), cfg, stage)
+                try:
+                    exp.plot(tables, exp.analyse(tables, cfg), cfg, stage)
+                except KeyError as e:
+                    raise runner.missing_column(folder, tables, e) from None
         except Exception as e:                  # one line per folder; the other folders are still drawn
             failed = True
             print(f"error: {e}" if str(e).startswith("folder=") else

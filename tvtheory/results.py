@@ -223,6 +223,35 @@ def read_csv(path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def _cell_kind(v: str) -> str:
+    if v in ("True", "False"):
+        return "True/False"
+    try:
+        float(v)
+    except ValueError:
+        return "text"
+    return "numbers"
+
+
+def check_cells(df: pd.DataFrame) -> None:
+    """Refuse a column that mixes kinds of value (True/False, numbers, other text). ``write_csv`` never writes one,
+    and one damaged cell turns its whole column into text, which the analyses would otherwise judge without a word
+    (a ``diverged`` column of text marks no seed, or every seed, as diverged). Raises ValueError naming the column,
+    the line of the file and the first value of the rarer kind (text, when as many values are text as not)."""
+    for c in df.columns:
+        col = df[c]
+        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            continue
+        vals = col.dropna().astype(str)
+        kinds = vals.map(_cell_kind)
+        counts = kinds.value_counts()
+        if len(counts) > 1:
+            rank = lambda k: (counts[k], k != "text")  # noqa: E731  (on a tie, the text is the damage)
+            odd, usual = min(counts.index, key=rank), max(counts.index, key=rank)
+            i = kinds.index[kinds == odd][0]
+            raise ValueError(f"column {c!r}, line {i + 2}: {vals[i]!r} where the column's other values are {usual}")
+
+
 def write_table(folder: Path, name: str, obj) -> Path:
     """A derived output by type: DataFrame -> name.csv, str -> name.md, dict or list -> name.json (a ``name`` with a
     suffix is the file name itself)."""

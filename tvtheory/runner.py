@@ -315,6 +315,7 @@ def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
     for t in exp.TABLES:
         try:
             tables[t] = results.read_csv(folder / f"{t}.csv")
+            results.check_cells(tables[t])
         except (OSError, ValueError) as e:
             raise ValueError(f"folder={str(folder)!r}: {t}.csv: {str(e).splitlines()[0]}") from None
     return exp, cfg, tables
@@ -333,7 +334,26 @@ def recompute(folder: Path, *, figures: bool = False) -> list[dict]:
     is written into a staging folder and moved in only when all of it succeeded: a failure changes no file."""
     exp, cfg, tables = load(folder)
     with results.staged(folder, replace=False) as stage:
-        return derive(exp, stage, tables, cfg, final=_display(folder), figures=figures)
+        try:
+            return derive(exp, stage, tables, cfg, final=_display(folder), figures=figures)
+        except KeyError as e:
+            raise missing_column(folder, tables, e) from None
+
+
+def missing_column(folder: Path, tables: dict, e: KeyError) -> Exception:
+    """The one-line error for a KeyError raised while analysing a folder's tables: the files lacking a column it
+    names (a table with a renamed or deleted column), or the KeyError itself when no table lacks one."""
+    import re
+
+    for name in re.findall(r"(?<!dtype=)'([^']+)'", str(e)):
+        lacking = [f"{t}.csv" for t, df in tables.items() if name not in df.columns]
+        if lacking and len(lacking) < len(tables):
+            return ValueError(f"folder={str(folder)!r}: {', '.join(lacking)}: no column {name!r}, which the "
+                              f"analysis reads (KeyError: {e})")
+        if lacking:
+            return ValueError(f"folder={str(folder)!r}: KeyError: {e}; no table has a column {name!r} "
+                              f"({', '.join(lacking)})")
+    return e
 
 
 def _display(folder: Path) -> Path:
