@@ -216,40 +216,100 @@ def write_csv(path, df: pd.DataFrame) -> Path:
 
 
 def read_csv(path) -> pd.DataFrame:
-    """A table as ``write_csv`` wrote it (an empty table, written without columns, reads back empty)."""
+    """A table as ``write_csv`` wrote it (an empty table, written without columns, reads back empty). A blank line,
+    which ``write_csv`` never writes, is read as a row of blanks, so that a row's line in the file is always its
+    index + 2."""
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 
 
-def _cell_kind(v: str) -> str:
-    if v in ("True", "False"):
-        return "True/False"
-    try:
-        float(v)
-    except ValueError:
-        return "text"
-    return "numbers"
+# ------------------------------------------------------------------------------------ tables read back from files
+# A run records the kind of every column of its tables, as read back from the files it wrote (``column_kinds``), in
+# its provenance.json; the commands that recompute from a folder check the tables against it (``check_table``), so
+# that a hand-edited or damaged table is refused in one line naming the file, the column, the line and the value,
+# rather than judged: one damaged cell turns its column into text, and a blank in a True/False column reads as NaN.
+def column_kinds(df: pd.DataFrame) -> dict[str, str]:
+    """Each column's kind: bool, int, float or text (anything else pandas reads)."""
+    def kind(col: pd.Series) -> str:
+        if pd.api.types.is_bool_dtype(col):
+            return "bool"
+        if pd.api.types.is_integer_dtype(col):
+            return "int"
+        return "float" if pd.api.types.is_float_dtype(col) else "text"
+    return {str(c): kind(df[c]) for c in df.columns}
+
+
+def _shifted(df: pd.DataFrame) -> None:
+    if not isinstance(df.index, pd.RangeIndex):
+        raise ValueError("a row has more fields than the header (pandas took the first column for an index)")
+
+
+def _texts(col: pd.Series) -> pd.Series:
+    return col.map(lambda v: "" if pd.isna(v) else str(v))
+
+
+def _numbers(texts: pd.Series) -> pd.Series:
+    """Which cells pandas reads as numbers (a blank is none)."""
+    return pd.to_numeric(texts.where(texts != ""), errors="coerce").notna()
+
+
+def _first_bad(df: pd.DataFrame, column: str, ok: pd.Series) -> str:
+    """'line N: <value>' of the first cell of ``column`` where ``ok`` is False."""
+    bad = ok.index[~ok.to_numpy(bool)]
+    if not len(bad):
+        return "its cells"
+    i, text = bad[0], _texts(df[column])[bad[0]]
+    return f"line {int(i) + 2}: {text!r}" if text else f"line {int(i) + 2}: a blank cell"
+
+
+def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
+    """Refuse a table whose columns or kinds differ from those its run wrote (``kinds``, from ``column_kinds``):
+    ValueError naming the columns missing or unexpected, or the column, line and value of the first cell out of
+    its kind: a number may be edited into another (integers into fractions too), but not into text or a blank where
+    the run wrote none; True/False stays True/False, and text stays text."""
+    _shifted(df)
+    have = [str(c) for c in df.columns]
+    if have != list(kinds):
+        missing, extra = [c for c in kinds if c not in have], [c for c in have if c not in kinds]
+        parts = ([f"no column {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unexpected column {', '.join(map(repr, extra))}"] if extra else [])
+        raise ValueError(f"{'; '.join(parts) or 'its columns in another order'} (the run wrote "
+                         f"{', '.join(kinds)})")
+    read, numeric = column_kinds(df), ("int", "float")
+    for c, want in kinds.items():
+        got = read[c]
+        if got == want or (want in numeric and got in numeric and not (want == "int" and df[c].isna().any())):
+            continue                # a number edited into another (a perturbed table) is a table still
+        texts = _texts(df[c])
+        ok, wrote = {"bool": (lambda: texts.isin(["True", "False"]), "True/False"),
+                     "int": (lambda: (texts != "") & _numbers(texts), "numbers, none blank,"),
+                     "float": (lambda: (texts == "") | _numbers(texts), "numbers"),
+                     "text": (lambda: ~_numbers(texts), "text")}[want]
+        raise ValueError(f"column {c!r}, {_first_bad(df, c, ok())}: the run wrote {wrote} in this column")
 
 
 def check_cells(df: pd.DataFrame) -> None:
-    """Refuse a column that mixes kinds of value (True/False, numbers, other text). ``write_csv`` never writes one,
-    and one damaged cell turns its whole column into text, which the analyses would otherwise judge without a word
-    (a ``diverged`` column of text marks no seed, or every seed, as diverged). Raises ValueError naming the column,
-    the line of the file and the first value of the rarer kind (text, when as many values are text as not)."""
+    """For a folder whose provenance.json records no column kinds (written before they were recorded): refuse a
+    table with a row longer than its header, or a column that mixes kinds of value (True/False, numbers, other
+    text), which ``write_csv`` never writes. Raises ValueError naming the column, the line of the file and the first
+    value of the rarer kind (text, when as many values are text as not)."""
+    _shifted(df)
     for c in df.columns:
         col = df[c]
         if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             continue
-        vals = col.dropna().astype(str)
-        kinds = vals.map(_cell_kind)
+        texts = _texts(col[col.notna()])
+        kinds = pd.Series(np.where(texts.isin(["True", "False"]), "True/False",
+                                   np.where(_numbers(texts), "numbers", "text")), index=texts.index)
         counts = kinds.value_counts()
         if len(counts) > 1:
             rank = lambda k: (counts[k], k != "text")  # noqa: E731  (on a tie, the text is the damage)
-            odd, usual = min(counts.index, key=rank), max(counts.index, key=rank)
+            odd = min(counts.index, key=rank)
+            usual = max((k for k in counts.index if k != odd), key=rank)
             i = kinds.index[kinds == odd][0]
-            raise ValueError(f"column {c!r}, line {i + 2}: {vals[i]!r} where the column's other values are {usual}")
+            raise ValueError(f"column {c!r}, line {i + 2}: {texts[i]!r} where the column's other values are {usual}")
 
 
 def write_table(folder: Path, name: str, obj) -> Path:

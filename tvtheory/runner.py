@@ -255,6 +255,7 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
             records = derive(exp, stage, tables, cfg, final=out, figures=getattr(cfg, "figures", True))
             results.write_json(stage / results.MARKER, results.provenance(
                 name, plain, started, list(range(getattr(cfg, "n_seeds", 1))), cache=store.provenance(),
+                tables={t: results.column_kinds(df) for t, df in tables.items()},
                 overrides=list(overrides), compile=compiled.report()))
     finally:
         compiled.stop()                              # a launcher's next job in this process counts anew
@@ -292,10 +293,13 @@ def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
     missing or damaged raises ValueError naming the folder and the file."""
     import yaml
 
+    import json
+
     folder = Path(folder)
     try:
         name = results.owner(folder)
-    except (OSError, ValueError) as e:
+        kinds = json.loads((folder / results.MARKER).read_text()).get("tables")
+    except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"folder={str(folder)!r}: unreadable {results.MARKER} ({e})") from None
     if name is None:
         raise ValueError(f"folder={str(folder)!r}: no {results.MARKER} naming its experiment")
@@ -315,7 +319,11 @@ def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
     for t in exp.TABLES:
         try:
             tables[t] = results.read_csv(folder / f"{t}.csv")
-            results.check_cells(tables[t])
+            # Against the kinds its run recorded; a folder written before they were recorded: the generic check.
+            if isinstance(kinds, dict) and isinstance(kinds.get(t), dict):
+                results.check_table(tables[t], kinds[t])
+            else:
+                results.check_cells(tables[t])
         except (OSError, ValueError) as e:
             raise ValueError(f"folder={str(folder)!r}: {t}.csv: {str(e).splitlines()[0]}") from None
     return exp, cfg, tables
@@ -341,18 +349,16 @@ def recompute(folder: Path, *, figures: bool = False) -> list[dict]:
 
 
 def missing_column(folder: Path, tables: dict, e: KeyError) -> Exception:
-    """The one-line error for a KeyError raised while analysing a folder's tables: the files lacking a column it
-    names (a table with a renamed or deleted column), or the KeyError itself when no table lacks one."""
+    """A KeyError raised while analysing the tables of a folder that records no column kinds (those that do are
+    checked column by column when loaded): the one-line error naming the file when exactly one of several tables
+    lacks a column the KeyError names, else the KeyError itself."""
     import re
 
     for name in re.findall(r"(?<!dtype=)'([^']+)'", str(e)):
         lacking = [f"{t}.csv" for t, df in tables.items() if name not in df.columns]
-        if lacking and len(lacking) < len(tables):
-            return ValueError(f"folder={str(folder)!r}: {', '.join(lacking)}: no column {name!r}, which the "
-                              f"analysis reads (KeyError: {e})")
-        if lacking:
-            return ValueError(f"folder={str(folder)!r}: KeyError: {e}; no table has a column {name!r} "
-                              f"({', '.join(lacking)})")
+        if len(lacking) == 1 and len(tables) > 1:
+            return ValueError(f"folder={str(folder)!r}: {lacking[0]}: no column {name!r}, which the analysis reads "
+                              f"(KeyError: {e})")
     return e
 
 
