@@ -307,21 +307,28 @@ def test_a_run_derives_its_verdicts_from_the_tables_as_written(tmp_path):
     assert seen[0]["_x"] == [0.123457, 0.333333]
 
 
-@pytest.mark.parametrize("damage", ["config", "provenance", "table", "experiment", "cell", "column"])
+@pytest.mark.parametrize("damage", ["config", "provenance", "table", "experiment", "cell", "blank", "column",
+                                    "header", "cell, no kinds recorded"])
 def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_change_nothing(tmp_path, damage):
-    """A damaged cell (text in the True/False column ``diverged``) used to turn every verdict inconclusive without a
-    word, and a renamed column was a KeyError naming the folder only."""
+    """A damaged cell (text, or a blank, in the True/False column ``diverged``) used to turn every verdict
+    inconclusive without a word, a header short of a name shifted every column, and a renamed column was a KeyError
+    naming the folder only. A folder whose provenance.json records no column kinds gets the generic check."""
     folder = tmp_path / "ood"
     shutil.copytree(ROOT / "results" / "ood", folder)
     table = folder / "metrics.csv"
-    if damage in ("cell", "column"):
+    if damage in ("cell", "blank", "column", "header", "cell, no kinds recorded"):
         lines = table.read_text().splitlines(keepends=True)
-        assert lines[0].startswith("seed,lam1,lam2,loss,") and lines[2].endswith(",False\n")
-        if damage == "cell":
-            lines[2] = lines[2][:-len("False\n")] + "abc\n"
+        assert lines[0] == "seed,lam1,lam2,loss,acc,val_loss,val_acc,diverged\n" and lines[2].endswith(",False\n")
+        if damage.startswith("cell") or damage == "blank":
+            lines[2] = lines[2][:-len("False\n")] + ("\n" if damage == "blank" else "abc\n")
         else:
-            lines[0] = lines[0].replace(",loss,", ",lost,")
+            lines[0] = lines[0].replace(",loss,", ",lost,") if damage == "column" else lines[0].replace(",diverged", "")
         table.write_text("".join(lines))
+        prov = json.loads((folder / "provenance.json").read_text())
+        assert prov["tables"]["metrics"]["diverged"] == "bool"
+        if damage.endswith("no kinds recorded"):
+            del prov["tables"]
+            (folder / "provenance.json").write_text(json.dumps(prov))
     elif damage == "config":
         (folder / "config.yaml").write_text("n_seeds: [unclosed\n")
     elif damage == "provenance":
@@ -336,8 +343,12 @@ def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_cha
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: folder="), p.stderr[-2000:]
         assert {"config": "config.yaml", "provenance": "provenance.json", "table": "metrics.csv",
-                "experiment": "nope", "cell": "metrics.csv: column 'diverged', line 3: 'abc'",
-                "column": "metrics.csv: no column 'loss'"}[damage] in lines[0]
+                "experiment": "nope", "cell": "metrics.csv: column 'diverged', line 3: 'abc': the run wrote True/False",
+                "blank": "metrics.csv: column 'diverged', line 3: a blank cell: the run wrote True/False",
+                "column": "metrics.csv: no column 'loss'; unexpected column 'lost'",
+                "header": "metrics.csv: every row has more fields than the header",
+                "cell, no kinds recorded": "metrics.csv: column 'diverged', line 3: 'abc' where the column's other "
+                                           "values are True/False"}[damage] in lines[0]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 

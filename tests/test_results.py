@@ -52,3 +52,69 @@ def test_a_number_in_a_column_of_text_is_refused(tmp_path):
     back = read_back(tmp_path, pd.DataFrame({"task": ["T1", "T2", "5", "T1"]}))
     with pytest.raises(ValueError, match="column 'task', line 4: '5' where the column's other values are text"):
         results.check_cells(back)
+
+
+# ---------------------------------------------------------------- against the column kinds a run records
+KINDS = {"seed": "int", "loss": "float", "task": "text", "diverged": "bool"}
+
+
+def edited(tmp_path, df: pd.DataFrame, edit) -> pd.DataFrame:
+    """``df`` written, its file's lines passed through ``edit`` (a function of the list of lines), read back."""
+    path = results.write_csv(tmp_path / "t.csv", df)
+    path.write_text("".join(edit(path.read_text().splitlines(keepends=True))))
+    return results.read_csv(path)
+
+
+def cell(line: int, column: int, value: str):
+    def edit(lines):
+        fields = lines[line - 1].rstrip("\n").split(",")
+        fields[column] = value
+        lines[line - 1] = ",".join(fields) + "\n"
+        return lines
+    return edit
+
+
+def test_a_run_records_each_column_kind_and_its_tables_pass_against_them(tmp_path):
+    back = read_back(tmp_path, TABLE)
+    assert results.column_kinds(back) == KINDS
+    results.check_table(back, KINDS)
+    # a perturbed number is still a table: whole numbers into fractions, fractions into whole numbers or NaN
+    results.check_table(edited(tmp_path, TABLE, cell(2, 0, "0.5")), KINDS)
+    results.check_table(edited(tmp_path, TABLE, cell(2, 1, "3")), KINDS)
+    results.check_table(edited(tmp_path, TABLE, cell(4, 1, "")), KINDS)
+    results.check_table(edited(tmp_path, TABLE, cell(2, 3, "True")), KINDS)
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (cell(3, 3, ""), "column 'diverged', line 3: a blank cell: the run wrote True/False in this column"),
+    (cell(4, 3, "abc"), "column 'diverged', line 4: 'abc': the run wrote True/False in this column"),
+    (lambda ls: [ls[0]] + [x.replace("False", "0").replace("True", "1") for x in ls[1:]],
+     "column 'diverged', line 2: '0': the run wrote True/False in this column"),
+    (cell(3, 0, ""), "column 'seed', line 3: a blank cell: the run wrote numbers, none blank, in this column"),
+    (cell(2, 1, "NAN"), "column 'loss', line 2: 'NAN': the run wrote numbers in this column"),
+    (cell(4, 1, "1_000"), "column 'loss', line 4: '1_000': the run wrote numbers in this column"),
+    (lambda ls: [ls[0]] + [x.replace(",T1,", ",1,").replace(",T2,", ",2,") for x in ls[1:]],
+     "column 'task', line 2: '1': the run wrote text in this column"),
+    (lambda ls: [ls[0].replace(",loss,", ",lost,")] + ls[1:],
+     "no column 'loss'; unexpected column 'lost' (the run wrote seed, loss, task, diverged)"),
+    (lambda ls: [ls[0].replace(",diverged", "")] + ls[1:],
+     "every row has more fields than the header"),
+    (lambda ls: ls[:2] + [ls[2].rstrip("\n") + ",x\n"] + ls[3:],
+     "Error tokenizing data. C error: Expected 4 fields in line 3, saw 5"),
+    (lambda ls: [ls[0].rstrip("\n") + ",extra\n"] + [x.rstrip("\n") + ",1\n" for x in ls[1:]],
+     "unexpected column 'extra' (the run wrote seed, loss, task, diverged)"),
+    (lambda ls: [",".join(reversed(x.rstrip("\n").split(","))) + "\n" for x in ls],
+     "its columns in another order (the run wrote seed, loss, task, diverged)"),
+    (lambda ls: ls[:2] + ["\n"] + cell(3, 3, "abc")(ls)[2:],        # a blank line: the lines still count
+     "column 'seed', line 3: a blank cell: the run wrote numbers, none blank, in this column"),
+])
+def test_a_table_out_of_its_recorded_kinds_is_refused_with_its_column_line_and_value(tmp_path, edit, expected):
+    with pytest.raises(ValueError) as e:
+        results.check_table(edited(tmp_path, TABLE, edit), KINDS)
+    assert str(e.value).strip() == expected
+
+
+def test_a_row_longer_than_the_header_is_refused_as_the_table_is_read(tmp_path):
+    """pandas used to take the first column for an index and shift every other column one place to the left."""
+    with pytest.raises(ValueError, match="every row has more fields than the header"):
+        edited(tmp_path, TABLE, lambda ls: [ls[0].replace(",diverged", "")] + ls[1:])

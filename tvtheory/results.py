@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -220,9 +221,15 @@ def read_csv(path) -> pd.DataFrame:
     which ``write_csv`` never writes, is read as a row of blanks, so that a row's line in the file is always its
     index + 2."""
     try:
-        return pd.read_csv(path, skip_blank_lines=False)
+        with warnings.catch_warnings():
+            # index_col=False: a row longer than the header is an error (or this warning, when every row is), not a
+            # first column quietly taken for the index, every other column shifted one place to the left.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except pd.errors.ParserWarning:
+        raise ValueError("every row has more fields than the header") from None
 
 
 # ------------------------------------------------------------------------------------ tables read back from files
@@ -239,11 +246,6 @@ def column_kinds(df: pd.DataFrame) -> dict[str, str]:
             return "int"
         return "float" if pd.api.types.is_float_dtype(col) else "text"
     return {str(c): kind(df[c]) for c in df.columns}
-
-
-def _shifted(df: pd.DataFrame) -> None:
-    if not isinstance(df.index, pd.RangeIndex):
-        raise ValueError("a row has more fields than the header (pandas took the first column for an index)")
 
 
 def _texts(col: pd.Series) -> pd.Series:
@@ -269,7 +271,6 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
     ValueError naming the columns missing or unexpected, or the column, line and value of the first cell out of
     its kind: a number may be edited into another (integers into fractions too), but not into text or a blank where
     the run wrote none; True/False stays True/False, and text stays text."""
-    _shifted(df)
     have = [str(c) for c in df.columns]
     if have != list(kinds):
         missing, extra = [c for c in kinds if c not in have], [c for c in have if c not in kinds]
@@ -292,10 +293,9 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
 
 def check_cells(df: pd.DataFrame) -> None:
     """For a folder whose provenance.json records no column kinds (written before they were recorded): refuse a
-    table with a row longer than its header, or a column that mixes kinds of value (True/False, numbers, other
-    text), which ``write_csv`` never writes. Raises ValueError naming the column, the line of the file and the first
-    value of the rarer kind (text, when as many values are text as not)."""
-    _shifted(df)
+    column that mixes kinds of value (True/False, numbers, other text), which ``write_csv`` never writes. Raises
+    ValueError naming the column, the line of the file and the first value of the rarer kind (text, when as many
+    values are text as not)."""
     for c in df.columns:
         col = df[c]
         if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
