@@ -308,7 +308,7 @@ def test_a_run_derives_its_verdicts_from_the_tables_as_written(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["config", "provenance", "table", "experiment", "cell", "blank", "column",
-                                    "header", "cell, no kinds recorded"])
+                                    "header", "cell, no kinds recorded", "kinds"])
 def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_change_nothing(tmp_path, damage):
     """A damaged cell (text, or a blank, in the True/False column ``diverged``) used to turn every verdict
     inconclusive without a word, a header short of a name shifted every column, and a renamed column was a KeyError
@@ -329,6 +329,10 @@ def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_cha
         if damage.endswith("no kinds recorded"):
             del prov["tables"]
             (folder / "provenance.json").write_text(json.dumps(prov))
+    elif damage == "kinds":
+        prov = json.loads((folder / "provenance.json").read_text())
+        prov["tables"]["metrics"]["diverged"] = "string"
+        (folder / "provenance.json").write_text(json.dumps(prov))
     elif damage == "config":
         (folder / "config.yaml").write_text("n_seeds: [unclosed\n")
     elif damage == "provenance":
@@ -344,11 +348,13 @@ def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_cha
         assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: folder="), p.stderr[-2000:]
         assert {"config": "config.yaml", "provenance": "provenance.json", "table": "metrics.csv",
                 "experiment": "nope", "cell": "metrics.csv: column 'diverged', line 3: 'abc': the run wrote True/False",
-                "blank": "metrics.csv: column 'diverged', line 3: a blank cell: the run wrote True/False",
+                "blank": "metrics.csv: column 'diverged', line 3: an empty or NaN cell: the run wrote True/False",
                 "column": "metrics.csv: no column 'loss'; unexpected column 'lost'",
                 "header": "metrics.csv: every row has more fields than the header",
                 "cell, no kinds recorded": "metrics.csv: column 'diverged', line 3: 'abc' where the column's other "
-                                           "values are True/False"}[damage] in lines[0]
+                                           "values are True/False",
+                "kinds": "provenance.json: tables.metrics.diverged: 'string', not one of bool, int, float, text",
+                }[damage] in lines[0]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 

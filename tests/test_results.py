@@ -86,11 +86,12 @@ def test_a_run_records_each_column_kind_and_its_tables_pass_against_them(tmp_pat
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (cell(3, 3, ""), "column 'diverged', line 3: a blank cell: the run wrote True/False in this column"),
+    (cell(3, 3, ""), "column 'diverged', line 3: an empty or NaN cell: the run wrote True/False in this column"),
     (cell(4, 3, "abc"), "column 'diverged', line 4: 'abc': the run wrote True/False in this column"),
     (lambda ls: [ls[0]] + [x.replace("False", "0").replace("True", "1") for x in ls[1:]],
      "column 'diverged', line 2: '0': the run wrote True/False in this column"),
-    (cell(3, 0, ""), "column 'seed', line 3: a blank cell: the run wrote numbers, none blank, in this column"),
+    (cell(3, 0, ""), "column 'seed', line 3: an empty or NaN cell: the run wrote numbers, none empty or NaN, in this "
+                     "column"),
     (cell(2, 1, "NAN"), "column 'loss', line 2: 'NAN': the run wrote numbers in this column"),
     (cell(4, 1, "1_000"), "column 'loss', line 4: '1_000': the run wrote numbers in this column"),
     (lambda ls: [ls[0]] + [x.replace(",T1,", ",1,").replace(",T2,", ",2,") for x in ls[1:]],
@@ -106,7 +107,7 @@ def test_a_run_records_each_column_kind_and_its_tables_pass_against_them(tmp_pat
     (lambda ls: [",".join(reversed(x.rstrip("\n").split(","))) + "\n" for x in ls],
      "its columns in another order (the run wrote seed, loss, task, diverged)"),
     (lambda ls: ls[:2] + ["\n"] + cell(3, 3, "abc")(ls)[2:],        # a blank line: the lines still count
-     "column 'seed', line 3: a blank cell: the run wrote numbers, none blank, in this column"),
+     "column 'seed', line 3: an empty or NaN cell: the run wrote numbers, none empty or NaN, in this column"),
 ])
 def test_a_table_out_of_its_recorded_kinds_is_refused_with_its_column_line_and_value(tmp_path, edit, expected):
     with pytest.raises(ValueError) as e:
@@ -118,3 +119,24 @@ def test_a_row_longer_than_the_header_is_refused_as_the_table_is_read(tmp_path):
     """pandas used to take the first column for an index and shift every other column one place to the left."""
     with pytest.raises(ValueError, match="every row has more fields than the header"):
         edited(tmp_path, TABLE, lambda ls: [ls[0].replace(",diverged", "")] + ls[1:])
+
+
+@pytest.mark.parametrize("kinds,expected", [
+    ([], "tables: list, not a mapping of the tables to their column kinds"),
+    ({"metrics": KINDS}, "tables.reference: missing, not a mapping of the columns to their kinds"),
+    ({"metrics": KINDS, "reference": "text"}, "tables.reference: str, not a mapping of the columns to their kinds"),
+    ({"metrics": {**KINDS, "loss": "number"}, "reference": {}},
+     "tables.metrics.loss: 'number', not one of bool, int, float, text"),
+])
+def test_a_damaged_record_of_column_kinds_is_refused_naming_its_entry(kinds, expected):
+    results.check_kinds({"metrics": KINDS, "reference": {"model": "text"}}, ("metrics", "reference"))
+    with pytest.raises(ValueError) as e:
+        results.check_kinds(kinds, ("metrics", "reference"))
+    assert str(e.value) == expected
+
+
+def test_an_empty_table_or_a_nan_among_whole_numbers_is_named(tmp_path):
+    with pytest.raises(ValueError, match="column 'seed', no row: the run wrote numbers, none empty or NaN, in"):
+        results.check_table(edited(tmp_path, TABLE, lambda ls: ls[:1]), KINDS)
+    with pytest.raises(ValueError, match="column 'seed', line 3: an empty or NaN cell"):
+        results.check_table(edited(tmp_path, TABLE, cell(3, 0, "NaN")), KINDS)

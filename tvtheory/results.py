@@ -261,9 +261,27 @@ def _first_bad(df: pd.DataFrame, column: str, ok: pd.Series) -> str:
     """'line N: <value>' of the first cell of ``column`` where ``ok`` is False."""
     bad = ok.index[~ok.to_numpy(bool)]
     if not len(bad):
-        return "its cells"
+        return "no row" if not len(df) else "its cells as a whole"
     i, text = bad[0], _texts(df[column])[bad[0]]
-    return f"line {int(i) + 2}: {text!r}" if text else f"line {int(i) + 2}: a blank cell"
+    return f"line {int(i) + 2}: {text!r}" if text else f"line {int(i) + 2}: an empty or NaN cell"
+
+
+KINDS = ("bool", "int", "float", "text")
+
+
+def check_kinds(kinds, tables: tuple) -> None:
+    """A provenance.json's record of column kinds: one entry per table of ``tables``, each a mapping of column
+    names to one of KINDS. Raises ValueError naming the entry."""
+    if not isinstance(kinds, dict):
+        raise ValueError(f"tables: {type(kinds).__name__}, not a mapping of the tables to their column kinds")
+    for t in tables:
+        k = kinds.get(t)
+        if not isinstance(k, dict):
+            raise ValueError(f"tables.{t}: {'missing' if k is None else type(k).__name__}, not a mapping of the "
+                             "columns to their kinds")
+        for c, v in k.items():
+            if v not in KINDS:
+                raise ValueError(f"tables.{t}.{c}: {v!r}, not one of {', '.join(KINDS)}")
 
 
 def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
@@ -285,7 +303,7 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
             continue                # a number edited into another (a perturbed table) is a table still
         texts = _texts(df[c])
         ok, wrote = {"bool": (lambda: texts.isin(["True", "False"]), "True/False"),
-                     "int": (lambda: (texts != "") & _numbers(texts), "numbers, none blank,"),
+                     "int": (lambda: (texts != "") & _numbers(texts), "numbers, none empty or NaN,"),
                      "float": (lambda: (texts == "") | _numbers(texts), "numbers"),
                      "text": (lambda: ~_numbers(texts), "text")}[want]
         raise ValueError(f"column {c!r}, {_first_bad(df, c, ok())}: the run wrote {wrote} in this column")

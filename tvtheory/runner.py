@@ -291,14 +291,14 @@ def derive(exp: ModuleType, folder: Path, tables: dict, cfg: C.Node, *, final: P
 def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
     """A finished run's experiment module, typed config and tables, from its files alone; a folder whose files are
     missing or damaged raises ValueError naming the folder and the file."""
-    import yaml
-
     import json
+
+    import yaml
 
     folder = Path(folder)
     try:
         name = results.owner(folder)
-        kinds = json.loads((folder / results.MARKER).read_text()).get("tables")
+        prov = json.loads((folder / results.MARKER).read_text())
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"folder={str(folder)!r}: unreadable {results.MARKER} ({e})") from None
     if name is None:
@@ -307,6 +307,13 @@ def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
         exp = experiments.get(name)
     except ValueError as e:
         raise ValueError(f"folder={str(folder)!r}: {results.MARKER} names {e}") from None
+    # The column kinds its run recorded (a folder written before they were recorded has none: the generic check).
+    kinds = prov.get("tables") if isinstance(prov, dict) else None
+    if kinds is not None:
+        try:
+            results.check_kinds(kinds, exp.TABLES)
+        except ValueError as e:
+            raise ValueError(f"folder={str(folder)!r}: {results.MARKER}: {e}") from None
     path = folder / "config.yaml"
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -319,8 +326,7 @@ def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
     for t in exp.TABLES:
         try:
             tables[t] = results.read_csv(folder / f"{t}.csv")
-            # Against the kinds its run recorded; a folder written before they were recorded: the generic check.
-            if isinstance(kinds, dict) and isinstance(kinds.get(t), dict):
+            if kinds is not None:
                 results.check_table(tables[t], kinds[t])
             else:
                 results.check_cells(tables[t])
