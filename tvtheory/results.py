@@ -287,8 +287,9 @@ def check_kinds(kinds, tables: tuple) -> None:
 def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
     """Refuse a table whose columns or kinds differ from those its run wrote (``kinds``, from ``column_kinds``):
     ValueError naming the columns missing or unexpected, or the column, line and value of the first cell out of
-    its kind: a number may be edited into another (integers into fractions too), but not into text or a blank where
-    the run wrote none; True/False stays True/False, and text stays text."""
+    its kind: a number may be edited into another (integers into fractions too), but not into text, nor into a blank
+    or NaN among whole numbers; True/False stays True/False; a text column turned into numbers is refused (a single
+    number among text is not: text columns are not checked cell by cell)."""
     have = [str(c) for c in df.columns]
     if have != list(kinds):
         missing, extra = [c for c in kinds if c not in have], [c for c in have if c not in kinds]
