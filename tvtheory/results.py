@@ -257,12 +257,12 @@ def _numbers(texts: pd.Series) -> pd.Series:
     return pd.to_numeric(texts.where(texts != ""), errors="coerce").notna()
 
 
-def _first_bad(df: pd.DataFrame, column: str, ok: pd.Series) -> str:
-    """'line N: <value>' of the first cell of ``column`` where ``ok`` is False."""
+def _first_bad(texts: pd.Series, ok: pd.Series) -> str:
+    """'line N: <value>' of the first cell (``texts``, from ``_texts``) where ``ok`` is False."""
     bad = ok.index[~ok.to_numpy(bool)]
     if not len(bad):
-        return "no row" if not len(df) else "its cells as a whole"
-    i, text = bad[0], _texts(df[column])[bad[0]]
+        return "no row" if not len(texts) else "its cells as a whole"
+    i, text = bad[0], texts[bad[0]]
     return f"line {int(i) + 2}: {text!r}" if text else f"line {int(i) + 2}: an empty or NaN cell"
 
 
@@ -307,7 +307,7 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
                      "int": (lambda: (texts != "") & _numbers(texts), "numbers, none empty or NaN,"),
                      "float": (lambda: (texts == "") | _numbers(texts), "numbers"),
                      "text": (lambda: ~_numbers(texts), "text")}[want]
-        raise ValueError(f"column {c!r}, {_first_bad(df, c, ok())}: the run wrote {wrote} in this column")
+        raise ValueError(f"column {c!r}, {_first_bad(texts, ok())}: the run wrote {wrote} in this column")
 
 
 def check_cells(df: pd.DataFrame) -> None:

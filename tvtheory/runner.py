@@ -297,10 +297,11 @@ def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
 
     folder = Path(folder)
     try:
-        name = results.owner(folder)
         prov = json.loads((folder / results.MARKER).read_text())
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError) as e:
         raise ValueError(f"folder={str(folder)!r}: unreadable {results.MARKER} ({e})") from None
+    prov = prov if isinstance(prov, dict) else {}
+    name = prov.get("experiment")
     if name is None:
         raise ValueError(f"folder={str(folder)!r}: no {results.MARKER} naming its experiment")
     try:
@@ -308,7 +309,7 @@ def load(folder: Path) -> tuple[ModuleType, C.Node, dict[str, pd.DataFrame]]:
     except ValueError as e:
         raise ValueError(f"folder={str(folder)!r}: {results.MARKER} names {e}") from None
     # The column kinds its run recorded (a folder written before they were recorded has none: the generic check).
-    kinds = prov.get("tables") if isinstance(prov, dict) else None
+    kinds = prov.get("tables")
     if kinds is not None:
         try:
             results.check_kinds(kinds, exp.TABLES)
