@@ -58,6 +58,9 @@ BAD = [  # (override, text the one-line message must contain)
     ("hydra.job.chdir=true", "hydra.job.chdir=true: a run stays in the folder it starts from"),  # wrote elsewhere
     ("hydra.job.chdir=yes", "hydra.job.chdir=yes: a run stays in the folder it starts from"),
     ("out_dir=outputs", "out_dir='outputs': would hold Hydra's job folder"),   # refused once Hydra had made it
+    ("out_dir=", "out_dir='': must be a folder path, or null"),             # used to act as null
+    ("cache.dir=' '", "cache.dir=' ': must be a folder path, or null"),
+    ("threads=4096", "threads=4096: this process may run on"),              # used to run on every CPU, silently
 ]
 
 

@@ -203,3 +203,13 @@ def test_reproduce_refuses_bad_arguments_and_overrides_before_any_experiment_run
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and says in err[-1], err
     assert not root.exists() and not (tmp_path / "results").exists()
+
+
+def test_the_first_argument_is_an_override_only_when_it_reads_as_one(tmp_path, monkeypatch):
+    """A results folder whose name holds '=' used to be read as an override (and the run went to results/)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs=1").mkdir()
+    for arg in ("n_seeds=2", "sweep.n_test=10", "+data.x=1", "~figures=1"):
+        assert reproduce.is_override(arg), arg
+    for arg in ("results", "runs=1", "./new=1", "runs/x=1", str(tmp_path / "a=b")):
+        assert not reproduce.is_override(arg), arg

@@ -432,6 +432,9 @@ class Cache(Node):
     dir: Optional[str] = field(".cache/tvtheory", "Psi_0, fine-tunes and evaluated cells; null: no cache")
     refresh: bool = field(False, "recompute everything (and overwrite the cached entries)")
 
+    def check(self):
+        check_folder("dir", self.dir, "no cache")
+
 
 @config
 class Budget(Node):
@@ -452,8 +455,9 @@ class Run(Node):
     seed: int = field(0, "base seed: seed index s uses fold_in(key(seed), s)")
     n_seeds: int = field(5, "seeds (>= claims.min_seeds for a conclusive verdict)")
     out_dir: Optional[str] = field(None, "result folder; null: the Hydra job's output folder")
-    threads: Optional[int] = field(None, "CPUs this process runs on (null: all): a run takes the first this many, job "
-                                   "j of a parallel launcher the j-th block (a worker keeps its first job's)")
+    threads: Optional[int] = field(None, "CPUs this process runs on (null: all; at most those it may run on): a run "
+                                   "takes the first this many, job j of a parallel launcher the j-th block (a worker "
+                                   "keeps its first job's)")
     cache: Cache = field(Cache(), "the cache of stages")
     budget: Budget = field(Budget(), "limits on the estimated cost")
     figures: bool = field(True, "draw the figures; false: tables and verdicts only (`python -m tvtheory.plots DIR` "
@@ -462,6 +466,7 @@ class Run(Node):
     def check(self):
         _check.integer("seed", self.seed, lo=0)
         _check.integer("n_seeds", self.n_seeds, lo=1, hi=10_000)
+        check_folder("out_dir", self.out_dir, "the Hydra job's output folder")
         if self.threads is not None:
             _check.integer("threads", self.threads, lo=1)
 
@@ -486,6 +491,12 @@ class Synthetic(Run):
     def n_task_dirs(self) -> int:
         """Directions the tasks under study occupy (a pair: e_1, e_2; e_1..e_2K for K-class tasks)."""
         return self.data.pair_dirs()
+
+
+def check_folder(name: str, value: Optional[str], null_means: str) -> None:
+    """A folder field: a path, or null. An empty or blank path used to act as null, silently."""
+    if value is not None and not str(value).strip():
+        _check.fail(name, value, f"must be a folder path, or null for {null_means}")
 
 
 def _prefixed(prefix: str, fn, *args, **kw):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -111,6 +112,14 @@ def schedule(cost: dict[str, float], after: dict[str, tuple], lanes: int) -> lis
     return plan(cost, after, [0.0] * lanes)
 
 
+def is_override(arg: str) -> bool:
+    """Whether the first argument is an override (``key=value``, a config path before the ``=``) rather than the
+    results folder: an existing folder, or a path whose part before ``=`` is not a key (``./a=b``, ``runs/x=1``), is
+    the folder."""
+    key = arg.split("=", 1)[0] if "=" in arg else None
+    return key is not None and re.fullmatch(r"[+~]{0,2}[A-Za-z_][\w.]*", key) is not None and not Path(arg).is_dir()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = _check.Arguments(prog="python -m tvtheory.reproduce", description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="results")
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="comma-separated experiments (default: all)")
     ap.add_argument("overrides", nargs="*", help="key=value passed to every experiment")
     a = ap.parse_args(argv)
-    if "=" in a.root:                       # no folder given: the first override is not one
+    if is_override(a.root):                 # no folder given: the first override is not one
         a.overrides, a.root = [a.root, *a.overrides], "results"
     if a.lanes < 1:
         ap.error(f"--lanes={a.lanes}: must be at least 1")

@@ -180,6 +180,17 @@ def cpus_for(threads: int | None, job: int, available: list[int], listed: str | 
     return None
 
 
+def check_threads(threads: int | None, available: int | None = None) -> None:
+    """``threads`` beyond the CPUs this process may run on is refused (it used to run on all of them, silently), unless
+    the CPUS variable chooses the CPUs (a `make reproduce` lane), which ``threads`` then does not."""
+    if threads is None or os.environ.get(CPUS) or not hasattr(os, "sched_getaffinity"):
+        return
+    available = len(os.sched_getaffinity(0)) if available is None else available
+    if threads > available:
+        raise ValueError(f"threads={threads}: this process may run on {available} CPU{'s' * (available != 1)}; "
+                         "ask for at most that many, or null for all")
+
+
 def environment(cfg: C.Node, job: int = 0) -> None:
     """Settings that must precede JAX's first computation: the CPUs (``threads``, or the CPUS variable), and the
     persistent cache of compiled programs. XLA's CPU runtime sizes its thread pool by the CPUs the process may run
@@ -208,6 +219,7 @@ def preflight(exp: ModuleType, cfg: C.Node, out: Optional[Path]) -> Cost:
     time and process, which needs no check), the cache folder, the budget."""
     if out is not None:
         results.check_out_dir(out, name_of(exp))
+    check_threads(getattr(cfg, "threads", None))
     if getattr(cfg, "cache", None) is not None and cfg.cache.dir:
         check_cache_outside_results(cfg.cache.dir, out)
         results.check_writable(cfg.cache.dir, "cache.dir")
