@@ -318,6 +318,17 @@ def test_invalid_seeds_are_left_out_and_too_few_or_a_smoke_run_decide_nothing():
     assert set(verdicts(hand_tables(), small).values()) == {"inconclusive"}
 
 
+def test_seeds_are_counted_as_seeds_not_rows():
+    """Two valid seeds, each row written twice: rows used to be counted as seeds (4 >= claims.min_seeds = 3)."""
+    few = where(lambda r: r["seed"] >= 2, diverged=True)
+    tables = hand_tables(methods_fn=few, wde_fn=few, ada_fn=few, k_fn=few)
+    tables = {k: pd.concat([t, t[t["seed"] < 2]], ignore_index=True) if "seed" in t else t for k, t in tables.items()}
+    a = merging.analyse(tables, CFG)
+    assert set(a["success_map"]["n_seeds"]) == {2} and set(a["adaptive_summary"]["n_seeds"]) == {2}
+    recs = {r.id: r for r in merging.claims(a, CFG)}
+    assert {cid: (r.verdict, r.n_seeds) for cid, r in recs.items()} == {cid: ("inconclusive", 2) for cid in IDS}
+
+
 LOST = where(lambda r: r["alpha"] == 0.5, diverged=True)
 LOST_TANGENT = where(lambda r: r["alpha"] == 0.5 and r["space"] == "tangent", diverged=True)
 ALPHA_CLAIMS = ("merging.methods", "merging.tangent", "merging.adaptive")

@@ -952,7 +952,8 @@ def outcome_table(methods: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             ok = kept & rules.at_least(*stats["L2"], cc.forget_loss, k)
             ok_acc = kept_acc & rules.at_most(*stats["A2"], cc.acc_forgotten, k)
         rows.append({"space": space, "method": method, "alpha": alpha, "relation": analysis.relation(alpha),
-                     "goal": goal, "n_seeds": len(g), "scale": g["scale"].mean(), "ratio": g["ratio"].mean(),
+                     "goal": goal, "n_seeds": g["seed"].nunique(), "scale": g["scale"].mean(),
+                     "ratio": g["ratio"].mean(),
                      **{f"{c}{sfx}": v for c, (m_, s_) in stats.items() for sfx, v in (("", m_), ("_std", s_))},
                      "kept_margin": mg[0], "kept_margin_std": mg[1], "T1_cost": float((g["L1"] - g["own_L1"]).mean()),
                      "ok_loss": _word3(ok), "ok_acc": _word3(ok_acc)})
@@ -998,7 +999,7 @@ def adaptive_summary(tables, cfg: Config) -> pd.DataFrame:
     both = both[both["alpha"].isin(ada["alpha"].unique())]
     g = both.assign(L_sum=both["L1"] + both["L2"]).groupby(["alpha", "scheme"])
     return g[["c_T1", "c_T2", "L1", "L2", "A1", "A2", "L_sum"]].mean().join(
-        g["L_sum"].std(ddof=1).fillna(0.0).rename("L_sum_std")).join(g.size().rename("n_seeds")).reset_index()
+        g["L_sum"].std(ddof=1).fillna(0.0).rename("L_sum_std")).join(g["seed"].nunique().rename("n_seeds")).reset_index()
 
 
 def k_summary(k_tasks: pd.DataFrame) -> pd.DataFrame:
@@ -1277,7 +1278,7 @@ def _k_ood(kt: pd.DataFrame, cfg: Config) -> tuple:
             continue
         m, sd = analysis.mean_sd(g["loss"])
         out.append(rules.at_most(m, sd, cc.eps_learned, cc.spread_k).all())
-        n.append(len(g))
+        n.append(g["seed"].nunique())
         s = g["scale"].mean()
         gam = mc.ood_gamma / np.sqrt(k)
         inside = s * k * gam >= 1 + mc.ood_c and s * k * gam**2 >= 1 + mc.ood_c and s * beta <= mc.ood_c
