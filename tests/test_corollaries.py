@@ -246,6 +246,26 @@ def test_cor2_pruning_keeps_with_seeds_lost_by_a_pruned_variant(tmp_path, lost, 
     assert why is None or why in got["details"], got["details"]
 
 
+def split_rows(large_by_seed, m=100, small=0.01):
+    """Row norms of one task per seed: ``large_by_seed[s]`` of the m rows at 1, the others at ``small``."""
+    return pd.DataFrame([{"seed": s, "task": "T1", "row": i, "norm": 1.0 if i < n else small}
+                         for s, n in enumerate(large_by_seed) for i in range(m)])
+
+
+@pytest.mark.parametrize("large, small, verdict", [
+    ((30, 35, 40), 0.01, "pass"),
+    ((97, 98, 99), 0.01, "fail"),                    # one group, beyond the spread
+    ((92, 96, 98), 0.01, "inconclusive"),            # large fraction 0.953 +- 0.031 straddles 0.95
+    ((30, 35, 40), 0.3, "fail"),                     # ratio 3.3 < 10
+])
+def test_cor2_two_groups_judges_the_seed_means_against_their_spread(large, small, verdict):
+    """The verdict used to be the medians' alone: a fraction within the seed spread of its bound was decided."""
+    _, cfg, _ = runner.load(COMMITTED)
+    recs = rules.corollary_claims({}, 3, split_rows(large, small=small), cfg.model.m, cfg.claims, cfg.corollaries)
+    got = {r.id: r for r in recs}["cor2.two_groups"]
+    assert (got.verdict, got.n_seeds) == (verdict, 3), got.measured
+
+
 def test_cor2_pruning_keeps_without_a_fraction_as_large_as_prune_min_says_so():
     """Every fraction compared kept, none reaching prune_min: inconclusive, and the details used to say
     'corollaries.prune is empty'."""
