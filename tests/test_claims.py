@@ -86,6 +86,19 @@ def test_threshold_curve_fails_when_lambda_star_is_shifted():
     assert v["thm1.threshold_curve"] == "fail" and v["thm1.irrelevant"] == "fail"
 
 
+def test_a_seed_that_never_learns_t2_widens_the_threshold_curves_spread():
+    """Four seeds learn T2 at lambda* = 1 - alpha = 0.5, the fifth nowhere on the grid (hinge 0.2), while the mean
+    curve learns at 0.5: the fifth seed enters the spread at the first lambda past the grid (3.1), so the verdict is
+    inconclusive. It used to be left out, and the four equal seeds' spread of 0 passed."""
+    df = table(seeds=range(5))
+    df.loc[(df["alpha"] == 0.5) & (df["seed"] == 4) & (df["task"] == "T2") & (df["lam"] >= 0), "loss"] = 0.2
+    got = {r.id: r for r in claims.pair_claims(df, CFG, D)}["thm1.threshold_curve"]
+    assert got.verdict == "inconclusive", got.measured
+    assert "alpha=0.5: lambda*=0.5 (1-alpha=0.5; seeds 0.5, 0.5, 0.5, 0.5, nan)" in got.measured
+    df.loc[(df["alpha"] == 0.5) & (df["task"] == "T2") & (df["lam"] >= 0) & (df["lam"] < 2.0), "loss"] = 0.2
+    assert verdicts(df)["thm1.threshold_curve"] == "fail"          # every seed's lambda* far beyond: still decided
+
+
 def test_contradictory_addition_fails_when_both_tasks_are_learned():
     both = with_({-0.5: lambda lam, L1, L2: (np.zeros_like(lam), L2)})
     assert verdicts(table(both))["thm1.contradictory_fails"] == "fail"
