@@ -356,7 +356,7 @@ def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_cha
                 "header": "metrics.csv: every row has more fields than the header",
                 "cell, no kinds recorded": "metrics.csv: column 'diverged', line 3: 'abc' where the column's other "
                                            "values are True/False",
-                "kinds": "provenance.json: tables.metrics.diverged: 'string', not one of bool, int, float, text",
+                "kinds": "provenance.json: tables.metrics.diverged: 'string', not one of bool, int, float, label, text",
                 }[damage] in lines[0]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 

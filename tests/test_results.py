@@ -62,7 +62,7 @@ def test_a_number_in_a_column_of_text_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- against the column kinds a run records
-KINDS = {"seed": "int", "loss": "float", "task": "text", "diverged": "bool"}
+KINDS = {"seed": "int", "loss": "float", "task": "label", "diverged": "bool"}
 
 
 def test_a_run_records_each_column_kind_and_its_tables_pass_against_them(tmp_path):
@@ -74,6 +74,18 @@ def test_a_run_records_each_column_kind_and_its_tables_pass_against_them(tmp_pat
     results.check_table(edited(tmp_path, TABLE, cell(2, 1, "3")), KINDS)
     results.check_table(edited(tmp_path, TABLE, cell(4, 1, "")), KINDS)
     results.check_table(edited(tmp_path, TABLE, cell(2, 3, "True")), KINDS)
+    results.check_table(edited(tmp_path, TABLE, cell(2, 2, "T3")), KINDS)       # a new name is judged
+
+
+def test_text_with_blanks_is_text_and_a_record_from_before_labels_accepts_a_blank_name(tmp_path):
+    """Labels (text without an empty or blank cell) are told apart from text since records say ``label``: a blank
+    in one is refused. A record written before says ``text`` of both, which refuses only a column turned to
+    numbers."""
+    assert results.column_kinds(edited(tmp_path, TABLE, cell(3, 2, "")))["task"] == "text"
+    assert results.column_kinds(edited(tmp_path, TABLE.iloc[:0]))["task"] == "text"
+    older = {**KINDS, "task": "text"}
+    for edit in (lambda ls: ls, cell(3, 2, ""), cell(4, 2, " ")):
+        results.check_table(edited(tmp_path, TABLE, edit), older)
 
 
 @pytest.mark.parametrize("edit,expected", [
@@ -86,7 +98,9 @@ def test_a_run_records_each_column_kind_and_its_tables_pass_against_them(tmp_pat
     (cell(2, 1, "NAN"), "column 'loss', line 2: 'NAN': the run wrote numbers in this column"),
     (cell(4, 1, "1_000"), "column 'loss', line 4: '1_000': the run wrote numbers in this column"),
     (lambda ls: [ls[0]] + [x.replace(",T1,", ",1,").replace(",T2,", ",2,") for x in ls[1:]],
-     "column 'task', line 2: '1': the run wrote text in this column"),
+     "column 'task', line 2: '1': the run wrote a name in every cell in this column"),
+    (cell(3, 2, ""), "column 'task', line 3: an empty or NaN cell: the run wrote a name in every cell in this column"),
+    (cell(4, 2, "  "), "column 'task', line 4: '  ': the run wrote a name in every cell in this column"),
     (lambda ls: [ls[0].replace(",loss,", ",lost,")] + ls[1:],
      "no column 'loss'; unexpected column 'lost' (the run wrote seed, loss, task, diverged)"),
     (lambda ls: [ls[0].replace(",diverged", "")] + ls[1:],
@@ -117,7 +131,7 @@ def test_a_row_longer_than_the_header_is_refused_as_the_table_is_read(tmp_path):
     ({"metrics": KINDS}, "tables.reference: missing, not a mapping of the columns to their kinds"),
     ({"metrics": KINDS, "reference": "text"}, "tables.reference: str, not a mapping of the columns to their kinds"),
     ({"metrics": {**KINDS, "loss": "number"}, "reference": {}},
-     "tables.metrics.loss: 'number', not one of bool, int, float, text"),
+     "tables.metrics.loss: 'number', not one of bool, int, float, label, text"),
 ])
 def test_a_damaged_record_of_column_kinds_is_refused_naming_its_entry(kinds, expected):
     results.check_kinds({"metrics": KINDS, "reference": {"model": "text"}}, ("metrics", "reference"))

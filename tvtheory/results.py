@@ -238,13 +238,17 @@ def read_csv(path) -> pd.DataFrame:
 # that a hand-edited or damaged table is refused in one line naming the file, the column, the line and the value,
 # rather than judged: one damaged cell turns its column into text, and a blank in a True/False column reads as NaN.
 def column_kinds(df: pd.DataFrame) -> dict[str, str]:
-    """Each column's kind: bool, int, float or text (anything else pandas reads)."""
+    """Each column's kind: bool, int, float, label (text without an empty or blank cell: the names of tasks, models,
+    methods) or text (anything else pandas reads). Records written before labels were told apart say text for
+    both."""
     def kind(col: pd.Series) -> str:
         if pd.api.types.is_bool_dtype(col):
             return "bool"
         if pd.api.types.is_integer_dtype(col):
             return "int"
-        return "float" if pd.api.types.is_float_dtype(col) else "text"
+        if pd.api.types.is_float_dtype(col):
+            return "float"
+        return "label" if len(col) and not (_texts(col).str.strip() == "").any() else "text"
     return {str(c): kind(df[c]) for c in df.columns}
 
 
@@ -266,7 +270,7 @@ def _first_bad(texts: pd.Series, ok: pd.Series) -> str:
     return f"line {int(i) + 2}: {text!r}" if text else f"line {int(i) + 2}: an empty or NaN cell"
 
 
-KINDS = ("bool", "int", "float", "text")
+KINDS = ("bool", "int", "float", "label", "text")
 
 
 def check_kinds(kinds, tables: tuple) -> None:
@@ -288,8 +292,9 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
     """Refuse a table whose columns or kinds differ from those its run wrote (``kinds``, from ``column_kinds``):
     ValueError naming the columns missing or unexpected, or the column, line and value of the first cell out of
     its kind: a number may be edited into another (integers into fractions too), but not into text, nor into a blank
-    or NaN among whole numbers; True/False stays True/False; a text column turned into numbers is refused (a single
-    number among text is not: text columns are not checked cell by cell)."""
+    or NaN among whole numbers; True/False stays True/False; a label (a name) may not be emptied; a text or label
+    column turned into numbers is refused (a single number among text is not: text columns are not checked cell by
+    cell, and a new name in a label column is judged)."""
     have = [str(c) for c in df.columns]
     if have != list(kinds):
         missing, extra = [c for c in kinds if c not in have], [c for c in have if c not in kinds]
@@ -300,12 +305,15 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
     read, numeric = column_kinds(df), ("int", "float")
     for c, want in kinds.items():
         got = read[c]
-        if got == want or (want in numeric and got in numeric and not (want == "int" and df[c].isna().any())):
+        if got == want or (want in numeric and got in numeric and not (want == "int" and df[c].isna().any())) \
+                or (want == "text" and got == "label"):
             continue                # a number edited into another (a perturbed table) is a table still
         texts = _texts(df[c])
         ok, wrote = {"bool": (lambda: texts.isin(["True", "False"]), "True/False"),
                      "int": (lambda: (texts != "") & _numbers(texts), "numbers, none empty or NaN,"),
                      "float": (lambda: (texts == "") | _numbers(texts), "numbers"),
+                     "label": (lambda: (texts.str.strip() != "") & ~(_numbers(texts) & (got in numeric)),
+                               "a name in every cell"),
                      "text": (lambda: ~_numbers(texts), "text")}[want]
         raise ValueError(f"column {c!r}, {_first_bad(texts, ok())}: the run wrote {wrote} in this column")
 
