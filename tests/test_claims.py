@@ -99,6 +99,18 @@ def test_a_seed_that_never_learns_t2_widens_the_threshold_curves_spread():
     assert verdicts(df)["thm1.threshold_curve"] == "fail"          # every seed's lambda* far beyond: still decided
 
 
+def test_a_seed_that_never_learns_t2_does_not_rescue_a_lambda_star_above_the_prediction():
+    """Every seed learns T2 at lambda = 1 at alpha = 0.5 (0.5 above 1 - alpha): fail. A fifth seed that never learns
+    is more of the same evidence and keeps it a fail (widening the spread both ways made it inconclusive)."""
+    df = table(seeds=range(5))
+    late = (df["alpha"] == 0.5) & (df["task"] == "T2") & (df["lam"] >= 0) & (df["lam"] < 1.0)
+    df.loc[late, "loss"] = 0.5
+    assert verdicts(df)["thm1.threshold_curve"] == "fail"
+    df.loc[(df["alpha"] == 0.5) & (df["task"] == "T2") & (df["seed"] == 4) & (df["lam"] >= 1.0), "loss"] = 0.2
+    got = {r.id: r for r in claims.pair_claims(df, CFG, D)}["thm1.threshold_curve"]
+    assert "alpha=0.5: lambda*=1 (1-alpha=0.5; seeds 1, 1, 1, 1, nan)" in got.measured and got.verdict == "fail"
+
+
 def test_contradictory_addition_fails_when_both_tasks_are_learned():
     both = with_({-0.5: lambda lam, L1, L2: (np.zeros_like(lam), L2)})
     assert verdicts(table(both))["thm1.contradictory_fails"] == "fail"
