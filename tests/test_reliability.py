@@ -397,3 +397,34 @@ def test_the_folder_commands_and_the_digits_search_refuse_bad_arguments_in_one_l
         line = one_line_error(procs[args])
         assert line.endswith(says), (args, line)
     assert a_file.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_threads_beyond_the_cpus_are_refused_unless_the_cpus_are_already_chosen(monkeypatch):
+    """A first job asks for what the process may run on; a later job of a worker already kept on its first job's
+    CPUs keeps them (it is not refused for asking more than those), and a lane's CPUS variable overrides threads."""
+    from tvtheory import runner
+
+    monkeypatch.delenv(runner.CPUS, raising=False)
+    monkeypatch.setattr(runner, "_pinned", False)
+    runner.check_threads(None, available=1)
+    runner.check_threads(2, available=2)
+    with pytest.raises(ValueError, match=r"^threads=3: this process may run on 2 CPUs; ask for at most that many"):
+        runner.check_threads(3, available=2)
+    monkeypatch.setattr(runner, "_pinned", True)
+    runner.check_threads(3, available=1)
+    monkeypatch.setattr(runner, "_pinned", False)
+    monkeypatch.setenv(runner.CPUS, "0")
+    runner.check_threads(3, available=1)
+
+
+def test_a_folder_whose_config_has_a_blank_folder_field_still_loads(tmp_path):
+    """A blank out_dir or cache.dir is refused when a run starts; a folder written while it meant null still loads."""
+    from tvtheory import runner
+
+    folder = tmp_path / "ood"
+    shutil.copytree(ROOT / "results" / "ood", folder, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    text = (folder / "config.yaml").read_text()
+    assert "  dir: .cache/tvtheory\n" in text
+    (folder / "config.yaml").write_text(text.replace("  dir: .cache/tvtheory\n", "  dir: ''\n"))
+    _, cfg, _ = runner.load(folder)
+    assert cfg.cache.dir == ""

@@ -432,9 +432,6 @@ class Cache(Node):
     dir: Optional[str] = field(".cache/tvtheory", "Psi_0, fine-tunes and evaluated cells; null: no cache")
     refresh: bool = field(False, "recompute everything (and overwrite the cached entries)")
 
-    def check(self):
-        check_folder("dir", self.dir, "no cache")
-
 
 @config
 class Budget(Node):
@@ -466,7 +463,6 @@ class Run(Node):
     def check(self):
         _check.integer("seed", self.seed, lo=0)
         _check.integer("n_seeds", self.n_seeds, lo=1, hi=10_000)
-        check_folder("out_dir", self.out_dir, "the Hydra job's output folder")
         if self.threads is not None:
             _check.integer("threads", self.threads, lo=1)
 
@@ -494,7 +490,8 @@ class Synthetic(Run):
 
 
 def check_folder(name: str, value: Optional[str], null_means: str) -> None:
-    """A folder field: a path, or null. An empty or blank path used to act as null, silently."""
+    """A folder field of a run about to start: a path, or null. An empty or blank path used to act as null, silently
+    (checked at the run's start, ``runner.preflight``, so that a folder written before still loads)."""
     if value is not None and not str(value).strip():
         _check.fail(name, value, f"must be a folder path, or null for {null_means}")
 

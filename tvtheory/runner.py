@@ -182,8 +182,9 @@ def cpus_for(threads: int | None, job: int, available: list[int], listed: str | 
 
 def check_threads(threads: int | None, available: int | None = None) -> None:
     """``threads`` beyond the CPUs this process may run on is refused (it used to run on all of them, silently), unless
-    the CPUS variable chooses the CPUs (a `make reproduce` lane), which ``threads`` then does not."""
-    if threads is None or os.environ.get(CPUS) or not hasattr(os, "sched_getaffinity"):
+    the CPUS variable chooses the CPUs (a `make reproduce` lane), which ``threads`` then does not, or the process is
+    already kept on its first job's CPUs (a launcher's worker, or a sequential multirun, whose later jobs keep them)."""
+    if threads is None or os.environ.get(CPUS) or _pinned or not hasattr(os, "sched_getaffinity"):
         return
     available = len(os.sched_getaffinity(0)) if available is None else available
     if threads > available:
@@ -217,6 +218,9 @@ def environment(cfg: C.Node, job: int = 0) -> None:
 def preflight(exp: ModuleType, cfg: C.Node, out: Optional[Path]) -> Cost:
     """Everything that can be refused before compute: the result folder (None: a new folder of Hydra's, named by
     time and process, which needs no check), the cache folder, the budget."""
+    C.check_folder("out_dir", getattr(cfg, "out_dir", None), "the Hydra job's output folder")
+    if getattr(cfg, "cache", None) is not None:
+        C.check_folder("cache.dir", cfg.cache.dir, "no cache")
     if out is not None:
         results.check_out_dir(out, name_of(exp))
     check_threads(getattr(cfg, "threads", None))
