@@ -209,7 +209,9 @@ def test_the_first_argument_is_an_override_only_when_it_reads_as_one(tmp_path, m
     """A results folder whose name holds '=' used to be read as an override (and the run went to results/)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs=1").mkdir()
-    for arg in ("n_seeds=2", "sweep.n_test=10", "+data.x=1", "~figures=1"):
+    (tmp_path / "runs").mkdir()
+    for arg in ("n_seeds=2", "sweep.n_test=10", "+data.x=1", "~figures=1", "hydra/launcher=joblib", "model@x=1",
+                "new/x=1"):
         assert reproduce.is_override(arg), arg
     for arg in ("results", "runs=1", "./new=1", "runs/x=1", str(tmp_path / "a=b")):
         assert not reproduce.is_override(arg), arg

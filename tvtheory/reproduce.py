@@ -113,11 +113,16 @@ def schedule(cost: dict[str, float], after: dict[str, tuple], lanes: int) -> lis
 
 
 def is_override(arg: str) -> bool:
-    """Whether the first argument is an override (``key=value``, a config path before the ``=``) rather than the
-    results folder: an existing folder, or a path whose part before ``=`` is not a key (``./a=b``, ``runs/x=1``), is
-    the folder."""
-    key = arg.split("=", 1)[0] if "=" in arg else None
-    return key is not None and re.fullmatch(r"[+~]{0,2}[A-Za-z_][\w.]*", key) is not None and not Path(arg).is_dir()
+    """Whether the first argument is an override rather than the results folder: ``key=value`` with a key-shaped part
+    before the ``=`` (a dotted path, a config group such as ``hydra/launcher``, a package such as ``model@x``, after
+    ``+``, ``++`` or ``~``). An existing folder, a path into an existing folder (``runs/x=1`` where runs/ exists), or
+    a part before the ``=`` that is not key-shaped (``./a=b``) is the folder."""
+    if "=" not in arg or Path(arg).is_dir():
+        return False
+    key = arg.split("=", 1)[0]
+    if "/" in key and Path(arg).parent.is_dir():
+        return False
+    return re.fullmatch(r"[+~]{0,2}[A-Za-z_][\w.@/-]*", key) is not None
 
 
 def main(argv: list[str] | None = None) -> None:
