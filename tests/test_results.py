@@ -86,6 +86,11 @@ def test_text_with_blanks_is_text_and_a_record_from_before_labels_accepts_a_blan
     older = {**KINDS, "task": "text"}
     for edit in (lambda ls: ls, cell(3, 2, ""), cell(4, 2, " ")):
         results.check_table(edited(tmp_path, TABLE, edit), older)
+    for edit, value in ((lambda ls: [ls[0]] + [x.replace(",T1,", ",1,").replace(",T2,", ",2,") for x in ls[1:]], "1"),
+                        (lambda ls: [ls[0]] + [x.replace(",T1,", ",True,").replace(",T2,", ",False,")
+                                               for x in ls[1:]], "True")):
+        with pytest.raises(ValueError, match=f"^column 'task', line 2: '{value}': the run wrote text in this column"):
+            results.check_table(edited(tmp_path, TABLE, edit), older)
 
 
 @pytest.mark.parametrize("edit,expected", [
@@ -100,6 +105,8 @@ def test_text_with_blanks_is_text_and_a_record_from_before_labels_accepts_a_blan
     (lambda ls: [ls[0]] + [x.replace(",T1,", ",1,").replace(",T2,", ",2,") for x in ls[1:]],
      "column 'task', line 2: '1': the run wrote a name in every cell in this column"),
     (cell(3, 2, ""), "column 'task', line 3: an empty or NaN cell: the run wrote a name in every cell in this column"),
+    (lambda ls: [ls[0]] + [x.replace(",T1,", ",True,").replace(",T2,", ",False,") for x in ls[1:]],
+     "column 'task', line 2: 'True': the run wrote a name in every cell in this column"),
     (cell(4, 2, "  "), "column 'task', line 4: '  ': the run wrote a name in every cell in this column"),
     (lambda ls: [ls[0].replace(",loss,", ",lost,")] + ls[1:],
      "no column 'loss'; unexpected column 'lost' (the run wrote seed, loss, task, diverged)"),

@@ -238,9 +238,9 @@ def read_csv(path) -> pd.DataFrame:
 # that a hand-edited or damaged table is refused in one line naming the file, the column, the line and the value,
 # rather than judged: one damaged cell turns its column into text, and a blank in a True/False column reads as NaN.
 def column_kinds(df: pd.DataFrame) -> dict[str, str]:
-    """Each column's kind: bool, int, float, label (text without an empty or blank cell: the names of tasks, models,
-    methods) or text (anything else pandas reads). Records written before labels were told apart say text for
-    both."""
+    """Each column's kind: bool, int, float, label (text the run wrote without an empty or blank cell: the names of
+    tasks, models, methods, and generated text that happens to have none) or text (anything else pandas reads).
+    Records written before labels were told apart say text for both."""
     def kind(col: pd.Series) -> str:
         if pd.api.types.is_bool_dtype(col):
             return "bool"
@@ -293,8 +293,8 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
     ValueError naming the columns missing or unexpected, or the column, line and value of the first cell out of
     its kind: a number may be edited into another (integers into fractions too), but not into text, nor into a blank
     or NaN among whole numbers; True/False stays True/False; a label (a name) may not be emptied; a text or label
-    column turned into numbers is refused (a single number among text is not: text columns are not checked cell by
-    cell, and a new name in a label column is judged)."""
+    column turned into numbers or True/False is refused (a single number among text is not: text columns are not
+    checked cell by cell, and a new name in a label column is judged)."""
     have = [str(c) for c in df.columns]
     if have != list(kinds):
         missing, extra = [c for c in kinds if c not in have], [c for c in have if c not in kinds]
@@ -312,9 +312,9 @@ def check_table(df: pd.DataFrame, kinds: dict[str, str]) -> None:
         ok, wrote = {"bool": (lambda: texts.isin(["True", "False"]), "True/False"),
                      "int": (lambda: (texts != "") & _numbers(texts), "numbers, none empty or NaN,"),
                      "float": (lambda: (texts == "") | _numbers(texts), "numbers"),
-                     "label": (lambda: (texts.str.strip() != "") & ~(_numbers(texts) & (got in numeric)),
-                               "a name in every cell"),
-                     "text": (lambda: ~_numbers(texts), "text")}[want]
+                     # a text or label column read as numbers or True/False: every cell turned, the first is named
+                     "label": (lambda: (texts.str.strip() != "") & (got == "text"), "a name in every cell"),
+                     "text": (lambda: pd.Series(False, texts.index), "text")}[want]
         raise ValueError(f"column {c!r}, {_first_bad(texts, ok())}: the run wrote {wrote} in this column")
 
 
