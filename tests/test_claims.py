@@ -111,6 +111,32 @@ def test_a_seed_that_never_learns_t2_does_not_rescue_a_lambda_star_above_the_pre
     assert "alpha=0.5: lambda*=1 (1-alpha=0.5; seeds 1, 1, 1, 1, nan)" in got.measured and got.verdict == "fail"
 
 
+def test_seeds_that_never_learn_do_not_make_a_fail_of_the_ones_that_learn_on_the_prediction():
+    """Three seeds learn T2 at exactly 1 - alpha = 0.5, two never do, and the seed-mean curve learns at 1: the learning
+    seeds do not show a shift, and the two others' lambda* could lie anywhere past the grid: inconclusive (the learning
+    seeds' spread of 0 alone made it a fail)."""
+    df = table(seeds=range(5))
+    two = (df["alpha"] == 0.5) & (df["task"] == "T2") & (df["seed"] >= 3)
+    df.loc[two & (df["lam"] >= 0), "loss"] = 0.2                     # seed mean 0.08 > eps below lambda = 1
+    df.loc[two & (df["lam"] >= 1), "loss"] = 0.1                      # 0.04 <= eps from 1 on; 0.1 > eps per seed
+    got = {r.id: r for r in claims.pair_claims(df, CFG, D)}["thm1.threshold_curve"]
+    assert "alpha=0.5: lambda*=1 (1-alpha=0.5; seeds 0.5, 0.5, 0.5, nan, nan)" in got.measured, got.measured
+    assert got.verdict == "inconclusive"
+
+
+@pytest.mark.parametrize("star, seeds, lams, expected", [
+    (0.5, [0.5, 0.5, 0.5], [0.0, 0.5, 1.0], True),
+    (0.5, [0.5, 0.5, np.nan], [0.0, 0.5, 1.0], None),                # the third seed at 1.5: spread 0.58
+    (1.0, [1.0, 1.0, np.nan], [0.0, 0.5, 1.0], False),               # the learning seeds show it
+    (0.0, [0.0, 0.0, np.nan], [0.0, 0.5, 1.0], None),                # below 1 - alpha: the wide spread decides
+    (np.nan, [np.nan, np.nan], [0.0, 0.5, 1.0], False),              # the seed-mean curve never learns
+    (0.5, [np.nan, np.nan], [0.0, 0.5, 1.0], None),                  # no seed to weigh
+    (0.5, [0.5, np.nan], [0.5], None),                               # no step past a one-point grid
+])
+def test_threshold_rule_with_seeds_past_the_grid(star, seeds, lams, expected):
+    assert claims._near_one_minus_alpha(star, 0.5, np.array(seeds), np.array(lams), CFG) is expected
+
+
 def test_contradictory_addition_fails_when_both_tasks_are_learned():
     both = with_({-0.5: lambda lam, L1, L2: (np.zeros_like(lam), L2)})
     assert verdicts(table(both))["thm1.contradictory_fails"] == "fail"

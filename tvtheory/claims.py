@@ -277,22 +277,24 @@ def _at_lambda_star(c, a, cfg):
     return float("nan") if np.isnan(ls) else float(c.at(a).loc[ls, "L1"])
 
 
-def _near_one_minus_alpha(dev: float, seeds: np.ndarray, lams: np.ndarray, cfg) -> Optional[bool]:
-    """|lambda* - (1 - alpha)| <= lam_tol for the seed-mean lambda* at ``dev`` from 1 - alpha, against the seeds'
-    spread. A seed that never learns T2 on the grid (NaN) has its lambda* past the grid, where it counts at the first
-    lambda beyond it (the nearest value it can have): it widens the spread a pass must clear, and the spread a fail
-    must clear unless lambda* already lies above 1 - alpha, where it only adds to the evidence (the learning seeds'
-    spread decides then)."""
-    if np.isnan(dev):
+def _near_one_minus_alpha(star: float, target: float, seeds: np.ndarray, lams: np.ndarray, cfg) -> Optional[bool]:
+    """|lambda* - (1 - alpha)| <= lam_tol for the seed-mean lambda* ``star`` and ``target`` = 1 - alpha, against the
+    seeds' spread. A seed that never learns T2 on the grid (NaN) has its lambda* past the grid, where it counts at the
+    first lambda beyond it (the nearest value it can have), which widens the spread both a pass and a fail must clear.
+    A fail is also decided when lambda* lies above 1 - alpha and the seeds that learn show it by themselves (their
+    mean beyond lam_tol by their own spread): those that never learn lie further up, and only add to it."""
+    if np.isnan(star):
         return False                                    # the seed-mean curve never learns T2 on the grid
-    beyond = lams[-1] + (lams[-1] - lams[-2] if len(lams) > 1 else 0.0)
-    wide = np.where(np.isnan(seeds), beyond, seeds)
-    learned = seeds[~np.isnan(seeds)]
+    learned, lost = seeds[~np.isnan(seeds)], bool(np.isnan(seeds).any())
+    if lost and (len(lams) < 2 or not len(learned)):
+        return None                                     # no step to go past the grid by, or no seed to weigh
+    wide = np.where(np.isnan(seeds), lams[-1] + (lams[-1] - lams[-2]), seeds) if lost else seeds
     sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0  # noqa: E731
-    tol, k = cfg.lam_tol + 1e-9, cfg.spread_k
-    if abs(dev) + k * sd(wide) <= tol:
+    dev, tol, k = abs(star - target), cfg.lam_tol + 1e-9, cfg.spread_k
+    if dev + k * sd(wide) <= tol:
         return True
-    return False if abs(dev) - k * (sd(learned) if dev > 0 else sd(wide)) > tol else None
+    by_learned = lost and star > target and float(np.mean(learned)) - target - k * sd(learned) > tol
+    return False if dev - k * sd(wide) > tol or by_learned else None
 
 
 def thm1_threshold_curve(c: Curves, cfg) -> Claim:
@@ -305,7 +307,7 @@ def thm1_threshold_curve(c: Curves, cfg) -> Claim:
         if not (lams.min() <= 1 - a <= lams.max() - cfg.lam_tol + 1e-9):
             out.append(None)
         else:
-            out.append(_near_one_minus_alpha(star - (1 - a), np.asarray(seeds, float), lams, cfg))
+            out.append(_near_one_minus_alpha(star, 1 - a, np.asarray(seeds, float), lams, cfg))
         rows.append(f"alpha={a:g}: lambda*={star:g} (1-alpha={1 - a:g}; seeds {', '.join(f'{x:g}' for x in seeds)})")
     ok = all3(out)
     return claim("thm1.threshold_curve",
