@@ -211,7 +211,7 @@ def test_the_first_argument_is_an_override_only_when_it_reads_as_one(tmp_path, m
     (tmp_path / "runs=1").mkdir()
     (tmp_path / "runs").mkdir()
     for arg in ("n_seeds=2", "sweep.n_test=10", "+data.x=1", "~figures=1", "hydra/launcher=joblib", "model@x=1",
-                "new/x=1"):
+                "new/x=1", "cache.dir=/tmp/x", "out_dir=runs/a"):
         assert reproduce.is_override(arg), arg
-    for arg in ("results", "runs=1", "./new=1", "runs/x=1", str(tmp_path / "a=b")):
+    for arg in ("results", "runs=1", "./new=1", "runs/x=1", "runs=1/x", "runs/x=1/y", str(tmp_path / "a=b")):
         assert not reproduce.is_override(arg), arg

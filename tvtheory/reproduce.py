@@ -115,13 +115,12 @@ def schedule(cost: dict[str, float], after: dict[str, tuple], lanes: int) -> lis
 def is_override(arg: str) -> bool:
     """Whether the first argument is an override rather than the results folder: ``key=value`` with a key-shaped part
     before the ``=`` (a dotted path, a config group such as ``hydra/launcher``, a package such as ``model@x``, after
-    ``+``, ``++`` or ``~``). An existing folder, a path into an existing folder (``runs/x=1`` where runs/ exists), or
-    a part before the ``=`` that is not key-shaped (``./a=b``) is the folder."""
-    if "=" not in arg or Path(arg).is_dir():
+    ``+``, ``++`` or ``~``). An existing folder, a path whose first folder exists (``runs/x=1`` or ``runs=1/x`` where
+    that folder exists, an absolute path), or a part before the ``=`` that is not key-shaped (``./a=b``) is the
+    folder."""
+    if "=" not in arg or Path(arg).is_dir() or ("/" in arg and Path(arg.split("/")[0] or "/").is_dir()):
         return False
     key = arg.split("=", 1)[0]
-    if "/" in key and Path(arg).parent.is_dir():
-        return False
     return re.fullmatch(r"[+~]{0,2}[A-Za-z_][\w.@/-]*", key) is not None
 
 
