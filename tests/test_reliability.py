@@ -399,7 +399,7 @@ def test_the_folder_commands_and_the_digits_search_refuse_bad_arguments_in_one_l
     assert a_file.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-def test_threads_beyond_the_cpus_are_refused_unless_the_cpus_are_already_chosen(monkeypatch):
+def test_threads_beyond_the_cpus_are_refused_unless_the_cpus_are_already_chosen(monkeypatch, caplog):
     """A first job asks for what the process may run on; a later job of a worker already kept on its first job's
     CPUs keeps them (it is not refused for asking more than those), and a lane's CPUS variable overrides threads."""
     from tvtheory import runner
@@ -412,6 +412,15 @@ def test_threads_beyond_the_cpus_are_refused_unless_the_cpus_are_already_chosen(
         runner.check_threads(3, available=2)
     monkeypatch.setattr(runner, "_pinned", True)
     runner.check_threads(3, available=1)
+    import logging
+
+    from tvtheory import config as C
+
+    kept = len(os.sched_getaffinity(0))
+    with caplog.at_level(logging.WARNING, logger=runner.log.name):
+        runner.environment(C.Run(threads=kept + 1, cache=C.Cache(dir=None)))   # a later job: kept, and said
+    assert f"threads={kept + 1}: this process keeps its first job's {kept} CPU(s)" in caplog.text
+    assert len(os.sched_getaffinity(0)) == kept
     monkeypatch.setattr(runner, "_pinned", False)
     monkeypatch.setenv(runner.CPUS, "0")
     runner.check_threads(3, available=1)

@@ -212,6 +212,8 @@ def environment(cfg: C.Node, job: int = 0) -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)
             _pinned = True
+    elif cfg.threads and cfg.threads != (kept := len(os.sched_getaffinity(0))) and not os.environ.get(CPUS):
+        log.warning("threads=%d: this process keeps its first job's %d CPU(s)", cfg.threads, kept)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)       # "no TPU" notice on every run
 
 
