@@ -355,6 +355,24 @@ def test_compare_variants_measures_dense_on_the_compressed_variants_seeds(tmp_pa
     assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]
 
 
+def test_compare_variants_measures_the_variant_on_denses_seeds_too():
+    """The mirror case, which a run never writes (it marks a variant invalid wherever dense is) but a table may hold:
+    seed 0 invalid in dense only, rank1's numbers for it extreme. Measured on rank1's own seeds the negation window
+    and the best loss would move; on the seeds both have, rank1 keeps everything there."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm = measured_as_dense(tables["pair_metrics"].copy(), "rank1", ["loss", "acc"])
+    om = measured_as_dense(tables["ood_metrics"].copy(), "rank1", ["loss", "acc", "val_loss", "val_acc"])
+    seed0 = (pm["alpha"] == -0.5) & (pm["seed"] == 0)
+    pm.loc[seed0 & (pm["variant"] == "dense"), "diverged"] = True
+    pm.loc[seed0 & (pm["variant"] == "rank1"), "loss"] = np.where(pm.loc[seed0 & (pm["variant"] == "rank1"), "task"]
+                                                                  == "T1", 50.0, 0.0)
+    om.loc[(om["seed"] == 0) & (om["variant"] == "dense"), "diverged"] = True
+    om.loc[(om["seed"] == 0) & (om["variant"] == "rank1"), ["loss", "val_loss"]] = 50.0
+    _, kept_by = rules.compare_variants(pm, om, cfg.claims, cfg.data.d, cfg.corollaries.region_iou)
+    assert kept_by["rank1"]["thm2"][0] is True and kept_by["rank1"]["thm2"][2] == 4, kept_by["rank1"]["thm2"]
+    assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]
+
+
 def test_keeps_reads_a_seed_that_never_learns_t2_on_the_grid_as_beyond_its_last_point():
     """A compressed variant whose seeds 1-4 never learn T2 on the grid at alpha = 0.5 (lambda* NaN) while dense's
     learn it at ~0.5: their lambda* lie beyond the grid's last point (3), so lambda* certainly moved, on all 5 seeds

@@ -628,23 +628,25 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
 
 def compare_variants(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int, region_iou: float) -> tuple[dict, dict]:
     """Every variant's quantities (``variant_quantities``, by the tables' ``variant`` column, dense first) and what
-    ``keeps`` says of each compressed one. Dense is measured again on the compressed variant's valid seeds for it (an
-    invalid (alpha, seed) of the pair sweep, an invalid seed of Theorem 3's grid, is left out of dense's rows too;
-    reused as it is where the variant leaves no further seed out), so that seed means and per-seed differences are
-    over the same seeds on both sides. A run marks a variant invalid wherever dense is (corollaries.run), so dense
-    never has fewer seeds than the variant."""
+    ``keeps`` says of each compressed one. Both sides are measured on the seeds valid in both (an invalid (alpha,
+    seed) of the pair sweep, an invalid seed of Theorem 3's grid, on either side is left out of the other's rows too;
+    each reused as it is where the other leaves no further seed out), so that seed means and per-seed differences are
+    over the same seeds. A run marks a variant invalid wherever dense is (corollaries.run); a table may not."""
     of = lambda df, v: df[df["variant"] == v]  # noqa: E731
     names = list(dict.fromkeys(pair["variant"]))
     q = {v: variant_quantities(of(pair, v), of(ood, v), cfg, d) for v in names}
-    pair_d, ood_d, kept_by = of(pair, "dense"), of(ood, "dense"), {}
+    kept_by = {}
+
+    def on_both(v, other):
+        """v's quantities with other's invalid seeds left out too (q[v] where that leaves no further seed out)."""
+        p = _invalid_as(of(pair, v), of(pair, other), ["alpha", "seed"])
+        o = _invalid_as(of(ood, v), of(ood, other), ["seed"])
+        same = p["diverged"].equals(of(pair, v)["diverged"].astype(bool)) and \
+            o["diverged"].equals(of(ood, v)["diverged"].astype(bool))
+        return q[v] if same else variant_quantities(p, o, cfg, d)
     for v in names:
         if v != "dense":
-            pair_v = _invalid_as(pair_d, of(pair, v), ["alpha", "seed"])
-            ood_v = _invalid_as(ood_d, of(ood, v), ["seed"])
-            same = pair_v["diverged"].equals(pair_d["diverged"].astype(bool)) and \
-                ood_v["diverged"].equals(ood_d["diverged"].astype(bool))
-            dense = q["dense"] if same else variant_quantities(pair_v, ood_v, cfg, d)   # measured once where it can
-            kept_by[v] = keeps(dense, q[v], cfg, region_iou)
+            kept_by[v] = keeps(on_both("dense", v), on_both(v, "dense"), cfg, region_iou)
     return q, kept_by
 
 
