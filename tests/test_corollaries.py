@@ -373,6 +373,28 @@ def test_compare_variants_measures_the_variant_on_denses_seeds_too():
     assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]
 
 
+@pytest.mark.parametrize("lost_in, named", [
+    (("dense",), "no valid seed (dense)"),
+    (("rank1",), "no valid seed (compressed)"),
+    (("dense", "rank1"), "no valid seed (compressed)"),
+    ((), "no seed valid in both"),                    # dense valid on seeds 0-1 only, rank1 on 2-4 only
+])
+def test_what_compares_nothing_names_the_side_that_lost_it(lost_in, named):
+    """Each side is measured on the seeds valid in both, so both come out empty where either lost everything; the
+    text used to name the compressed side whichever had lost it."""
+    _, cfg, tables = runner.load(COMMITTED)
+    pm, om = tables["pair_metrics"].copy(), tables["ood_metrics"].copy()
+    for df, where_ in ((pm, pm["alpha"] == 0.5), (om, om["seed"] >= 0)):
+        for v in lost_in:
+            df.loc[where_ & (df["variant"] == v), "diverged"] = True
+        if not lost_in:
+            df.loc[where_ & (df["variant"] == "dense") & (df["seed"] >= 2), "diverged"] = True
+            df.loc[where_ & (df["variant"] == "rank1") & (df["seed"] < 2), "diverged"] = True
+    _, kept_by = rules.compare_variants(pm, om, cfg.claims, cfg.data.d, cfg.corollaries.region_iou)
+    assert f"alpha=0.5: {named}" in kept_by["rank1"]["thm1"][1] and kept_by["rank1"]["thm1"][2] == 0
+    assert kept_by["rank1"]["thm3"] == (None, f"Theorem 3's grid: {named}", 0)
+
+
 def test_keeps_reads_a_seed_that_never_learns_t2_on_the_grid_as_beyond_its_last_point():
     """A compressed variant whose seeds 1-4 never learn T2 on the grid at alpha = 0.5 (lambda* NaN) while dense's
     learn it at ~0.5: their lambda* lie beyond the grid's last point (3), so lambda* certainly moved, on all 5 seeds

@@ -535,26 +535,33 @@ def _mean(x) -> float:
     return float(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else float("nan")
 
 
-def _lost(what: str, n_dense: int, n_other: int) -> str:
-    """Why ``what`` compares nothing ('' when both variants have a valid seed of it). Dense is measured on the
-    compressed variant's valid seeds (``compare_variants``), so it loses whatever that one lost: the compressed
-    variant is named, dense only where the compressed one still has seeds."""
-    gone = "compressed" if not n_other else "dense" if not n_dense else ""
-    return f"{what}: no valid seed ({gone})" if gone else ""
+def _lost(what: str, n_dense: int, n_other: int, own: Optional[tuple[int, int]] = None) -> str:
+    """Why ``what`` compares nothing ('' when both sides have a valid seed of it): the side without a valid seed of
+    its own (``own``: each side's count before ``compare_variants`` left out the other's invalid seeds; the
+    compressed one named first), or, when each has some, that none is valid in both."""
+    if n_dense and n_other:
+        return ""
+    own_dense, own_other = own or (n_dense, n_other)
+    gone = "compressed" if not own_other else "dense" if not own_dense else ""
+    return f"{what}: no valid seed ({gone})" if gone else f"{what}: no seed valid in both"
 
 
-def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[Optional[bool], str, int]]:
+def keeps(dense: dict, other: dict, cfg, region_iou: float,
+          own: Optional[tuple[dict, dict]] = None) -> dict[str, tuple[Optional[bool], str, int]]:
     """Per theorem: whether ``other`` keeps ``dense``'s measured quantities within the declared tolerances, the
     numbers, and the fewest valid seeds behind one of its comparisons (0 when one compares nothing). Both sides are
     measured on the same seeds (``compare_variants``). lambda* and the best loss are compared per seed (undecided
     within the seed spread); the negation windows and the success region are those of the seed means, compared as
     they are (a region has no seed spread). An alpha, or Theorem 3's grid, that lost every seed in either variant
-    compares nothing: undecided, named in the numbers, and its theorem rests on 0 seeds; the others are still
-    compared."""
+    compares nothing: undecided, named in the numbers (the side that lost it, from ``own``: each side's quantities
+    on its own valid seeds, when ``dense`` and ``other`` are measured on the seeds valid in both), and its theorem
+    rests on 0 seeds; the others are still compared."""
     k, tol, eps = cfg.spread_k, cfg.lam_tol + 1e-9, cfg.eps_learned
-    seeds = {a: (int(dense["valid_seeds"].get(a, 0)), int(other["valid_seeds"].get(a, 0)))
+    own_dense, own_other = own or (dense, other)
+    count = lambda q, a: int(q["valid_seeds"].get(a, 0))  # noqa: E731
+    seeds = {a: (count(dense, a), count(other, a))
              for a in sorted({*dense["valid_seeds"].index, *other["valid_seeds"].index})}
-    lost = {a: _lost(f"alpha={a:g}", *n) for a, n in seeds.items()}
+    lost = {a: _lost(f"alpha={a:g}", *n, own=(count(own_dense, a), count(own_other, a))) for a, n in seeds.items()}
     t1, parts1, n1 = [], [], []
     for a in [a for a in seeds if a >= 0]:
         if lost[a]:
@@ -611,7 +618,8 @@ def keeps(dense: dict, other: dict, cfg, region_iou: float) -> dict[str, tuple[O
                      f"({other['at_minus_one'][a][0]:.3g}, {other['at_minus_one'][a][1]:.3g}) vs "
                      f"({dense['at_minus_one'][a][0]:.3g}, {dense['at_minus_one'][a][1]:.3g})")
         n2.append(min(seeds[a]))
-    lost3 = _lost("Theorem 3's grid", len(dense["best_loss"]), len(other["best_loss"]))
+    lost3 = _lost("Theorem 3's grid", len(dense["best_loss"]), len(other["best_loss"]),
+                  own=(len(own_dense["best_loss"]), len(own_other["best_loss"])))
     if lost3:
         t3, text3, n3 = None, lost3, 0
     else:
@@ -646,7 +654,7 @@ def compare_variants(pair: pd.DataFrame, ood: pd.DataFrame, cfg, d: int, region_
         return q[v] if same else variant_quantities(p, o, cfg, d)
     for v in names:
         if v != "dense":
-            kept_by[v] = keeps(on_both("dense", v), on_both(v, "dense"), cfg, region_iou)
+            kept_by[v] = keeps(on_both("dense", v), on_both(v, "dense"), cfg, region_iou, own=(q["dense"], q[v]))
     return q, kept_by
 
 
