@@ -141,6 +141,16 @@ def test_estimator_summary_correlations_errors_and_lambda_by_hand():
     assert (row["predicted"], row["lambda_star"], row["err"], row["err_sd"]) == (0.5, 0.5, 0.0, 0.0)
 
 
+def test_an_estimator_constant_over_the_alphas_tracks_nothing():
+    """Seed 1's estimates are the same at every alpha: its correlations are 0 (no tracking), not NaN, which left the
+    seed out of the mean (1 on seed 0 alone) while the claim counted it."""
+    c = analysis.curves(pair_metrics(ALPHAS, [0, 1], LAMS, lambda a, s, lam: 0.0, threshold_l2))
+    est = estimates(ALPHAS, [0, 1], {"grad_cosine": lambda a, s: a if s == 0 else 0.3})
+    g = pr.estimator_summary(est, c, CFG).set_index("estimator").loc["grad_cosine"]
+    assert (g["spearman"], g["pearson"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert g["spearman_sd"] == pytest.approx(np.sqrt(0.5)) and g["n_seeds"] == 2
+
+
 def test_window_prediction_against_the_measured_negation_set():
     def l2(a, s, lam):
         return 1.5 if (lam < 0 and a < 0) else 0.0          # forgotten on the negative side for alpha < 0 only

@@ -488,9 +488,14 @@ def lambda_star_by_seed(c: analysis.Curves, eps: float) -> pd.Series:
 
 
 def _corr(x, y) -> float:
+    """The correlation of an estimator's values ``y`` with the alphas ``x`` over one seed's alphas: NaN with fewer than
+    three alphas; 0 for an estimator that gives every alpha the same value (it does not track alpha: it used to be
+    NaN, and the seed was left out of the mean while n_seeds counted it)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+    if len(x) < 3 or np.std(x) == 0:
         return float("nan")
+    if np.std(y) == 0:
+        return 0.0
     return float(np.corrcoef(x, y)[0, 1])
 
 
