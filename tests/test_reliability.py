@@ -8,6 +8,7 @@ through the command's own function in the test process otherwise (the ``command`
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -61,6 +62,8 @@ BAD = [  # (override, text the one-line message must contain)
     ("out_dir=", "out_dir='': must be a folder path, or null"),             # used to act as null
     ("cache.dir=' '", "cache.dir=' ': must be a folder path, or null"),
     ("threads=4096", "threads=4096: this process may run on"),              # used to run on every CPU, silently
+    ("figures=2", "figures=2: must be true or false"),                      # used to run as figures=true
+    ("cache.refresh=yes", "cache.refresh=yes: must be true or false"),
 ]
 
 
@@ -437,3 +440,18 @@ def test_a_folder_whose_config_has_a_blank_folder_field_still_loads(tmp_path):
     (folder / "config.yaml").write_text(text.replace("  dir: .cache/tvtheory\n", "  dir: ''\n"))
     _, cfg, _ = runner.load(folder)
     assert cfg.cache.dir == ""
+
+
+def test_a_true_false_field_takes_true_or_false_only():
+    from omegaconf import OmegaConf
+
+    from tvtheory import cli
+
+    cfg = OmegaConf.create({"figures": True, "cache": {"refresh": False}, "n_seeds": 2})
+    for ok in (["figures=true"], ["figures=False"], ["n_seeds=3"], ["figures=${cache.refresh}"], ["figures=true,2"],
+               ["~figures"], ["hydra.job.chdir=false"]):
+        cli.check_booleans(cfg, ok)                   # a sweep's values are checked job by job
+    for bad, says in ((["figures=0"], "figures=0"), (["cache.refresh=1.0"], "cache.refresh=1.0"),
+                      (["n_seeds=3", "figures=on"], "figures=on")):
+        with pytest.raises(ValueError, match=f"^{re.escape(says)}: must be true or false$"):
+            cli.check_booleans(cfg, bad)

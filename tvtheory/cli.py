@@ -143,7 +143,7 @@ def precheck(name: str, exp, overrides: list[str]) -> None:
         fail(f"config error: {_empty_group(overrides) or _one_line(e)}")
     try:
         _check_job_folder_outside(cfg.get("out_dir"), overrides, name)
-        check_job(exp, cfg, None)
+        check_job(exp, cfg, None, overrides)
     except ValueError as e:
         fail(f"config error: {e}")
 
@@ -188,12 +188,30 @@ def job(exp, cfg) -> None:
         fail(f"error: {e}. Nothing was written.", EXIT_DIVERGED)
 
 
-def check_job(exp, cfg, out: Path | None) -> None:
-    """Validation, folders and budget of one job's config (the multirun's check before its first job)."""
+def check_job(exp, cfg, out: Path | None, overrides: list[str] = ()) -> None:
+    """Validation, folders and budget of one job's config (the multirun's check before its first job); its
+    ``overrides`` as given, for what the composition has already converted (``check_booleans``)."""
     from tvtheory import runner
 
+    check_booleans(cfg, overrides)
     c = runner.typed(exp, cfg)
     runner.preflight(exp, c, Path(c.out_dir) if c.out_dir else out)
+
+
+def check_booleans(cfg, overrides) -> None:
+    """A true/false field set on the command line takes true or false: OmegaConf reads any number (and yes, no, on,
+    off) into one, so that ``figures=2`` ran as figures=true. Raises ValueError naming the field."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    given = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    for o in OverridesParser.create().parse_overrides(given):
+        if o.is_delete() or o.is_sweep_override() or o.is_hydra_override():
+            continue
+        value = o.value()
+        if isinstance(OmegaConf.select(cfg, o.key_or_group, default=None), bool) and not isinstance(value, bool) \
+                and not (isinstance(value, str) and "${" in value):           # an interpolation: resolved later
+            raise ValueError(f"{o.key_or_group}={o.get_value_element_as_str()}: must be true or false")
 
 
 def _one_line(e: Exception) -> str:
@@ -267,7 +285,7 @@ class ValidateJobs:
         for i, overrides in enumerate(jobs):
             try:
                 cfg = compose(config_name=name, overrides=list(overrides))
-                check_job(exp, cfg, Path(config.hydra.sweep.dir) / str(i))
+                check_job(exp, cfg, Path(config.hydra.sweep.dir) / str(i), list(overrides))
                 if cfg.get("out_dir"):
                     if cfg.out_dir in outs:
                         raise ValueError(f"out_dir={cfg.out_dir!r}: shared by several jobs of the multirun; leave it "
