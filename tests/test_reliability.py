@@ -449,7 +449,7 @@ def test_a_true_false_field_takes_true_or_false_only():
 
     cfg = OmegaConf.create({"figures": True, "cache": {"refresh": False}, "n_seeds": 2})
     for ok in (["figures=true"], ["figures=False"], ["n_seeds=3"], ["figures=${cache.refresh}"], ["figures=true,2"],
-               ["~figures"], ["hydra.job.chdir=false"]):
+               ["~figures"], ["hydra.job.chdir=false"], ['figures="true"'], ["n_seeds=${nosuch}"]):
         cli.check_booleans(cfg, ok)                   # a sweep's values are checked job by job
     for bad, says in ((["figures=0"], "figures=0"), (["cache.refresh=1.0"], "cache.refresh=1.0"),
                       (["n_seeds=3", "figures=on"], "figures=on")):

@@ -200,7 +200,8 @@ def check_job(exp, cfg, out: Path | None, overrides: list[str] = ()) -> None:
 
 def check_booleans(cfg, overrides) -> None:
     """A true/false field set on the command line takes true or false: OmegaConf reads any number (and yes, no, on,
-    off) into one, so that ``figures=2`` ran as figures=true. Raises ValueError naming the field."""
+    off) into one, so that ``figures=2`` ran as figures=true. Raises ValueError naming the field. An interpolation
+    (``${...}``) is resolved later and not checked here; a quoted "true" or "false" is a boolean."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -209,8 +210,10 @@ def check_booleans(cfg, overrides) -> None:
         if o.is_delete() or o.is_sweep_override() or o.is_hydra_override():
             continue
         value = o.value()
-        if isinstance(OmegaConf.select(cfg, o.key_or_group, default=None), bool) and not isinstance(value, bool) \
-                and not (isinstance(value, str) and "${" in value):           # an interpolation: resolved later
+        if isinstance(value, bool) or (isinstance(value, str) and ("${" in value              # resolved later
+                                                                    or value.lower() in ("true", "false"))):
+            continue
+        if isinstance(OmegaConf.select(cfg, o.key_or_group, default=None, throw_on_resolution_failure=False), bool):
             raise ValueError(f"{o.key_or_group}={o.get_value_element_as_str()}: must be true or false")
 
 
