@@ -337,37 +337,21 @@ def test_cor2_pruning_keeps_counts_only_the_fractions_its_verdict_rests_on():
     assert (got.verdict, got.n_seeds) == ("pass", 5), got
 
 
-def test_compare_variants_measures_dense_on_the_compressed_variants_seeds(tmp_path):
-    """rank1 equal to dense, except that seed 0 is invalid in rank1 at alpha = -0.5 (and in its Theorem 3 grid), where
-    dense's own numbers for seed 0 are extreme: measured on dense's own seeds, the negation window and the best loss
-    would move; on the seeds both have, rank1 keeps everything there."""
+@pytest.mark.parametrize("invalid, extreme", [("rank1", "dense"), ("dense", "rank1")])
+def test_compare_variants_measures_both_sides_on_the_seeds_valid_in_both(invalid, extreme):
+    """rank1 equal to dense, except that seed 0 is invalid in one of them at alpha = -0.5 (and in its Theorem 3 grid),
+    where the other's numbers for seed 0 are extreme: measured on that side's own seeds, the negation window and the
+    best loss would move; on the seeds both have, rank1 keeps everything there. A run marks a variant invalid
+    wherever dense is, so only a table holds the second case (dense invalid): it was compared on one side only."""
     _, cfg, tables = runner.load(COMMITTED)
     pm = measured_as_dense(tables["pair_metrics"].copy(), "rank1", ["loss", "acc"])
     om = measured_as_dense(tables["ood_metrics"].copy(), "rank1", ["loss", "acc", "val_loss", "val_acc"])
     seed0 = (pm["alpha"] == -0.5) & (pm["seed"] == 0)
-    pm.loc[seed0 & (pm["variant"] == "rank1"), "diverged"] = True
-    pm.loc[seed0 & (pm["variant"] == "dense"), "loss"] = np.where(pm.loc[seed0 & (pm["variant"] == "dense"), "task"]
+    pm.loc[seed0 & (pm["variant"] == invalid), "diverged"] = True
+    pm.loc[seed0 & (pm["variant"] == extreme), "loss"] = np.where(pm.loc[seed0 & (pm["variant"] == extreme), "task"]
                                                                   == "T1", 50.0, 0.0)
-    om.loc[(om["seed"] == 0) & (om["variant"] == "rank1"), "diverged"] = True
-    om.loc[(om["seed"] == 0) & (om["variant"] == "dense"), ["loss", "val_loss"]] = 50.0
-    _, kept_by = rules.compare_variants(pm, om, cfg.claims, cfg.data.d, cfg.corollaries.region_iou)
-    assert kept_by["rank1"]["thm2"][0] is True and kept_by["rank1"]["thm2"][2] == 4, kept_by["rank1"]["thm2"]
-    assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]
-
-
-def test_compare_variants_measures_the_variant_on_denses_seeds_too():
-    """The mirror case, which a run never writes (it marks a variant invalid wherever dense is) but a table may hold:
-    seed 0 invalid in dense only, rank1's numbers for it extreme. Measured on rank1's own seeds the negation window
-    and the best loss would move; on the seeds both have, rank1 keeps everything there."""
-    _, cfg, tables = runner.load(COMMITTED)
-    pm = measured_as_dense(tables["pair_metrics"].copy(), "rank1", ["loss", "acc"])
-    om = measured_as_dense(tables["ood_metrics"].copy(), "rank1", ["loss", "acc", "val_loss", "val_acc"])
-    seed0 = (pm["alpha"] == -0.5) & (pm["seed"] == 0)
-    pm.loc[seed0 & (pm["variant"] == "dense"), "diverged"] = True
-    pm.loc[seed0 & (pm["variant"] == "rank1"), "loss"] = np.where(pm.loc[seed0 & (pm["variant"] == "rank1"), "task"]
-                                                                  == "T1", 50.0, 0.0)
-    om.loc[(om["seed"] == 0) & (om["variant"] == "dense"), "diverged"] = True
-    om.loc[(om["seed"] == 0) & (om["variant"] == "rank1"), ["loss", "val_loss"]] = 50.0
+    om.loc[(om["seed"] == 0) & (om["variant"] == invalid), "diverged"] = True
+    om.loc[(om["seed"] == 0) & (om["variant"] == extreme), ["loss", "val_loss"]] = 50.0
     _, kept_by = rules.compare_variants(pm, om, cfg.claims, cfg.data.d, cfg.corollaries.region_iou)
     assert kept_by["rank1"]["thm2"][0] is True and kept_by["rank1"]["thm2"][2] == 4, kept_by["rank1"]["thm2"]
     assert kept_by["rank1"]["thm3"][0] is True and kept_by["rank1"]["thm3"][2] == 4, kept_by["rank1"]["thm3"]
