@@ -85,6 +85,16 @@ def test_ood_curves_best_point_and_axes_by_hand():
     np.testing.assert_allclose(val["acc"], 0.5)
 
 
+def test_the_best_point_never_takes_a_nan_and_says_when_every_point_is_one():
+    """A point with no number is never the best; a grid of NaN (a hand-damaged table: a run marks such seeds diverged)
+    used to be numpy's 'argmin of an empty sequence'."""
+    cur = analysis.ood_curves(hand_table())
+    cur.loc[(cur.lam1 == 1) & (cur.lam2 == 0), "loss"] = np.nan
+    assert tuple(analysis.best_point(cur)[["lam1", "lam2"]]) == (1.0, 1.0)       # the next smallest edit at 0.25
+    with pytest.raises(ValueError, match=r"^no grid point has a number to choose the best by \('loss' is NaN"):
+        analysis.best_point(cur.assign(loss=np.nan))
+
+
 def test_three_source_tasks_through_the_library():
     gammas = [0.6, -0.5, 0.3]
     setup = sweep.Setup(Data(d=8, P=10, n_rel=3, n_conf=1), Model(m=16), Train(steps=30, batch=16, log_every=10))

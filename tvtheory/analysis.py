@@ -209,9 +209,14 @@ def fit_ood_two_thresholds(coeffs: np.ndarray, success: np.ndarray, gammas, lam_
 
 
 def best_point(cur: pd.DataFrame, by: str = "loss") -> pd.Series:
-    """The grid point with the lowest mean ``by``; among ties, the smallest edit (least ||lambda||)."""
+    """The grid point with the lowest mean ``by`` (NaN never the lowest); among ties, the smallest edit (least
+    ||lambda||). ValueError naming ``by`` when no point has a number (a run marks a seed with a non-finite quantity
+    diverged, so only an edited table gets here; it was numpy's 'argmin of an empty sequence')."""
     cols = lam_columns(cur)
-    v = cur[by].to_numpy()
+    v = cur[by].to_numpy(float)
+    if not np.isfinite(v).any() and not np.isinf(v).any():
+        raise ValueError(f"no grid point has a number to choose the best by ({by!r} is NaN at every point)")
+    v = np.where(np.isnan(v), np.inf, v)
     tied = np.flatnonzero(v <= v.min() + 1e-9)
     return cur.iloc[tied[np.argmin(np.linalg.norm(cur[cols].to_numpy()[tied], axis=1))]]
 
