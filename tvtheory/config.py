@@ -489,13 +489,6 @@ class Synthetic(Run):
         return self.data.pair_dirs()
 
 
-def check_folder(name: str, value: Optional[str], null_means: str) -> None:
-    """A folder field of a run about to start: a path, or null. An empty or blank path used to act as null, silently
-    (checked at the run's start, ``runner.preflight``, so that a folder written before still loads)."""
-    if value is not None and not str(value).strip():
-        _check.fail(name, value, f"must be a folder path, or null for {null_means}")
-
-
 def _prefixed(prefix: str, fn, *args, **kw):
     try:
         return fn(*args, **kw)

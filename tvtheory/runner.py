@@ -192,6 +192,13 @@ def check_threads(threads: int | None, available: int | None = None) -> None:
                          "ask for at most that many, or null for all")
 
 
+def check_folder(name: str, value: Optional[str], null_means: str) -> None:
+    """A folder field of a run about to start: a path, or null. An empty or blank path used to act as null, silently
+    (checked here, as a run starts, rather than as a config is read, so that a folder written before still loads)."""
+    if value is not None and not str(value).strip():
+        _check.fail(name, value, f"must be a folder path, or null for {null_means}")
+
+
 def environment(cfg: C.Node, job: int = 0) -> None:
     """Settings that must precede JAX's first computation: the CPUs (``threads``, or the CPUS variable), and the
     persistent cache of compiled programs. XLA's CPU runtime sizes its thread pool by the CPUs the process may run
@@ -220,15 +227,15 @@ def environment(cfg: C.Node, job: int = 0) -> None:
 def preflight(exp: ModuleType, cfg: C.Node, out: Optional[Path]) -> Cost:
     """Everything that can be refused before compute: the result folder (None: a new folder of Hydra's, named by
     time and process, which needs no check), the cache folder, the budget."""
-    C.check_folder("out_dir", getattr(cfg, "out_dir", None), "the Hydra job's output folder")
-    if getattr(cfg, "cache", None) is not None:
-        C.check_folder("cache.dir", cfg.cache.dir, "no cache")
+    cache_dir = getattr(getattr(cfg, "cache", None), "dir", None)
+    check_folder("out_dir", getattr(cfg, "out_dir", None), "the Hydra job's output folder")
+    check_folder("cache.dir", cache_dir, "no cache")
     if out is not None:
         results.check_out_dir(out, name_of(exp))
     check_threads(getattr(cfg, "threads", None))
-    if getattr(cfg, "cache", None) is not None and cfg.cache.dir:
-        check_cache_outside_results(cfg.cache.dir, out)
-        results.check_writable(cfg.cache.dir, "cache.dir")
+    if cache_dir:
+        check_cache_outside_results(cache_dir, out)
+        results.check_writable(cache_dir, "cache.dir")
     return check_budget(exp, cfg)
 
 
