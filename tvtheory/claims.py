@@ -289,12 +289,12 @@ def _near_one_minus_alpha(star: float, target: float, seeds: np.ndarray, lams: n
     if lost and (len(lams) < 2 or not len(learned)):
         return None                                     # no step to go past the grid by, or no seed to weigh
     wide = np.where(np.isnan(seeds), lams[-1] + (lams[-1] - lams[-2]), seeds) if lost else seeds
-    sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0  # noqa: E731
+    (m_learned, sd_learned), sd_wide = analysis.mean_sd(learned), analysis.mean_sd(wide)[1]
     dev, tol, k = abs(star - target), cfg.lam_tol + 1e-9, cfg.spread_k
-    if dev + k * sd(wide) <= tol:
+    if dev + k * sd_wide <= tol:
         return True
-    by_learned = lost and star > target and float(np.mean(learned)) - target - k * sd(learned) > tol
-    return False if dev - k * sd(wide) > tol or by_learned else None
+    by_learned = lost and star > target and m_learned - target - k * sd_learned > tol
+    return False if dev - k * sd_wide > tol or by_learned else None
 
 
 def thm1_threshold_curve(c: Curves, cfg) -> Claim:

@@ -207,7 +207,7 @@ def check_booleans(cfg, overrides) -> None:
 
     given = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     for o in OverridesParser.create().parse_overrides(given):
-        if o.is_delete() or o.is_sweep_override() or o.is_hydra_override():
+        if o.is_delete() or o.is_sweep_override():
             continue
         value = o.value()
         if isinstance(value, bool) or (isinstance(value, str) and ("${" in value              # resolved later

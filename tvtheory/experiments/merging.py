@@ -999,7 +999,8 @@ def adaptive_summary(tables, cfg: Config) -> pd.DataFrame:
     both = both[both["alpha"].isin(ada["alpha"].unique())]
     g = both.assign(L_sum=both["L1"] + both["L2"]).groupby(["alpha", "scheme"])
     return g[["c_T1", "c_T2", "L1", "L2", "A1", "A2", "L_sum"]].mean().join(
-        g["L_sum"].std(ddof=1).fillna(0.0).rename("L_sum_std")).join(g["seed"].nunique().rename("n_seeds")).reset_index()
+        g["L_sum"].std(ddof=1).fillna(0.0).rename("L_sum_std")).join(
+        g["seed"].nunique().rename("n_seeds")).reset_index()
 
 
 def k_summary(k_tasks: pd.DataFrame) -> pd.DataFrame:
