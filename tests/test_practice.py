@@ -245,7 +245,7 @@ def tracking_summary(**over):
     rows = []
     for e in pr.ESTIMATORS:
         r = {"estimator": e, "n_probe": 64, "spearman": 0.99, "spearman_sd": 0.005, "pearson": 0.98,
-             "pearson_sd": 0.005, "mae": 0.1, "bias": 0.0, "lambda_mae": 0.1, "lambda_max_err": 0.2}
+             "pearson_sd": 0.005, "mae": 0.1, "bias": 0.0, "lambda_mae": 0.1, "lambda_max_err": 0.2, "n_corr": 5}
         r.update(over.get(e, {}))
         rows.append(r)
     return pd.DataFrame(rows)
@@ -345,6 +345,30 @@ def test_claims_are_inconclusive_with_too_few_seeds_or_test_samples():
                for r in lost[:3]) and "no valid seed" not in lost[3].details
     smoke = pr.claims(a, dataclasses.replace(CFG, sweep=config.Sweep(n_test=200)))
     assert all(r.verdict == "inconclusive" and "smoke run" in r.details for r in smoke)
+
+
+def test_the_tracking_claim_counts_the_seeds_with_a_correlation():
+    """A seed with a NaN estimate at one alpha has no correlation for that estimator: left out of its mean and sd,
+    and out of the seeds the tracking claim counts (it counted them, and 2 seeds passed as 3)."""
+    c = analysis.curves(pair_metrics(ALPHAS, [0, 1, 2], LAMS, lambda a, s, lam: 0.0, threshold_l2))
+    fs = {e: (lambda a, s: a) for e in CFG.practice.tracked}
+    fs["grad_cosine"] = lambda a, s: np.nan if (s, a) == (2, 0.5) else a
+    summary = pr.estimator_summary(estimates(ALPHAS, [0, 1, 2], fs), c, CFG).set_index("estimator")
+    assert summary.loc["grad_cosine", ["n_seeds", "n_corr"]].tolist() == [3, 2]
+    assert summary.loc["param_cosine", ["n_seeds", "n_corr"]].tolist() == [3, 3]
+    a = {"estimator_summary": summary.reset_index(), "validation_summary": validation_summary_table(),
+         "norm_summary": pr.norm_summary(norm_rows({("none", 0.0): (0.4, 0.0, 10.0),
+                                                    ("decay", 0.01): (0.2, 0.01, 5.0)}), CFG),
+         "_n_seeds": 3, "_n_seeds_norm": 3, "_lost": []}
+    a["lambda_prediction"], a["windows"], _ = lambda_tables()
+    got = pr.claims(a, CFG)
+    assert (got[0].verdict, got[0].n_seeds) == ("inconclusive", 2)
+    assert "2 valid seed(s), fewer than claims.min_seeds=3" in got[0].details
+    assert "(seeds with a correlation for every tracked estimator: 2 of 3)" in got[0].details
+    assert [r.n_seeds for r in got[1:]] == [3, 3, 3]
+    fs["grad_cosine"] = lambda a, s: a                                   # every seed correlated: judged on 3
+    whole = pr.claims({**a, "estimator_summary": pr.estimator_summary(estimates(ALPHAS, [0, 1, 2], fs), c, CFG)}, CFG)
+    assert (whole[0].verdict, whole[0].n_seeds) == ("pass", 3)
 
 
 def test_an_alpha_without_a_valid_seed_is_named_in_the_sweeps_claims():
