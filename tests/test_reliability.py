@@ -452,6 +452,9 @@ def test_a_true_false_field_takes_true_or_false_only():
                ["~figures"], ["hydra.job.chdir=false"], ['figures="true"'], ["n_seeds=${nosuch}"]):
         cli.check_booleans(cfg, ok)                   # a sweep's values are checked job by job
     for bad, says in ((["figures=0"], "figures=0"), (["cache.refresh=1.0"], "cache.refresh=1.0"),
-                      (["n_seeds=3", "figures=on"], "figures=on")):
-        with pytest.raises(ValueError, match=f"^{re.escape(says)}: must be true or false$"):
+                      (["n_seeds=3", "figures=on"], "figures=on"),
+                      (["figures=${n_seeds}"], "figures=${n_seeds}: must be true or false (it gives 2)"),
+                      (["cache.refresh=${n_seeds}"], "cache.refresh=${n_seeds}: must be true or false (it gives 2)")):
+        says = says if "(it gives" in says else f"{says}: must be true or false"
+        with pytest.raises(ValueError, match=f"^{re.escape(says)}$"):
             cli.check_booleans(cfg, bad)

@@ -201,7 +201,8 @@ def check_job(exp, cfg, out: Path | None, overrides: list[str] = ()) -> None:
 def check_booleans(cfg, overrides) -> None:
     """A true/false field set on the command line takes true or false: OmegaConf reads any number (and yes, no, on,
     off) into one, so that ``figures=2`` ran as figures=true. Raises ValueError naming the field. An interpolation
-    (``${...}``) is resolved later and not checked here; a quoted "true" or "false" is a boolean."""
+    (``${...}``) must give true or false too (``figures=${n_seeds}`` ran as true); one that does not resolve is left to
+    the validation that reports it. A quoted "true" or "false" is a boolean."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -209,12 +210,20 @@ def check_booleans(cfg, overrides) -> None:
     for o in OverridesParser.create().parse_overrides(given):
         if o.is_delete() or o.is_sweep_override():
             continue
-        value = o.value()
-        if isinstance(value, bool) or (isinstance(value, str) and ("${" in value              # resolved later
-                                                                    or value.lower() in ("true", "false"))):
+        key, value = o.key_or_group, o.value()
+        if not isinstance(OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False), bool):
             continue
-        if isinstance(OmegaConf.select(cfg, o.key_or_group, default=None, throw_on_resolution_failure=False), bool):
-            raise ValueError(f"{o.key_or_group}={o.get_value_element_as_str()}: must be true or false")
+        gives = ""
+        if isinstance(value, str) and "${" in value:
+            # resolved in an untyped copy, which keeps what the interpolation gives (the typed field converts it)
+            plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+            OmegaConf.update(plain, key, value, force_add=True)
+            value = OmegaConf.select(plain, key, default=None, throw_on_resolution_failure=False)
+            if value is None:
+                continue                                # unresolvable: the validation says so
+            gives = f" (it gives {value!r})"
+        if not (isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false"))):
+            raise ValueError(f"{key}={o.input_line.split('=', 1)[1].strip()}: must be true or false{gives}")
 
 
 def _one_line(e: Exception) -> str:
