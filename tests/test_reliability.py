@@ -438,8 +438,12 @@ def test_a_folder_whose_config_has_a_blank_folder_field_still_loads(tmp_path):
     text = (folder / "config.yaml").read_text()
     assert "  dir: .cache/tvtheory\n" in text
     (folder / "config.yaml").write_text(text.replace("  dir: .cache/tvtheory\n", "  dir: ''\n"))
-    _, cfg, _ = runner.load(folder)
+    exp, cfg, _ = runner.load(folder)
     assert cfg.cache.dir == ""
+    # run again from Python, without preflight: refused before any compute, nothing written
+    with pytest.raises(ValueError, match=r"^cache.dir='': must be a folder path, or null for no cache"):
+        runner.execute(exp, cfg, tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ood"]
 
 
 def test_a_true_false_field_takes_true_or_false_only():

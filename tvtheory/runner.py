@@ -260,6 +260,8 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
     """Run a validated config into ``out`` (already checked by ``preflight``); returns the claim records."""
     from tvtheory import cache, compiles
 
+    if getattr(cfg, "cache", None) is not None:      # preflight's check, for a caller that did not run it: a blank
+        check_folder("cache.dir", cfg.cache.dir, "no cache")      # would name a folder
     started = time.time()
     compiled = compiles.Counter().start()
     try:
