@@ -364,8 +364,11 @@ def test_the_tracking_claim_counts_the_seeds_with_a_correlation():
     got = pr.claims(a, CFG)
     assert (got[0].verdict, got[0].n_seeds) == ("inconclusive", 2)
     assert "2 valid seed(s), fewer than claims.min_seeds=3" in got[0].details
-    assert "(seeds with a correlation for every tracked estimator: 2 of 3)" in got[0].details
+    assert "n_seeds: the fewest seeds behind a tracked estimator's correlations (2 of 3)." in got[0].details
     assert [r.n_seeds for r in got[1:]] == [3, 3, 3]
+    judged = pr.claims(a, dataclasses.replace(CFG, claims=dataclasses.replace(CFG.claims, min_seeds=2)))[0]
+    assert (judged.verdict, judged.n_seeds) == ("pass", 2)                # enough seeds, and the count said why
+    assert judged.details.endswith("n_seeds: the fewest seeds behind a tracked estimator's correlations (2 of 3).")
     fs["grad_cosine"] = lambda a, s: a                                   # every seed correlated: judged on 3
     whole = pr.claims({**a, "estimator_summary": pr.estimator_summary(estimates(ALPHAS, [0, 1, 2], fs), c, CFG)}, CFG)
     assert (whole[0].verdict, whole[0].n_seeds) == ("pass", 3)

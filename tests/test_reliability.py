@@ -63,6 +63,7 @@ BAD = [  # (override, text the one-line message must contain)
     ("cache.dir=' '", "cache.dir=' ': must be a folder path, or null"),
     ("threads=4096", "threads=4096: this process may run on"),              # used to run on every CPU, silently
     ("figures=2", "figures=2: must be true or false"),                      # used to run as figures=true
+    ("figures=${n_seeds}", "figures=${n_seeds}: must be true or false (it gives 2)"),   # so did this
     ("cache.refresh=yes", "cache.refresh=yes: must be true or false"),
 ]
 

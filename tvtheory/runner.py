@@ -260,8 +260,9 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
     """Run a validated config into ``out`` (already checked by ``preflight``); returns the claim records."""
     from tvtheory import cache, compiles
 
-    if getattr(cfg, "cache", None) is not None:      # preflight's check, for a caller that did not run it: a blank
-        check_folder("cache.dir", cfg.cache.dir, "no cache")      # would name a folder
+    # preflight's check, for a caller that skipped it: a blank cache.dir is neither a folder nor null
+    if getattr(cfg, "cache", None) is not None:
+        check_folder("cache.dir", cfg.cache.dir, "no cache")
     started = time.time()
     compiled = compiles.Counter().start()
     try:

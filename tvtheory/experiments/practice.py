@@ -762,23 +762,19 @@ def norm_summary(norm: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 def claims(a: dict, cfg: Config) -> list[rules.Claim]:
     n, n_norm = a["_n_seeds"], a["_n_seeds_norm"]
     too_small = _pairs.smoke_reason(cfg, min(cfg.sweep.n_test, cfg.practice.norm_n_test))
-    # The tracking claim rests on the seeds with a correlation for every tracked estimator (a seed with fewer than
-    # three alphas, or a NaN estimate, has none).
-    n_track = min([n, *tracked_seeds(a["estimator_summary"], cfg)])
-    why = f" (seeds with a correlation for every tracked estimator: {n_track} of {n})" if n_track < n else ""
-    records = [(tracking_claim(a["estimator_summary"], cfg, n_track), "estimators", n_track, why),
-               (lambda_claim(a["lambda_prediction"], a["windows"], a["estimator_summary"], cfg, n), "estimators", n,
-                ""),
-               (validation_claim(a["validation_summary"], cfg, n), "validation", n, ""),
-               (norm_claim(a["norm_summary"], cfg, n_norm), "norm", n_norm, "")]
+    tracking = tracking_claim(a["estimator_summary"], cfg, n)     # on fewer seeds where some lack a correlation
+    records = [(tracking, "estimators", tracking.n_seeds),
+               (lambda_claim(a["lambda_prediction"], a["windows"], a["estimator_summary"], cfg, n), "estimators", n),
+               (validation_claim(a["validation_summary"], cfg, n), "validation", n),
+               (norm_claim(a["norm_summary"], cfg, n_norm), "norm", n_norm)]
     # The three claims on the sweep use every alpha: one without a valid seed leaves them 0 seeds, named.
     lost = f" (no valid seed at alpha = {', '.join(f'{al:g}' for al in a['_lost'])})" if a["_lost"] else ""
 
-    def few(k, src, why):
+    def few(k, src):
         reason = rules.min_seeds_reason(k, cfg.claims)
-        return reason and reason + (lost if src != "norm" else "") + why
-    return [dataclasses.replace(r, source=src) for rec, src, k, why in records
-            for r in rules.smoke([rec], few(k, src, why), too_small)]
+        return reason and reason + (lost if src != "norm" else "")
+    return [dataclasses.replace(r, source=src) for rec, src, k in records
+            for r in rules.smoke([rec], few(k, src), too_small)]
 
 
 def tracked_seeds(summary: pd.DataFrame, cfg: Config) -> list[int]:
@@ -791,8 +787,11 @@ def tracked_seeds(summary: pd.DataFrame, cfg: Config) -> list[int]:
 
 def tracking_claim(summary: pd.DataFrame, cfg: Config, n_seeds: int) -> rules.Claim:
     """practice.similarity_tracks_alpha: at the claim budget, every tracked estimator's per-seed Spearman and Pearson
-    correlation with alpha (over the alphas) reaches rank_min and linear_min (seed mean, beyond spread_k sds)."""
+    correlation with alpha (over the alphas) reaches rank_min and linear_min (seed mean, beyond spread_k sds). Each
+    estimator is judged on the seeds behind its correlations, so the claim rests on the fewest of them (at most
+    ``n_seeds``, the valid seeds)."""
     p, k = cfg.practice, cfg.claims.spread_k
+    n_corr = min([n_seeds, *tracked_seeds(summary, cfg)])
     at = summary[summary["n_probe"] == p.claim_probe].set_index("estimator")
     oks, parts = [], []
     for e in p.tracked:
@@ -817,13 +816,15 @@ def tracking_claim(summary: pd.DataFrame, cfg: Config, n_seeds: int) -> rules.Cl
                    f"{e} {v if v is not None else 'none'}" for e, v in smallest.items())
                + ". Closest to alpha itself (mean |alpha_hat - alpha|): " + ", ".join(
                    f"{r.estimator} at {r.n_probe}: {r.mae:.3f} (bias {r.bias:+.3f})" for r in best.itertuples())
-               + "; every budget in estimator_summary.csv.")
+               + "; every budget in estimator_summary.csv."
+               + (f" n_seeds: the fewest seeds behind a tracked estimator's correlations ({n_corr} of {n_seeds})."
+                  if n_corr < n_seeds else ""))
     return rules.claim("practice.similarity_tracks_alpha",
                        "Similarity measured before merging tracks the task relation alpha (the paper's practical "
                        "advice: estimate alpha from the fine-tuned models)",
                        f"at {p.claim_probe} probe samples per task, each of {', '.join(p.tracked)} has Spearman >= "
                        f"{p.rank_min:g} and Pearson >= {p.linear_min:g} with alpha over the alphas (seed mean)",
-                       "; ".join(parts), rules.all3(oks), n_seeds, details,
+                       "; ".join(parts), rules.all3(oks), n_corr, details,
                        undecided="a correlation lies within the seed spread of its bound, or an estimator is missing")
 
 
