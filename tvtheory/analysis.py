@@ -120,13 +120,14 @@ def _beta_of(cur: pd.DataFrame) -> dict[str, float]:
 
 
 def beta_seeds(c: Curves | pd.DataFrame) -> pd.DataFrame:
-    """beta_add and beta_neg of every seed (alpha = 0), from a table or its curves (computed once by the caller
-    that needs them too)."""
+    """beta_add and beta_neg of every valid seed (alpha = 0), from a table or its curves (computed once by the caller
+    that needs them too); no row where alpha = 0 has no valid seed."""
     c = c if isinstance(c, Curves) else curves(c)
     rows = []
-    for s, g in c.seeds.xs(0.0, level="alpha").groupby(level="seed"):
-        rows.append({"seed": s, **_beta_of(g.droplevel("seed"))})
-    return pd.DataFrame(rows)
+    if np.any(np.isclose(c.alphas(), 0.0)):
+        for s, g in c.seeds.xs(0.0, level="alpha").groupby(level="seed"):
+            rows.append({"seed": s, **_beta_of(g.droplevel("seed"))})
+    return pd.DataFrame(rows, columns=["seed", "beta_add", "beta_neg"])
 
 
 def lambda_star(cur: pd.DataFrame, eps: float) -> float:

@@ -79,18 +79,20 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
     from tvtheory import sweep
 
     sc, point = cfg.scaling, ctx.progress("beta per (d, m)")
-    lams, metrics = sc.lams(), []
+    lams, metrics, valids = sc.lams(), [], []
     cells = [(d, m) for d in sc.ds for m in sc.ms]
     for i, (d, m) in enumerate(cells):
         setup = sweep.Setup(dataclasses.replace(cfg.data, d=d), dataclasses.replace(cfg.model, m=m), cfg.train)
         r = sweep.pair_sweep(cfg.seed, cfg.n_seeds, [0.0], lams, setup, n_test=sc.n_test, store=ctx.store)
         valid, at_chance = _pairs.validity(r, cfg.claims)
-        _pairs.check_divergence(valid, "fine-tune pair", ctx)
+        _lost_cell(valid, f"d={d}, m={m}", ctx)
+        valids.append(np.ravel(valid))
         metrics.append(_pairs.pair_tables(r, [0.0], lams, valid, at_chance)["metrics"].assign(d=d, m=m))
         point(i + 1, len(cells), f"d={d}, m={m}")
+    _pairs.check_divergence(np.concatenate(valids), "fine-tune pair", ctx)     # stops only if every cell lost all
     setup = sweep.Setup(cfg.data, cfg.model, dataclasses.replace(cfg.train, steps=sc.conv_steps, log_every=1))
     seed_ids = np.arange(cfg.n_seeds, dtype=np.int32)
-    curves, point = [], ctx.progress("convergence per delta_*")
+    curves, oks, point = [], [], ctx.progress("convergence per delta_*")
     for i, n_rel in enumerate(sc.n_rels):
         s_n = setup._replace(data=dataclasses.replace(cfg.data, n_rel=n_rel, n_conf=sc.conv_n_conf))
         irr = sweep.irrelevant(cfg.seed, s_n, np.eye(cfg.data.d)[:2])
@@ -98,14 +100,23 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         ft = sweep.finetune_all(cfg.seed, s_n, seed_ids, psi0, np.eye(cfg.data.d)[0], 0, irr, ctx.store)
         loss = np.asarray(ft.curve_loss)
         ok = np.asarray(ft.finite) & np.all(np.isfinite(loss), axis=1)
-        _pairs.check_divergence(ok, "fine-tune", ctx)
+        _lost_cell(ok, f"delta_*={n_rel / cfg.data.P:g}", ctx)
+        oks.append(ok)
         curves.append(pd.DataFrame({"n_rel": n_rel, "delta_star": n_rel / cfg.data.P,
                                     "seed": np.repeat(seed_ids, loss.shape[1]),
                                     "step": np.tile(np.arange(loss.shape[1]), len(seed_ids)), "loss": loss.ravel(),
                                     "diverged": np.repeat(~ok, loss.shape[1])}))
         point(i + 1, len(sc.n_rels), f"delta_*={n_rel / cfg.data.P:g}")
+    _pairs.check_divergence(np.concatenate(oks), "fine-tune", ctx)
     return {"metrics": pd.concat(metrics, ignore_index=True), "convergence_curves": pd.concat(curves,
                                                                                               ignore_index=True)}
+
+
+def _lost_cell(valid, where: str, ctx) -> None:
+    """A point of a sweep whose every seed is invalid stays in the tables, its rows marked diverged: its claim counts
+    0 seeds there and says so. The run stops only when every point lost every seed (``check_divergence``)."""
+    if not np.any(valid):
+        ctx.log.warning("%s: every seed diverged or stayed at chance; its rows are marked diverged=True", where)
 
 
 def analyse(tables, cfg: Config) -> dict:
@@ -114,7 +125,9 @@ def analyse(tables, cfg: Config) -> dict:
         c = analysis.curves(g)
         M = d - 2
         own = g[(g["lam"] == 0) & (g["task"] == "T1")]
-        beta.append({"d": d, "m": m, **analysis.beta_hat(c), "lambda_star": analysis.lambda_star(c.at(0.0), eps),
+        # a cell whose every seed is invalid has no curve: NaN here, and 0 seeds behind it (the claims say so)
+        star = analysis.lambda_star(c.at(0.0), eps) if np.any(np.isclose(c.alphas(), 0.0)) else np.nan
+        beta.append({"d": d, "m": m, **analysis.beta_hat(c), "lambda_star": star,
                      "own_loss_T1": float(analysis.valid(own)["loss"].mean()), "one_over_d": 1 / d,
                      "m_over_M2logM": m / (M**2 * np.log(M))})
         beta_seeds += [{"d": d, "m": m, **r} for r in analysis.beta_seeds(c).to_dict("records")]

@@ -1,0 +1,96 @@
+"""The scaling experiment with a point of its sweeps lost: a (d, m) cell or a delta_* whose every seed is invalid
+stays in the tables, marked, and the claim that rests on it counts 0 seeds there; the run stops only when every point
+lost every seed."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tvtheory import runner
+from tvtheory.experiments import _pairs
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["train=tiny", "n_seeds=2", "model.m=16", "scaling.ds=[6,8,10]", "scaling.ms=[16]", "scaling.n_rels=[2,4]",
+        "scaling.conv_steps=60", "scaling.n_test=50", "figures=false"]
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return runner.load(ROOT / "results" / "scaling")
+
+
+def verdicts_with(committed, tmp_path, metrics=None, conv=None):
+    """The committed tables' claims with some points' rows marked diverged, and their figure drawn."""
+    exp, cfg, tables = committed
+    tables = dict(tables)
+    if metrics is not None:
+        m = tables["metrics"].copy()
+        m.loc[(m["d"] == metrics[0]) & (m["m"] == metrics[1]), "diverged"] = True
+        tables["metrics"] = m
+    if conv is not None:
+        c = tables["convergence_curves"].copy()
+        c.loc[c["n_rel"] == conv, "diverged"] = True
+        tables["convergence_curves"] = c
+    a = exp.analyse(tables, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        exp.plot(tables, a, cfg, tmp_path)
+    return {r.id: r for r in exp.claims(a, cfg)}, a
+
+
+def test_a_lost_cell_leaves_its_claim_undecided_and_names_it(committed, tmp_path):
+    _, cfg, _ = committed
+    base, _ = verdicts_with(committed, tmp_path / "base")
+    d0 = cfg.scaling.ds[1]
+    got, a = verdicts_with(committed, tmp_path / "cell", metrics=(d0, cfg.model.m))
+    r = got["beta.scaling_d"]
+    assert (r.verdict, r.n_seeds) == ("inconclusive", 0)
+    assert f"Fewer valid seeds at d={d0} (0 of {cfg.n_seeds})" in r.details and f"d={d0}: nan" in r.measured
+    assert np.isnan(a["beta"].set_index(["d", "m"]).loc[(d0, cfg.model.m), "beta_neg"])
+    assert d0 not in set(a["beta_seeds"].query(f"m == {cfg.model.m}")["d"])
+    assert got["conv.delta_star_exponent"] == base["conv.delta_star_exponent"]
+    # a lost cell at another width is reported, not judged: the claim keeps its verdict
+    other = next(m for m in cfg.scaling.ms if m != cfg.model.m)
+    kept, _ = verdicts_with(committed, tmp_path / "other", metrics=(d0, other))
+    assert (kept["beta.scaling_d"].verdict, kept["beta.scaling_d"].n_seeds) == (base["beta.scaling_d"].verdict,
+                                                                              base["beta.scaling_d"].n_seeds)
+    assert sorted(p.name for p in (tmp_path / "cell").iterdir()) == ["scaling.pdf", "scaling.png"]
+
+
+def test_a_lost_delta_star_leaves_the_convergence_claim_undecided(committed, tmp_path):
+    _, cfg, _ = committed
+    base, _ = verdicts_with(committed, tmp_path / "base")
+    n0 = cfg.scaling.n_rels[0]
+    got, _ = verdicts_with(committed, tmp_path / "conv", conv=n0)
+    r = got["conv.delta_star_exponent"]
+    assert (r.verdict, r.n_seeds) == ("inconclusive", 0) and f"n_rel={n0} (0 of {cfg.n_seeds})" in r.details
+    assert got["beta.scaling_d"] == base["beta.scaling_d"]
+
+
+@pytest.mark.slow
+def test_a_run_with_a_lost_cell_finishes_and_one_with_every_cell_lost_stops(tmp_path, command, monkeypatch):
+    """Every seed of the second (d, m) cell made invalid: the run writes every table, that cell's rows marked, and
+    says which cell; with every cell lost it stops (exit 3), writing nothing. It used to stop at the first lost cell."""
+    validity, calls = _pairs.validity, []
+
+    def losing(cells):
+        def f(r, claims_cfg):
+            valid, at_chance = validity(r, claims_cfg)
+            calls.append(None)
+            return (np.zeros_like(valid) if len(calls) in cells else valid), at_chance
+        return f
+
+    monkeypatch.setattr(_pairs, "validity", losing({2}))
+    p = command("scaling", *TINY, f"out_dir={tmp_path / 'one'}", "cache.dir=null")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "d=8, m=16: every seed diverged or stayed at chance" in p.stderr
+    m = pd.read_csv(tmp_path / "one" / "metrics.csv")
+    assert m.groupby("d")["diverged"].all().to_dict() == {6: False, 8: True, 10: False}
+    calls.clear()
+    monkeypatch.setattr(_pairs, "validity", losing({1, 2, 3}))
+    p = command("scaling", *TINY, f"out_dir={tmp_path / 'all'}", "cache.dir=null")
+    assert p.returncode == 3 and "every fine-tune pair diverged" in p.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "all").exists()
