@@ -746,12 +746,13 @@ def corollary_claims(kept_by: dict[str, dict], n_dense: int, row_norms: pd.DataF
 def power_law(x, y_mean, y_seeds: list[np.ndarray], predicted: float, tol: float, local_tol: float, k: float):
     """Whether y ~ x^predicted: the fitted exponent within ``tol`` of the prediction and every local exponent within
     ``local_tol`` of the fitted one (a power law at all). Undecided when the per-seed exponents' spread reaches the
-    tolerance. Returns (verdict, exponent, local exponents, per-seed exponents)."""
+    tolerance, or when a point has no value (NaN: every seed lost there). Returns (verdict, exponent, local
+    exponents, per-seed exponents)."""
     slope = analysis.fit_exponent(x, y_mean)
     local = analysis.local_exponents(x, y_mean)
     seeds = np.array([analysis.fit_exponent(x, ys) for ys in y_seeds])
     sd = float(np.nanstd(seeds, ddof=1)) if np.isfinite(seeds).sum() > 1 else 0.0
-    if not np.isfinite(slope) or len(x) < 3:
+    if not np.isfinite(slope) or len(x) < 3 or np.isnan(np.asarray(y_mean, float)).any():
         return None, slope, local, seeds
     near = at_most(abs(slope - predicted), sd, tol, k).all()
     consistent = bool(np.all(np.abs(local - slope) <= local_tol))
@@ -768,9 +769,19 @@ def _per_seed(df: pd.DataFrame, x: str, y: str, xs) -> np.ndarray:
 
 def _fewer_seeds(n: pd.Series, x: str) -> str:
     """The points with fewer valid seeds than the best-covered one ('' when none)."""
+    if len(n) and n.max() == 0:
+        return f" No valid seed at any {x}."
     few = n[n < n.max()]
     return (" Fewer valid seeds at " + ", ".join(f"{x}={k:g} ({v} of {n.max()})" for k, v in few.items()) + "."
             if len(few) else "")
+
+
+def _exponent_over(x, y, name: str) -> str:
+    """A fitted exponent, naming the points left out of it (no value: every seed lost there)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    lost = x[np.isnan(y)]
+    return f"{analysis.fit_exponent(x, y):.3g}" + (f" (no value at {name}={', '.join(f'{v:g}' for v in lost)})"
+                                                     if lost.size else "")
 
 
 def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFrame, m: int, cfg, sc,
@@ -788,12 +799,12 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         "beta.scaling_d", "beta = Theta(1/d) (the paper's simplification of the error constant)",
         f"beta_neg against d (m = {m}) follows a power law (every local exponent within {sc.local_tol:g} of the fitted "
         f"one) whose exponent is within {sc.exponent_tol:g} of -1 (a tolerance that rejects d^-1/2)",
-        f"exponent {slope:.3g}; local exponents {loc}; beta_neg " + ", ".join(
+        f"exponent {_exponent_over(b['d'], b['beta_neg'], 'd')}; local exponents {loc}; beta_neg " + ", ".join(
             f"d={int(r.d)}: {r.beta_neg:.3g}" for r in b.itertuples()), ok, int(n_b.min()),
         "beta_neg = slope of T1's hinge loss against |lambda| when negating an irrelevant task vector (alpha = 0), a "
         f"measurement per d; per-seed exponents {', '.join(f'{x:.2f}' for x in seeds)}. beta_add (adding it) per d: "
         + ", ".join(f"{r.beta_add:.2g}" for r in b.itertuples()) + ". Other widths: " + "; ".join(
-            f"m={mm}: exponent {analysis.fit_exponent(g.sort_values('d')['d'], g.sort_values('d')['beta_neg']):.3g}"
+            f"m={mm}: exponent {_exponent_over(g.sort_values('d')['d'], g.sort_values('d')['beta_neg'], 'd')}"
             for mm, g in beta.groupby("m") if mm != m) + "." + _fewer_seeds(n_b, "d"),
         undecided="fewer than three d, or the per-seed exponents' spread reaches the tolerance")
     n_c = analysis.seeds_at(conv, "n_rel", sc.n_rels)

@@ -271,8 +271,9 @@ def scaling(b: pd.DataFrame, bs: pd.DataFrame, conv: pd.DataFrame, out: Path) ->
         axes[0].errorbar(g["d"], g["beta_neg"], yerr=sd.loc[g["d"]].to_numpy(), marker="o", capsize=3,
                          label=f"beta_neg, m = {m}")
     d = np.asarray(sorted(b["d"].unique()), float)
-    ref = b[b["m"] == b["m"].median()]["beta_neg"].to_numpy()
-    scale = ref[0] * d[0] if len(ref) else 1.0
+    widths = sorted(b["m"].unique())                  # the middle width's first drawn point anchors the line
+    ref = b[b["m"] == widths[len(widths) // 2]].sort_values("d") if widths else b
+    scale = float(ref["beta_neg"].iloc[0] * ref["d"].iloc[0]) if len(ref) else 1.0
     axes[0].plot(d, scale / d, "k--", label="Theta(1/d) through the first point")
     axes[0].set_xscale("log")
     if len(b):

@@ -89,7 +89,6 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         valids.append(np.ravel(valid))
         metrics.append(_pairs.pair_tables(r, [0.0], lams, valid, at_chance)["metrics"].assign(d=d, m=m))
         point(i + 1, len(cells), f"d={d}, m={m}")
-    _pairs.check_divergence(np.concatenate(valids), "fine-tune pair", ctx)     # stops only if every cell lost all
     setup = sweep.Setup(cfg.data, cfg.model, dataclasses.replace(cfg.train, steps=sc.conv_steps, log_every=1))
     seed_ids = np.arange(cfg.n_seeds, dtype=np.int32)
     curves, oks, point = [], [], ctx.progress("convergence per delta_*")
@@ -107,16 +106,20 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                                     "step": np.tile(np.arange(loss.shape[1]), len(seed_ids)), "loss": loss.ravel(),
                                     "diverged": np.repeat(~ok, loss.shape[1])}))
         point(i + 1, len(sc.n_rels), f"delta_*={n_rel / cfg.data.P:g}")
-    _pairs.check_divergence(np.concatenate(oks), "fine-tune", ctx)
+    # The two sweeps' claims stand apart: the run stops only when neither has a valid seed anywhere.
+    _pairs.check_divergence(np.concatenate([*valids, *oks]), "fine-tune (pair or convergence run)", ctx)
     return {"metrics": pd.concat(metrics, ignore_index=True), "convergence_curves": pd.concat(curves,
                                                                                               ignore_index=True)}
 
 
 def _lost_cell(valid, where: str, ctx) -> None:
-    """A point of a sweep whose every seed is invalid stays in the tables, its rows marked diverged: its claim counts
-    0 seeds there and says so. The run stops only when every point lost every seed (``check_divergence``)."""
-    if not np.any(valid):
-        ctx.log.warning("%s: every seed diverged or stayed at chance; its rows are marked diverged=True", where)
+    """Say which point of a sweep lost seeds. A point whose every seed is invalid stays in the tables, its rows marked
+    diverged: its claim counts 0 seeds there and says so. The run stops only when every point of both sweeps lost
+    every seed (``check_divergence``)."""
+    n_bad = int(np.size(valid) - np.sum(valid))
+    if n_bad:
+        ctx.log.warning("%s: %s diverged or stayed at chance; their rows are marked diverged=True", where,
+                        "every seed" if n_bad == np.size(valid) else f"{n_bad} of {np.size(valid)} seeds")
 
 
 def analyse(tables, cfg: Config) -> dict:
@@ -136,7 +139,10 @@ def analyse(tables, cfg: Config) -> dict:
         conv.append({"n_rel": n_rel, "delta_star": ds, "seed": s,
                      "steps": analysis.steps_to_eps(g.sort_values("step")["loss"].to_numpy(), eps,
                                                     cfg.scaling.conv_window)})
-    return {"beta": pd.DataFrame(beta), "beta_seeds": pd.DataFrame(beta_seeds), "convergence": pd.DataFrame(conv)}
+    # named columns, so that a table with no valid row at all still gives frames the claims can read
+    return {"beta": pd.DataFrame(beta), "beta_seeds": pd.DataFrame(beta_seeds, columns=["d", "m", "seed", "beta_add",
+                                                                                         "beta_neg"]),
+            "convergence": pd.DataFrame(conv, columns=["n_rel", "delta_star", "seed", "steps"])}
 
 
 def claims(a: dict, cfg: Config) -> list[rules.Claim]:
