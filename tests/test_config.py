@@ -166,6 +166,7 @@ def test_launcher_configs_compose(launcher, target):
     ("scaling", "model.pretrain_tasks=14", "scaling.ds[0]=16"),
     ("corollaries", "corollaries.spectrum_ranks=[]", "corollaries.spectrum_ranks=[]: needs at least 1"),
     ("corollaries", "corollaries.spectrum_ranks=[2,2]", "corollaries.spectrum_ranks=[2, 2]: must not repeat"),
+    ("corollaries", "sweep.phase_alphas=[0.3]", "sweep.phase_alphas=[0.3]: the corollaries draw no phase"),  # ignored
 ])
 def test_every_experiment_names_its_own_fields(name, override, field):
     with pytest.raises(ValueError) as e:

@@ -73,6 +73,9 @@ class Config(Synthetic):
         for name in ("ranks", "spectrum_ranks"):
             for i, r in enumerate(getattr(self.corollaries, name)):
                 _check.integer(f"corollaries.{name}[{i}]", r, lo=1, hi=min(self.data.d, self.model.m))
+        if self.sweep.phase_alphas:                  # read by no stage here: refused rather than silently ignored
+            _check.fail("sweep.phase_alphas", list(self.sweep.phase_alphas),
+                        "the corollaries draw no phase diagram (their alphas: sweep.alphas)")
 
 
 def variants(co: Corollaries) -> list:
@@ -91,7 +94,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
     vs = variants(co)
     for i, comp in enumerate(vs):
         r = sweep.pair_sweep(cfg.seed, cfg.n_seeds, cfg.sweep.alphas, cfg.sweep.lams(), setup, n_test=co.n_test,
-                             store=ctx.store, comp=comp)
+                             chunk=cfg.sweep.chunk, store=ctx.store, comp=comp)
         # Whether a seed's fine-tunes trained is decided on the dense variant (the first) and holds for every
         # variant: a compressed task vector that leaves its own task at chance is a finding, not a diverged seed.
         valid, at_chance = _pairs.validity(r, cfg.claims)
