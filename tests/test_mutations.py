@@ -558,7 +558,8 @@ def test_each_claim_flips_when_broken_and_keeps_when_not(cid, verdicts_under):
     got = [verdicts_under(name, f)[cid] for f in flips]
     for i, (f, g) in enumerate(zip(flips, got)):
         want = getattr(f, "expected", opposite.get(committed))      # None: an undecided claim, decided either way
-        assert g == want or (want is None and g in opposite), f"{cid}: perturbation {i} gives {g}, not {want}"
+        assert g == want or (want is None and g in opposite), \
+            f"{cid}: perturbation {i} gives {g}, not {want or 'pass or fail'}"
     if committed == "inconclusive":
         assert {"pass", "fail"} <= set(got), f"{cid}: an undecided claim must be flipped both ways, got {got}"
     for i, f in enumerate(keeps):

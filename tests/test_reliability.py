@@ -430,8 +430,9 @@ def test_threads_beyond_the_cpus_are_refused_unless_the_cpus_are_already_chosen(
     runner.check_threads(3, available=1)
 
 
-def test_a_folder_whose_config_has_a_blank_folder_field_still_loads(tmp_path):
-    """A blank out_dir or cache.dir is refused when a run starts; a folder written while it meant null still loads."""
+def test_a_blank_folder_field_loads_from_an_old_folder_but_no_run_starts_with_it(tmp_path):
+    """A blank out_dir or cache.dir is refused when a run starts, by preflight and by runner.execute itself; a folder
+    written while it meant null still loads."""
     from tvtheory import runner
 
     folder = tmp_path / "ood"

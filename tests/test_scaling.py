@@ -51,6 +51,7 @@ def test_a_lost_cell_leaves_its_claim_undecided_and_names_it(committed, tmp_path
     assert f"Fewer valid seeds at d={d0} (0 of {cfg.n_seeds})" in r.details and f"d={d0}: nan" in r.measured
     assert f" (no value at d={d0})" in r.measured                     # the exponent is over the other d
     assert "the rule alone would say inconclusive" in r.details      # a missing point decides nothing
+    assert "a d without a value (every seed lost)" in r.details
     assert np.isnan(a["beta"].set_index(["d", "m"]).loc[(d0, cfg.model.m), "beta_neg"])
     assert d0 not in set(a["beta_seeds"].query(f"m == {cfg.model.m}")["d"])
     assert got["conv.delta_star_exponent"] == base["conv.delta_star_exponent"]
@@ -71,6 +72,7 @@ def test_a_lost_delta_star_leaves_the_convergence_claim_undecided(committed, tmp
     got, _ = verdicts_with(committed, tmp_path / "conv", conv=n0)
     r = got["conv.delta_star_exponent"]
     assert (r.verdict, r.n_seeds) == ("inconclusive", 0) and f"n_rel={n0} (0 of {cfg.n_seeds})" in r.details
+    assert f" (no value at n_rel={n0});" in r.measured
     assert got["beta.scaling_d"] == base["beta.scaling_d"]
 
 
@@ -107,14 +109,14 @@ def test_a_run_with_lost_points_finishes_and_one_with_every_point_lost_stops(tmp
     monkeypatch.setattr(_pairs, "validity", losing({2}))
     p = command("scaling", *TINY, f"out_dir={tmp_path / 'cell'}", "cache.dir=null")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "d=8, m=16: every seed diverged or stayed at chance" in p.stderr
+    assert "d=8, m=16: all fine-tune pairs diverged or stayed at chance; their rows are marked" in p.stderr
     m = pd.read_csv(tmp_path / "cell" / "metrics.csv")
     assert m.groupby("d")["diverged"].all().to_dict() == {6: False, 8: True, 10: False}
     monkeypatch.setattr(_pairs, "validity", validity)
     monkeypatch.setattr(sweep, "finetune_all", diverging({2}))
     p = command("scaling", *TINY, f"out_dir={tmp_path / 'conv'}", "cache.dir=null")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "delta_*=0.1: every seed diverged or stayed at chance" in p.stderr
+    assert "delta_*=0.1: all fine-tunes diverged; their rows are marked" in p.stderr
     c = pd.read_csv(tmp_path / "conv" / "convergence_curves.csv")
     assert c.groupby("n_rel")["diverged"].all().to_dict() == {2: True, 4: False}
     monkeypatch.setattr(_pairs, "validity", losing({1, 2, 3}))          # every cell lost, the convergence runs not

@@ -806,8 +806,10 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         + ", ".join(f"{r.beta_add:.2g}" for r in b.itertuples()) + ". Other widths: " + "; ".join(
             f"m={mm}: exponent {_exponent_over(g.sort_values('d')['d'], g.sort_values('d')['beta_neg'], 'd')}"
             for mm, g in beta.groupby("m") if mm != m) + "." + _fewer_seeds(n_b, "d"),
-        undecided="fewer than three d, or the per-seed exponents' spread reaches the tolerance")
+        undecided="fewer than three d, a d without a value (every seed lost), or the per-seed exponents' spread "
+                  "reaches the tolerance")
     n_c = analysis.seeds_at(conv, "n_rel", sc.n_rels)
+    lost_c = [k for k, v in n_c.items() if v == 0]           # no row at all: absent from the means below
     means = conv.groupby("delta_star")["steps"].mean()
     per_seed = _per_seed(conv, "delta_star", "steps", means.index)
     never = int(conv["steps"].isna().sum())
@@ -820,7 +822,8 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         "conv.delta_star_exponent", "T = Theta(eta^-1 delta_*^-2): iterations to reach eps scale as delta_*^-2",
         f"the steps to eps against delta_* follow a power law (local exponents within {sc.local_tol:g} of the fitted "
         f"one) with exponent within {sc.exponent_tol:g} of -2, and every run reaches eps",
-        f"exponent {slope_t:.3g}; local exponents {loc_t}; mean steps " + ", ".join(
+        f"exponent {slope_t:.3g}" + (f" (no value at n_rel={', '.join(f'{k:g}' for k in lost_c)})" if lost_c else "")
+        + f"; local exponents {loc_t}; mean steps " + ", ".join(
             f"delta_*={k_:g}: {v:.0f}" for k_, v in means.items()), ok_c, int(n_c.min()),
         f"Fixed step size; steps = SGD steps after which the training hinge loss, averaged over the next "
         f"{sc.conv_window} steps, is first <= eps (the window is not added). Per-seed exponents "

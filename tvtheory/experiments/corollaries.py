@@ -105,7 +105,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         pairs.append(_pairs.pair_tables(r, cfg.sweep.alphas, cfg.sweep.lams(), valid, dense_at_chance)["metrics"]
                      .assign(variant=comp.name))
         g = sweep.ood_sweep(cfg.seed, cfg.n_seeds, o.gammas, o.kappa, o.ranges, setup, n_test=o.n_test,
-                            n_val=o.n_val, store=ctx.store, comp=comp)
+                            n_val=o.n_val, chunk=o.chunk, store=ctx.store, comp=comp)
         if i == 0:
             dense_ok = np.asarray(g.finite) & np.all(np.asarray(g.own_acc) > cfg.claims.chance_acc, axis=1)
             _pairs.check_divergence(dense_ok, "seed's out-of-domain fine-tune set", ctx)     # as ood does

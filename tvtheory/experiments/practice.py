@@ -777,7 +777,7 @@ def claims(a: dict, cfg: Config) -> list[rules.Claim]:
             for r in rules.smoke([rec], few(k, src), too_small)]
 
 
-def tracked_seeds(summary: pd.DataFrame, cfg: Config) -> list[int]:
+def tracked_seed_counts(summary: pd.DataFrame, cfg: Config) -> list[int]:
     """The seeds behind each tracked estimator's correlations at the claim budget (``n_corr``): a seed without a
     correlation is left out of their mean and sd, so the tracking claim rests on the fewest of them."""
     p = cfg.practice
@@ -791,7 +791,7 @@ def tracking_claim(summary: pd.DataFrame, cfg: Config, n_seeds: int) -> rules.Cl
     estimator is judged on the seeds behind its correlations, so the claim rests on the fewest of them (at most
     ``n_seeds``, the valid seeds)."""
     p, k = cfg.practice, cfg.claims.spread_k
-    n_corr = min([n_seeds, *tracked_seeds(summary, cfg)])
+    n_corr = min([n_seeds, *tracked_seed_counts(summary, cfg)])
     at = summary[summary["n_probe"] == p.claim_probe].set_index("estimator")
     oks, parts = [], []
     for e in p.tracked:

@@ -85,7 +85,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         setup = sweep.Setup(dataclasses.replace(cfg.data, d=d), dataclasses.replace(cfg.model, m=m), cfg.train)
         r = sweep.pair_sweep(cfg.seed, cfg.n_seeds, [0.0], lams, setup, n_test=sc.n_test, store=ctx.store)
         valid, at_chance = _pairs.validity(r, cfg.claims)
-        _lost_cell(valid, f"d={d}, m={m}", ctx)
+        _say_lost(valid, f"d={d}, m={m}: {{}} fine-tune pairs diverged or stayed at chance", ctx)
         valids.append(np.ravel(valid))
         metrics.append(_pairs.pair_tables(r, [0.0], lams, valid, at_chance)["metrics"].assign(d=d, m=m))
         point(i + 1, len(cells), f"d={d}, m={m}")
@@ -99,7 +99,7 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
         ft = sweep.finetune_all(cfg.seed, s_n, seed_ids, psi0, np.eye(cfg.data.d)[0], 0, irr, ctx.store)
         loss = np.asarray(ft.curve_loss)
         ok = np.asarray(ft.finite) & np.all(np.isfinite(loss), axis=1)
-        _lost_cell(ok, f"delta_*={n_rel / cfg.data.P:g}", ctx)
+        _say_lost(ok, f"delta_*={n_rel / cfg.data.P:g}: {{}} fine-tunes diverged", ctx)
         oks.append(ok)
         curves.append(pd.DataFrame({"n_rel": n_rel, "delta_star": n_rel / cfg.data.P,
                                     "seed": np.repeat(seed_ids, loss.shape[1]),
@@ -107,19 +107,20 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                                     "diverged": np.repeat(~ok, loss.shape[1])}))
         point(i + 1, len(sc.n_rels), f"delta_*={n_rel / cfg.data.P:g}")
     # The two sweeps' claims stand apart: the run stops only when neither has a valid seed anywhere.
-    _pairs.check_divergence(np.concatenate([*valids, *oks]), "fine-tune (pair or convergence run)", ctx)
+    if not np.any(np.concatenate([*valids, *oks])):
+        _pairs.check_divergence(np.concatenate([*valids, *oks]), "fine-tune (pair or convergence run)", ctx)
     return {"metrics": pd.concat(metrics, ignore_index=True), "convergence_curves": pd.concat(curves,
                                                                                               ignore_index=True)}
 
 
-def _lost_cell(valid, where: str, ctx) -> None:
-    """Say which point of a sweep lost seeds. A point whose every seed is invalid stays in the tables, its rows marked
-    diverged: its claim counts 0 seeds there and says so. The run stops only when every point of both sweeps lost
-    every seed (``check_divergence``)."""
+def _say_lost(valid, what: str, ctx) -> None:
+    """Warn of a point of a sweep that lost seeds (``what``: its message, '{}' for how many). Its rows stay in the
+    tables, marked diverged, and are left out of every verdict; a point that lost every seed leaves its claim 0 seeds
+    there, which the claim says. The run stops only when every point of both sweeps lost every seed."""
     n_bad = int(np.size(valid) - np.sum(valid))
     if n_bad:
-        ctx.log.warning("%s: %s diverged or stayed at chance; their rows are marked diverged=True", where,
-                        "every seed" if n_bad == np.size(valid) else f"{n_bad} of {np.size(valid)} seeds")
+        ctx.log.warning(what.format("all" if n_bad == np.size(valid) else f"{n_bad} of {np.size(valid)}")
+                        + "; their rows are marked diverged=True and left out of every verdict")
 
 
 def analyse(tables, cfg: Config) -> dict:
