@@ -9,6 +9,7 @@ measured, and every measurement comes with its seed spread where a verdict needs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -76,6 +77,11 @@ class Curves:
     def alphas(self) -> np.ndarray:
         return np.unique(self.mean.index.get_level_values("alpha"))
 
+    def alpha_near(self, alpha: float) -> Optional[float]:
+        """The table's alpha equal to ``alpha`` up to float rounding (None: no valid seed there, or none run)."""
+        near = self.alphas()[np.isclose(self.alphas(), alpha)]
+        return float(near[0]) if near.size else None
+
     def at(self, alpha: float) -> pd.DataFrame:
         return self.memo(("mean", alpha), lambda: self.mean.xs(alpha, level="alpha"))
 
@@ -104,9 +110,8 @@ def beta_hat(c: Curves) -> dict[str, float]:
     """The measured beta: the least-squares slope through the origin of T1's hinge loss increase against |lambda| at
     alpha = 0, separately for lambda > 0 (beta_add) and lambda < 0 (beta_neg); NaN without alpha = 0. A
     measurement reported beside the verdicts, never a threshold of one."""
-    if not np.any(np.isclose(c.alphas(), 0.0)):
-        return {"beta_add": float("nan"), "beta_neg": float("nan")}
-    return _beta_of(c.at(float(c.alphas()[np.isclose(c.alphas(), 0.0)][0])))
+    a0 = c.alpha_near(0.0)
+    return {"beta_add": float("nan"), "beta_neg": float("nan")} if a0 is None else _beta_of(c.at(a0))
 
 
 def _beta_of(cur: pd.DataFrame) -> dict[str, float]:
@@ -123,9 +128,9 @@ def beta_seeds(c: Curves | pd.DataFrame) -> pd.DataFrame:
     """beta_add and beta_neg of every valid seed (alpha = 0), from a table or its curves (computed once by the caller
     that needs them too); no row where alpha = 0 has no valid seed."""
     c = c if isinstance(c, Curves) else curves(c)
-    rows = []
-    if np.any(np.isclose(c.alphas(), 0.0)):
-        for s, g in c.seeds.xs(0.0, level="alpha").groupby(level="seed"):
+    rows, a0 = [], c.alpha_near(0.0)
+    if a0 is not None:
+        for s, g in c.seeds.xs(a0, level="alpha").groupby(level="seed"):
             rows.append({"seed": s, **_beta_of(g.droplevel("seed"))})
     return pd.DataFrame(rows, columns=["seed", "beta_add", "beta_neg"])
 
@@ -215,7 +220,7 @@ def best_point(cur: pd.DataFrame, by: str = "loss") -> pd.Series:
     diverged, so only an edited table gets here; it was numpy's 'argmin of an empty sequence')."""
     cols = lam_columns(cur)
     v = cur[by].to_numpy(float)
-    if not np.isfinite(v).any() and not np.isinf(v).any():
+    if np.isnan(v).all():
         raise ValueError(f"no grid point has a number to choose the best by ({by!r} is NaN at every point)")
     v = np.where(np.isnan(v), np.inf, v)
     tied = np.flatnonzero(v <= v.min() + 1e-9)

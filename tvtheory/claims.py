@@ -776,12 +776,10 @@ def _fewer_seeds(n: pd.Series, x: str) -> str:
             if len(few) else "")
 
 
-def _exponent_over(x, y, name: str) -> str:
-    """A fitted exponent, naming the points left out of it (no value: every seed lost there)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    lost = x[np.isnan(y)]
-    return f"{analysis.fit_exponent(x, y):.3g}" + (f" (no value at {name}={', '.join(f'{v:g}' for v in lost)})"
-                                                     if lost.size else "")
+def _no_value_at(points, name: str) -> str:
+    """' (no value at name=...)' for the points a fitted exponent leaves out (every seed lost there), or ''."""
+    points = list(points)
+    return f" (no value at {name}={', '.join(f'{v:g}' for v in points)})" if points else ""
 
 
 def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFrame, m: int, cfg, sc,
@@ -799,13 +797,15 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         "beta.scaling_d", "beta = Theta(1/d) (the paper's simplification of the error constant)",
         f"beta_neg against d (m = {m}) follows a power law (every local exponent within {sc.local_tol:g} of the fitted "
         f"one) whose exponent is within {sc.exponent_tol:g} of -1 (a tolerance that rejects d^-1/2)",
-        f"exponent {_exponent_over(b['d'], b['beta_neg'], 'd')}; local exponents {loc}; beta_neg " + ", ".join(
+        f"exponent {slope:.3g}{_no_value_at(b['d'][b['beta_neg'].isna()], 'd')}; local exponents {loc}; beta_neg "
+        + ", ".join(
             f"d={int(r.d)}: {r.beta_neg:.3g}" for r in b.itertuples()), ok, int(n_b.min()),
         "beta_neg = slope of T1's hinge loss against |lambda| when negating an irrelevant task vector (alpha = 0), a "
         f"measurement per d; per-seed exponents {', '.join(f'{x:.2f}' for x in seeds)}. beta_add (adding it) per d: "
         + ", ".join(f"{r.beta_add:.2g}" for r in b.itertuples()) + ". Other widths: " + "; ".join(
-            f"m={mm}: exponent {_exponent_over(g.sort_values('d')['d'], g.sort_values('d')['beta_neg'], 'd')}"
-            for mm, g in beta.groupby("m") if mm != m) + "." + _fewer_seeds(n_b, "d"),
+            f"m={mm}: exponent {analysis.fit_exponent(g['d'], g['beta_neg']):.3g}"
+            f"{_no_value_at(sorted(g['d'][g['beta_neg'].isna()]), 'd')}"
+            for mm, g in beta.sort_values("d").groupby("m") if mm != m) + "." + _fewer_seeds(n_b, "d"),
         undecided="fewer than three d, a d without a value (every seed lost), or the per-seed exponents' spread "
                   "reaches the tolerance")
     n_c = analysis.seeds_at(conv, "n_rel", sc.n_rels)
@@ -822,8 +822,7 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         "conv.delta_star_exponent", "T = Theta(eta^-1 delta_*^-2): iterations to reach eps scale as delta_*^-2",
         f"the steps to eps against delta_* follow a power law (local exponents within {sc.local_tol:g} of the fitted "
         f"one) with exponent within {sc.exponent_tol:g} of -2, and every run reaches eps",
-        f"exponent {slope_t:.3g}" + (f" (no value at n_rel={', '.join(f'{k:g}' for k in lost_c)})" if lost_c else "")
-        + f"; local exponents {loc_t}; mean steps " + ", ".join(
+        f"exponent {slope_t:.3g}{_no_value_at(lost_c, 'n_rel')}; local exponents {loc_t}; mean steps " + ", ".join(
             f"delta_*={k_:g}: {v:.0f}" for k_, v in means.items()), ok_c, int(n_c.min()),
         f"Fixed step size; steps = SGD steps after which the training hinge loss, averaged over the next "
         f"{sc.conv_window} steps, is first <= eps (the window is not added). Per-seed exponents "

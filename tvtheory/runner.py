@@ -261,8 +261,7 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
     from tvtheory import cache, compiles
 
     # preflight's check, for a caller that skipped it: a blank cache.dir is neither a folder nor null
-    if getattr(cfg, "cache", None) is not None:
-        check_folder("cache.dir", cfg.cache.dir, "no cache")
+    check_folder("cache.dir", getattr(getattr(cfg, "cache", None), "dir", None), "no cache")
     started = time.time()
     compiled = compiles.Counter().start()
     try:

@@ -107,8 +107,9 @@ def run(cfg: Config, ctx) -> dict[str, pd.DataFrame]:
                                     "diverged": np.repeat(~ok, loss.shape[1])}))
         point(i + 1, len(sc.n_rels), f"delta_*={n_rel / cfg.data.P:g}")
     # The two sweeps' claims stand apart: the run stops only when neither has a valid seed anywhere.
-    if not np.any(np.concatenate([*valids, *oks])):
-        _pairs.check_divergence(np.concatenate([*valids, *oks]), "fine-tune (pair or convergence run)", ctx)
+    every = np.concatenate([*valids, *oks])
+    if not every.any():                                # check_divergence's stop (each point has warned already)
+        _pairs.check_divergence(every, "fine-tune (pair or convergence run)", ctx)
     return {"metrics": pd.concat(metrics, ignore_index=True), "convergence_curves": pd.concat(curves,
                                                                                               ignore_index=True)}
 
@@ -130,7 +131,8 @@ def analyse(tables, cfg: Config) -> dict:
         M = d - 2
         own = g[(g["lam"] == 0) & (g["task"] == "T1")]
         # a cell whose every seed is invalid has no curve: NaN here, and 0 seeds behind it (the claims say so)
-        star = analysis.lambda_star(c.at(0.0), eps) if np.any(np.isclose(c.alphas(), 0.0)) else np.nan
+        a0 = c.alpha_near(0.0)
+        star = analysis.lambda_star(c.at(a0), eps) if a0 is not None else np.nan
         beta.append({"d": d, "m": m, **analysis.beta_hat(c), "lambda_star": star,
                      "own_loss_T1": float(analysis.valid(own)["loss"].mean()), "one_over_d": 1 / d,
                      "m_over_M2logM": m / (M**2 * np.log(M))})
