@@ -25,8 +25,10 @@ os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
-import tvtheory  # noqa: E402,F401  (the package's XLA defaults, in force before any test computes)
+import tvtheory  # noqa: E402  (the package's XLA defaults, in force before any test computes)
 from hypothesis import settings  # noqa: E402
+
+tvtheory.collect_garbage_less()             # as a command's process does (the test process runs commands too)
 
 # JAX compiles on first call: wall-clock deadlines would measure the compiler, not the property.
 settings.register_profile("tvtheory", deadline=None, max_examples=25, derandomize=True)

@@ -266,3 +266,13 @@ def test_help_shows_the_defaults_a_nested_block_is_given_not_its_class_defaults(
 def test_the_newer_experiments_refuse_what_would_fail_after_compute(name, override, text):
     with pytest.raises(ValueError, match=re.escape(text)):
         typed(name, [override])
+
+
+def test_a_command_sets_the_collectors_thresholds_and_importing_the_library_does_not():
+    import subprocess
+    import sys
+
+    code = ("import gc, tvtheory; before = gc.get_threshold(); from tvtheory import cli; "
+            "cli.main('arithmetic', ['--help']); print(before, gc.get_threshold())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "(700, 10, 10) (50000, 20, 100)"

@@ -7,7 +7,7 @@ both perturbations here.
 Each perturbation edits the tables of one experiment's folder (DataFrames keyed by table name) and the verdicts are
 recomputed by the experiment's analysis and claims, as runner.recompute (the function behind ``python -m
 tvtheory.claims``, which one test runs as a command) computes them from a folder; each folder's unperturbed verdicts
-go through runner.recompute itself.
+are the command's, run once on a copy of results/.
 """
 
 import io
@@ -501,12 +501,16 @@ def loaded():
     return get
 
 
-def recomputed(name, tmp_path) -> dict:
-    """The verdicts of a copy of results/<name>, recomputed from its files by runner.recompute (the function behind
-    ``python -m tvtheory.claims``)."""
-    folder = tmp_path / name
-    shutil.copytree(RESULTS / name, folder, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
-    return {r["id"]: r["verdict"] for r in runner.recompute(folder)}
+@pytest.fixture(scope="module")
+def recomputed_root(tmp_path_factory) -> Path:
+    """A copy of results/ (tables only: no claims file, no figure) after ``python -m tvtheory.claims`` on it, run once
+    as a process of its own: each folder's claims.json holds the verdicts recomputed from its files alone."""
+    copy = tmp_path_factory.mktemp("recomputed") / "results"
+    shutil.copytree(RESULTS, copy, ignore=shutil.ignore_patterns("*.png", "*.pdf", "claims.json", "CLAIMS.md"))
+    p = subprocess.run([sys.executable, "-m", "tvtheory.claims", str(copy)], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return copy
 
 
 def perturbed_verdicts(exp, cfg, tables, base) -> dict:
@@ -514,22 +518,24 @@ def perturbed_verdicts(exp, cfg, tables, base) -> dict:
     runner.recompute runs, in memory: a table the perturbation edited goes through a CSV as the file would (its
     values and types as read back), the others are copies of the committed frames as runner.load read them. What
     recompute adds (reading the config and tables, writing the derived files into a staging folder) is the same for
-    every perturbation; the unperturbed verdicts go through it (``recomputed``)."""
+    every perturbation; the unperturbed verdicts go through it (``recomputed_root``)."""
     frames = {t: results.read_csv(io.StringIO(df.to_csv(index=False))) if df is not base[t] else df.copy()
               for t, df in tables.items()}
     return {r.id: r.verdict for r in exp.claims(exp.analyse(frames, cfg), cfg)}
 
 
 @pytest.fixture(scope="module")
-def verdicts_under(loaded, tmp_path_factory):
-    """The verdicts of results/<name> recomputed under a perturbation (None: none), once per (name, perturbation)."""
+def verdicts_under(loaded, recomputed_root):
+    """The verdicts of results/<name> recomputed under a perturbation (None: none, as the command recomputed them),
+    once per (name, perturbation)."""
     cache = {}
 
     def get(name, f=None):
         key = (name, id(f))
         if key not in cache:
             if f is None:
-                cache[key] = recomputed(name, tmp_path_factory.mktemp(name))
+                cache[key] = {r["id"]: r["verdict"]
+                              for r in json.loads((recomputed_root / name / "claims.json").read_text())}
             else:
                 exp, cfg, base = loaded(name)
                 tables = f(base)
@@ -566,15 +572,11 @@ def test_each_claim_flips_when_broken_and_keeps_when_not(cid, verdicts_under):
         assert verdicts_under(name, f)[cid] == committed, f"{cid}: keep {i}"
 
 
-def test_the_command_recomputes_every_committed_verdict(tmp_path):
+def test_the_command_recomputes_every_committed_verdict(recomputed_root):
     """``python -m tvtheory.claims RESULTS_DIR`` on a copy of results/ (tables only: no claims file is read)."""
     if not (RESULTS / "claims.json").exists():
         pytest.skip("results/claims.json is written only once every experiment has finished (make results)")
-    copy = tmp_path / "results"
-    shutil.copytree(RESULTS, copy, ignore=shutil.ignore_patterns("*.png", "*.pdf", "claims.json", "CLAIMS.md"))
-    p = subprocess.run([sys.executable, "-m", "tvtheory.claims", str(copy)], capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    copy = recomputed_root
     again = {r["id"]: (r["verdict"], r["measured"]) for r in json.loads((copy / "claims.json").read_text())}
     assert again == {k: (r["verdict"], r["measured"]) for k, r in COMMITTED.items()}
     assert pd.read_csv(copy / "arithmetic" / "summary.csv").equals(pd.read_csv(RESULTS / "arithmetic" / "summary.csv"))

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import tvtheory
 from tvtheory import experiments
 
 CONF = "pkg://tvtheory.conf"
@@ -80,6 +81,7 @@ def exit_status(e: SystemExit) -> int:
 
 
 def main(name: str | None = None, argv: list[str] | None = None) -> None:
+    tvtheory.collect_garbage_less()
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ["TVTHEORY_RUN_ID"] = str(os.getpid())
     if name is None:

@@ -419,7 +419,9 @@ def main(root: str = "results") -> None:
 
 
 if __name__ == "__main__":
+    import tvtheory
     from tvtheory import runner
 
+    tvtheory.collect_garbage_less()
     main(str(runner.folder_argument("python -m tvtheory.plots", "Redraw the figures of every result folder from its "
                                     "tables alone.", sys.argv[1:])))

@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional
 
 import pandas as pd
 
+import tvtheory
 from tvtheory import config as C
 from tvtheory import _check, experiments, results
 
@@ -414,6 +415,7 @@ def folder_argument(prog: str, description: str, argv: list[str]) -> Path:
 
 def claims_main(argv: list[str] | None = None) -> None:
     """``python -m tvtheory.claims RESULTS_DIR``: every claim recomputed from the tables, merged, README updated."""
+    tvtheory.collect_garbage_less()
     root = folder_argument("python -m tvtheory.claims", "Recompute every verdict (and the derived tables) of the "
                            "result folders from their tables alone; merge them into claims.json and CLAIMS.md.",
                            sys.argv[1:] if argv is None else argv)
