@@ -21,11 +21,11 @@ from tvtheory import cli, data, data_options, experiments, metrics, model, runne
 from tvtheory.config import Data, Model, Train
 from tvtheory.experiments import beyond
 
-cli.register()
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def typed(name, overrides=()):
+    cli.register(name)
     with initialize_config_module("tvtheory.conf", version_base="1.3"):
         return runner.typed(experiments.get(name), compose(name, overrides=list(overrides)))
 

@@ -11,13 +11,13 @@ from hydra import compose, initialize_config_module
 
 from tvtheory import cli, config, experiments, runner
 
-cli.register()
 CONF = resources.files("tvtheory.conf")
 GROUPS = {g.name: sorted(p.name[:-5] for p in g.iterdir() if p.name.endswith(".yaml"))
           for g in CONF.iterdir() if g.is_dir() and g.name not in ("hydra", "__pycache__")}
 
 
 def composed(name="arithmetic", overrides=()):
+    cli.register(name)                  # a command run in this process before registered its own schema only
     with initialize_config_module("tvtheory.conf", version_base="1.3"):
         return compose(name, overrides=list(overrides))
 
@@ -139,6 +139,7 @@ def test_bad_values_name_the_field(override, field):
 @pytest.mark.parametrize("launcher, target", [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
                                               ("slurm_local", "LocalLauncher")])
 def test_launcher_configs_compose(launcher, target):
+    cli.register("arithmetic")
     with initialize_config_module("tvtheory.conf", version_base="1.3"):
         cfg = compose("arithmetic", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
@@ -276,3 +277,15 @@ def test_a_command_sets_the_collectors_thresholds_and_importing_the_library_does
             "cli.main('arithmetic', ['--help']); print(before, gc.get_threshold())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "(700, 10, 10) (50000, 20, 100)"
+
+
+def test_registering_experiments_leaves_only_their_schemas_in_the_store():
+    from hydra.core.config_store import ConfigStore
+
+    schemas = lambda: sorted(k for k in ConfigStore.instance().repo if k.endswith("_schema.yaml"))  # noqa: E731
+    cli.register("arithmetic", "ood")
+    assert schemas() == ["arithmetic_schema.yaml", "ood_schema.yaml"]
+    cli.register("practice")                  # the next command run in the same process
+    assert schemas() == ["practice_schema.yaml"]
+    cli.register()
+    assert len(schemas()) == len(experiments.NAMES)

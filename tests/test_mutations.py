@@ -524,6 +524,63 @@ def perturbed_verdicts(exp, cfg, tables, base) -> dict:
     return {r.id: r.verdict for r in exp.claims(exp.analyse(frames, cfg), cfg)}
 
 
+# Sub-analyses that are pure functions of their arguments, each computed once per argument content in this module: a
+# perturbation edits a few rows of one table, and what it leaves alone (other tables, other variants', cells' or
+# relations' rows) gives what the unperturbed tables gave; every claim is still judged by its rule, from the parts
+# recomputed for the edited rows and the reused parts. Every flip below still flips (or the test fails).
+ONCE_PER_CONTENT = {"tvtheory.analysis": ("curves", "ood_curves"),
+                    "tvtheory.claims": ("variant_quantities", "pair_claims", "ood_region_claims"),
+                    "tvtheory.experiments.beyond": ("cell_verdicts",),
+                    "tvtheory.experiments.practice": ("estimator_summary", "lambda_prediction", "window_prediction",
+                                                      "validation_choices", "norm_summary")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def once_per_content():
+    """Each function of ONCE_PER_CONTENT, called again with arguments of the same content (a frame's values, index,
+    column names and types; a Curves by the frame it was made from; anything else by its repr), hands back a copy of
+    what it gave the first time (a Curves, never modified but for its memo of what rules derived from it, itself)."""
+    import copy
+    import hashlib
+    import importlib
+
+    from tvtheory import analysis
+
+    seen, made_from = {}, {}
+
+    def key(name, args, kwargs) -> bytes:
+        h = hashlib.blake2b(name.encode(), digest_size=32)
+        for a in [*args, *sorted(kwargs.items())]:
+            if isinstance(a, pd.DataFrame):
+                h.update(pd.util.hash_pandas_object(a, index=True).to_numpy().tobytes())
+                h.update(repr((list(a.columns), [str(t) for t in a.dtypes], a.index.names, a.shape)).encode())
+            elif isinstance(a, analysis.Curves):
+                h.update(made_from[id(a)])
+            else:
+                h.update(repr(a).encode())
+        return h.digest()
+
+    def once(name, plain):
+        def f(*args, **kwargs):
+            if any(isinstance(a, analysis.Curves) and id(a) not in made_from for a in args):
+                return plain(*args, **kwargs)                   # a Curves made elsewhere: no key for it
+            k = key(name, args, kwargs)
+            if k not in seen:
+                seen[k] = plain(*args, **kwargs)
+                if isinstance(seen[k], analysis.Curves):
+                    made_from[id(seen[k])] = k
+            return seen[k] if isinstance(seen[k], analysis.Curves) else copy.deepcopy(seen[k])
+        return f
+
+    mp = pytest.MonkeyPatch()
+    for module, names in ONCE_PER_CONTENT.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            mp.setattr(mod, name, once(f"{module}.{name}", getattr(mod, name)))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def verdicts_under(loaded, recomputed_root):
     """The verdicts of results/<name> recomputed under a perturbation (None: none, as the command recomputed them),
