@@ -111,7 +111,7 @@ def test_task_vector_structure_measures_the_change_of_the_merged_weights():
 def test_every_seeds_out_of_domain_set_at_chance_stops_the_run_before_the_other_variants(monkeypatch):
     """As the ood experiment does: with no valid out-of-domain grid the verdicts used to stop with an error on an empty
     table after every variant had been computed; now the run stops at the dense variant, writing nothing."""
-    cli.register()
+    cli.register("corollaries")
     with initialize_config_module("tvtheory.conf", version_base="1.3"):
         cfg = runner.typed(corollaries, compose("corollaries", overrides=[
             "sweep=tiny", "train=tiny", "n_seeds=2", "data.d=8", "model.m=32", "ood.ranges=[[-1,2,1],[-1,1,1]]"]))

@@ -548,21 +548,31 @@ def once_per_content():
 
     seen, made_from = {}, {}
 
+    def part(h, a) -> None:
+        if isinstance(a, (pd.DataFrame, pd.Series)):
+            h.update(pd.util.hash_pandas_object(a, index=True).to_numpy().tobytes())
+            cols = list(a.columns) if isinstance(a, pd.DataFrame) else [a.name]
+            types = [str(t) for t in (a.dtypes if isinstance(a, pd.DataFrame) else [a.dtype])]
+            h.update(repr((type(a).__name__, cols, types, a.index.names, a.shape)).encode())
+        elif isinstance(a, np.ndarray):
+            h.update(repr((a.dtype.str, a.shape)).encode() + np.ascontiguousarray(a).tobytes())
+        elif isinstance(a, analysis.Curves):
+            h.update(made_from[id(a)])
+        else:                                   # config blocks (a dataclass's repr names every field), numbers, text
+            h.update(repr(a).encode())
+
     def key(name, args, kwargs) -> bytes:
         h = hashlib.blake2b(name.encode(), digest_size=32)
-        for a in [*args, *sorted(kwargs.items())]:
-            if isinstance(a, pd.DataFrame):
-                h.update(pd.util.hash_pandas_object(a, index=True).to_numpy().tobytes())
-                h.update(repr((list(a.columns), [str(t) for t in a.dtypes], a.index.names, a.shape)).encode())
-            elif isinstance(a, analysis.Curves):
-                h.update(made_from[id(a)])
-            else:
-                h.update(repr(a).encode())
+        for a in args:
+            part(h, a)
+        for k in sorted(kwargs):
+            h.update(k.encode())
+            part(h, kwargs[k])
         return h.digest()
 
     def once(name, plain):
         def f(*args, **kwargs):
-            if any(isinstance(a, analysis.Curves) and id(a) not in made_from for a in args):
+            if any(isinstance(a, analysis.Curves) and id(a) not in made_from for a in [*args, *kwargs.values()]):
                 return plain(*args, **kwargs)                   # a Curves made elsewhere: no key for it
             k = key(name, args, kwargs)
             if k not in seen:

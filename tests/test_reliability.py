@@ -126,7 +126,7 @@ def test_every_bad_value_stops_the_commands_check_with_one_line(tmp_path, capsys
     from tvtheory import cli, experiments
 
     monkeypatch.chdir(tmp_path)
-    cli.register()                                            # as cli.main does first
+    cli.register("arithmetic")                                # as cli.main does first, for its experiment
     out, cache_dir = tmp_path / "results", tmp_path / "cache"
     for override, msg in bad_cases(tmp_path):
         if override.startswith("hydra."):
@@ -317,12 +317,12 @@ def test_a_run_derives_its_verdicts_from_the_tables_as_written(tmp_path):
 @pytest.mark.parametrize("damage", ["config", "provenance", "table", "experiment", "cell", "blank", "column",
                                     "header", "cell, no kinds recorded", "kinds"])
 def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_change_nothing(tmp_path, damage,
-                                                                                              capsys):
+                                                                                              capfd, caplog):
     """A damaged cell (text, or a blank, in the True/False column ``diverged``) used to turn every verdict
     inconclusive without a word, a header short of a name shifted every column, and a renamed column was a KeyError
-    naming the folder only. A folder whose provenance.json records no column kinds gets the generic check. The first
-    damage goes through both commands as processes of their own, the others through the commands' functions in this
-    process (the same exit status and stderr)."""
+    naming the folder only. A folder whose provenance.json records no column kinds gets the generic check. A damaged
+    cell goes through both commands as processes of their own, the other damages through the commands' functions in
+    this process (``in_process``: the same exit status and stderr, a warning or logged record counted as a line)."""
     folder = tmp_path / "ood"
     shutil.copytree(ROOT / "results" / "ood", folder)
     table = folder / "metrics.csv"
@@ -353,12 +353,12 @@ def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_cha
         (folder / "provenance.json").write_text(json.dumps({"experiment": "nope"}))
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     for module in ("tvtheory.claims", "tvtheory.plots"):
-        if damage == "config":
+        if damage == "cell":
             p = subprocess.run([sys.executable, "-m", module, str(folder)], capture_output=True, text=True,
                                timeout=300)
             code, err = p.returncode, p.stderr
         else:
-            code, err = in_process(module, folder, capsys)
+            code, err = in_process(module, folder, capfd, caplog)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: folder="), err[-2000:]
         assert {"config": "config.yaml", "provenance": "provenance.json", "table": "metrics.csv",
@@ -373,18 +373,26 @@ def test_claims_and_plots_on_a_damaged_folder_say_which_file_in_one_line_and_cha
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def in_process(module: str, folder: Path, capsys) -> tuple[int, str]:
+def in_process(module: str, folder: Path, capfd, caplog) -> tuple[int, str]:
     """``python -m MODULE FOLDER`` (the claims or plots command) through its function in this process: the exit
-    status and what it wrote to stderr."""
+    status and what it wrote to stderr, with a line for each warning and each record logged at WARNING or above
+    (which pytest would otherwise catch before they reach stderr, as a process of its own would print them)."""
+    import logging
+    import warnings
+
     from tvtheory import plots, runner
 
-    capsys.readouterr()
-    try:
-        runner.claims_main([str(folder)]) if module == "tvtheory.claims" else plots.main(str(folder))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    capfd.readouterr()
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        try:
+            runner.claims_main([str(folder)]) if module == "tvtheory.claims" else plots.main(str(folder))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    extra = [f"warning: {w.message}" for w in caught] + [r.getMessage() for r in caplog.records]
+    return code, capfd.readouterr().err + "".join(f"\n{line}" for line in extra)
 
 
 def test_a_failing_recompute_leaves_every_file_as_it_was(tmp_path):

@@ -42,12 +42,13 @@ _os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 
 def collect_garbage_less() -> None:
     """Python's cyclic garbage collector, set for a command's process (``python -m tvtheory``, the claims and plots
-    commands, a lane's worker; the test suite's processes too): a young collection every 50 000 allocations rather
-    than every 700, and a full one after 100 of the middle generation's rather than 10. Tracing JAX programs, Hydra's
-    compositions and pandas allocate millions of short-lived objects, and the default thresholds walk the imported
-    stack's large heap again and again: a tiny arithmetic run took ~5% less CPU time (docs/performance.md). What the
-    collector frees is the same, later; the numbers never depend on it. Not done on ``import tvtheory``: a program
-    importing the library keeps its own settings."""
+    commands, a lane's worker; the test suite's processes too): a young collection once 50 000 more container objects
+    were made than freed rather than 700, and (where Python still collects by generations) a full one after 100 of
+    the middle generation's rather than 10. Tracing JAX programs, Hydra's compositions and pandas make millions of
+    short-lived objects, and the default thresholds walk the imported stack's large heap again and again: a tiny
+    arithmetic run took ~5% less CPU time (docs/performance.md). What the collector frees is the same, later; the
+    numbers never depend on it. ``import tvtheory`` leaves the settings alone; running a command in a process
+    (``cli.main``, the claims command's function) sets them for the rest of that process."""
     import gc
 
     gc.set_threshold(50_000, 20, 100)
