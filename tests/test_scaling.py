@@ -76,6 +76,20 @@ def test_a_lost_delta_star_leaves_the_convergence_claim_undecided(committed, tmp
     assert got["beta.scaling_d"] == base["beta.scaling_d"]
 
 
+def test_a_point_that_is_not_positive_is_named_as_left_out_of_the_fit(committed):
+    """T1's hinge loss under negation made 0 at one d (beta_neg = 0 there: no increase): the fitted exponent cannot
+    take its logarithm and leaves it out, and the claim says so rather than printing an exponent over fewer points
+    unnamed; its local exponents are NaN, which no tolerance holds."""
+    exp, cfg, tables = committed
+    d0, m = cfg.scaling.ds[1], cfg.model.m
+    df = tables["metrics"].copy()
+    df.loc[(df["d"] == d0) & (df["m"] == m) & (df["task"] == "T1") & (df["lam"] < 0), "loss"] = 0.0
+    a = exp.analyse({**tables, "metrics": df}, cfg)
+    assert a["beta"].set_index(["d", "m"]).loc[(d0, m), "beta_neg"] == 0
+    r = {r.id: r for r in exp.claims(a, cfg)}["beta.scaling_d"]
+    assert f" (not positive at d={d0}: left out of the fit);" in r.measured and r.verdict == "fail", r
+
+
 def test_tables_without_a_valid_row_give_undecided_claims(committed, tmp_path):
     _, cfg, _ = committed
     got, _ = verdicts_with(committed, tmp_path / "beta", metrics=(cfg.scaling.ds, cfg.scaling.ms))
