@@ -478,6 +478,26 @@ def test_a_blank_folder_field_loads_from_an_old_folder_but_no_run_starts_with_it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ood"]
 
 
+def test_execute_refuses_a_cache_its_finished_run_would_delete(tmp_path):
+    """A cache inside the result folder, or inside another result folder, is refused by runner.execute itself too,
+    for a caller from Python that skipped preflight: the finished run (or that folder's rerun) replaces the folder
+    whole, cache and all. Before any compute, nothing written."""
+    import dataclasses
+
+    from tvtheory import runner
+
+    exp, cfg, _ = runner.load(ROOT / "results" / "ood")
+    out = tmp_path / "run"
+    inside = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, dir=str(out / "cache")))
+    with pytest.raises(ValueError, match=r"^cache.dir=.*: inside out_dir="):
+        runner.execute(exp, inside, out)
+    shutil.copytree(ROOT / "results" / "ood", tmp_path / "old", ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    other = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, dir=str(tmp_path / "old" / "cache")))
+    with pytest.raises(ValueError, match=r"^cache.dir=.*: inside the result folder "):
+        runner.execute(exp, other, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
 def test_a_true_false_field_takes_true_or_false_only():
     from omegaconf import OmegaConf
 

@@ -261,8 +261,12 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
     """Run a validated config into ``out`` (already checked by ``preflight``); returns the claim records."""
     from tvtheory import cache, compiles
 
-    # preflight's check, for a caller that skipped it: a blank cache.dir is neither a folder nor null
-    check_folder("cache.dir", getattr(getattr(cfg, "cache", None), "dir", None), "no cache")
+    # preflight's checks of the cache folder, for a caller that skipped it: a blank cache.dir is neither a folder nor
+    # null, and a cache inside the result folder would be deleted when the finished run replaces it
+    cache_dir = getattr(getattr(cfg, "cache", None), "dir", None)
+    check_folder("cache.dir", cache_dir, "no cache")
+    if cache_dir:
+        check_cache_outside_results(cache_dir, out)
     started = time.time()
     compiled = compiles.Counter().start()
     try:
