@@ -483,11 +483,14 @@ def test_execute_refuses_a_cache_its_finished_run_would_delete(tmp_path):
     for a caller from Python that skipped preflight: the finished run (or that folder's rerun) replaces the folder
     whole, cache and all. Before any compute, nothing written."""
     import dataclasses
+    import types
 
-    from tvtheory import runner
+    from tvtheory import config as C, runner
 
-    exp, cfg, _ = runner.load(ROOT / "results" / "ood")
-    out = tmp_path / "run"
+    exp = types.ModuleType("tvtheory.experiments.fake")
+    exp.TABLES = ("metrics",)
+    exp.run = lambda cfg, ctx: pytest.fail("computed: the cache was not refused before the run")
+    cfg, out = C.Run(), tmp_path / "run"
     inside = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, dir=str(out / "cache")))
     with pytest.raises(ValueError, match=r"^cache.dir=.*: inside out_dir="):
         runner.execute(exp, inside, out)

@@ -79,7 +79,7 @@ def test_a_lost_delta_star_leaves_the_convergence_claim_undecided(committed, tmp
 def test_a_point_that_is_not_positive_is_named_as_left_out_of_the_fit(committed):
     """T1's hinge loss under negation made 0 at one d (beta_neg = 0 there: no increase): the fitted exponent cannot
     take its logarithm and leaves it out, and the claim says so rather than printing an exponent over fewer points
-    unnamed; its local exponents are NaN, which no tolerance holds."""
+    unnamed; its local exponents are infinite, which no tolerance holds."""
     exp, cfg, tables = committed
     d0, m = cfg.scaling.ds[1], cfg.model.m
     df = tables["metrics"].copy()

@@ -784,7 +784,8 @@ def _no_value_at(points, name: str) -> str:
 
 def _not_positive_at(x, y, name: str) -> str:
     """' (not positive at name=...: left out of the fit)' for the points whose value a fitted exponent cannot take the
-    logarithm of (analysis.fit_exponent drops them; their local exponents are NaN, which no tolerance holds), or ''."""
+    logarithm of (analysis.fit_exponent drops them; their local exponents are infinite or NaN, which no tolerance
+    holds), or ''."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     bad = x[y <= 0]
     return f" (not positive at {name}={', '.join(f'{v:g}' for v in bad)}: left out of the fit)" if bad.size else ""
