@@ -791,6 +791,12 @@ def _not_positive_at(x, y, name: str) -> str:
     return f" (not positive at {name}={', '.join(f'{v:g}' for v in bad)}: left out of the fit)" if bad.size else ""
 
 
+def _left_out(x, y, name: str) -> str:
+    """The points of (x, y) a fitted exponent leaves out, named: those without a value, then those not positive."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return _no_value_at(x[np.isnan(y)], name) + _not_positive_at(x, y, name)
+
+
 def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFrame, m: int, cfg, sc,
                    too_small: Optional[str] = None) -> list[Claim]:
     """beta.scaling_d (beta_neg ~ d^-1 at model.m) and conv.delta_star_exponent (T ~ delta_*^-2), each with the
@@ -806,15 +812,14 @@ def scaling_claims(beta: pd.DataFrame, beta_seeds: pd.DataFrame, conv: pd.DataFr
         "beta.scaling_d", "beta = Theta(1/d) (the paper's simplification of the error constant)",
         f"beta_neg against d (m = {m}) follows a power law (every local exponent within {sc.local_tol:g} of the fitted "
         f"one) whose exponent is within {sc.exponent_tol:g} of -1 (a tolerance that rejects d^-1/2)",
-        f"exponent {slope:.3g}{_no_value_at(b['d'][b['beta_neg'].isna()], 'd')}"
-        f"{_not_positive_at(b['d'], b['beta_neg'], 'd')}; local exponents {loc}; beta_neg "
+        f"exponent {slope:.3g}{_left_out(b['d'], b['beta_neg'], 'd')}; local exponents {loc}; beta_neg "
         + ", ".join(
             f"d={int(r.d)}: {r.beta_neg:.3g}" for r in b.itertuples()), ok, int(n_b.min()),
         "beta_neg = slope of T1's hinge loss against |lambda| when negating an irrelevant task vector (alpha = 0), a "
         f"measurement per d; per-seed exponents {', '.join(f'{x:.2f}' for x in seeds)}. beta_add (adding it) per d: "
         + ", ".join(f"{r.beta_add:.2g}" for r in b.itertuples()) + ". Other widths: " + "; ".join(
             f"m={mm}: exponent {analysis.fit_exponent(g['d'], g['beta_neg']):.3g}"
-            f"{_no_value_at(sorted(g['d'][g['beta_neg'].isna()]), 'd')}{_not_positive_at(g['d'], g['beta_neg'], 'd')}"
+            f"{_left_out(g['d'], g['beta_neg'], 'd')}"
             for mm, g in beta.sort_values("d").groupby("m") if mm != m) + "." + _fewer_seeds(n_b, "d"),
         undecided="fewer than three d, a d without a value (every seed lost), or the per-seed exponents' spread "
                   "reaches the tolerance")

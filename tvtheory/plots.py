@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import tvtheory  # noqa: E402
 from tvtheory import analysis, results, theory  # noqa: E402
 
 T_COLORS = {"T1": "tab:blue", "T2": "tab:orange"}
@@ -395,6 +396,7 @@ def main(root: str = "results") -> None:
     """Redraw the figures of every result folder at or below ``root`` from its tables alone."""
     from tvtheory import runner
 
+    tvtheory.collect_garbage_less()
     folders = runner.run_folders(Path(root))
     if not folders:
         print(f"error: {root} holds no result folder ({results.MARKER})", file=sys.stderr)
@@ -419,9 +421,7 @@ def main(root: str = "results") -> None:
 
 
 if __name__ == "__main__":
-    import tvtheory
     from tvtheory import runner
 
-    tvtheory.collect_garbage_less()
     main(str(runner.folder_argument("python -m tvtheory.plots", "Redraw the figures of every result folder from its "
                                     "tables alone.", sys.argv[1:])))
