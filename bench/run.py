@@ -1,6 +1,7 @@
 """`make bench`: W1-W3 from cold starts (median of --repeats runs, each a fresh process so compilation counts),
-peak resident memory per run, the machine's matmul peak, and W1's PyTorch baseline when torch is installed.
-Writes results/bench/bench.json.
+peak resident memory per run, the machine's matmul peak, and W1's PyTorch baseline when torch is installed, each of
+its runs right after one of W1's (the machine's speed drifts over minutes: the ratio of the medians, and each
+adjacent pair's ratio, compare runs made minutes apart at most). Writes results/bench/bench.json.
 
 GPU check (on a machine with one): `python bench/run.py --seeds 50 --workloads W1,W3 --repeats 3 --repeats-large 1
 --no-baseline --out results/bench/gpu.json`; the device name is recorded in each workload's entry.
@@ -30,12 +31,31 @@ def timed(cmd: list[str]) -> tuple[dict, float]:
     return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024**2
 
 
+def torch_version():
+    """The installed torch's version, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+def speedups(w1_seconds: list[float], baseline_seconds: list[float]) -> dict:
+    """W1 against its PyTorch baseline: the ratio of the medians, and each adjacent pair's (baseline run i over W1
+    run i, made right after it)."""
+    pairs = [b / w for w, b in zip(w1_seconds, baseline_seconds)]
+    return {"W1_speedup_vs_torch": statistics.median(baseline_seconds) / statistics.median(w1_seconds),
+            "W1_speedup_per_pair": pairs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3, help="cold runs of W1 (median reported)")
     ap.add_argument("--repeats-large", type=int, default=3, help="cold runs of W2 and W3")
     ap.add_argument("--workloads", default="W1,W2,W3")
     ap.add_argument("--seeds", type=int, default=5, help="seeds per workload (the GPU check uses 50 for W1)")
+    ap.add_argument("--baseline-repeats", type=int, default=3, help="cold runs of the PyTorch baseline, run i right "
+                    "after W1's run i (median reported)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--tiny", action="store_true", help="check that the benchmark runs end to end, at a size whose "
                     "numbers measure nothing (the report says so)")
@@ -45,7 +65,7 @@ def main() -> None:
     for w in a.workloads.split(","):
         if w not in ("W1", "W2", "W3"):
             raise SystemExit(f"--workloads: {w!r} is not one of W1, W2, W3")
-    for name in ("seeds", "repeats", "repeats_large"):
+    for name in ("seeds", "repeats", "repeats_large", "baseline_repeats"):
         if getattr(a, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}: {getattr(a, name)} must be >= 1")
     a.out = a.out or str(ROOT / "results" / "bench" / ("bench_tiny.json" if a.tiny else "bench.json"))
@@ -56,9 +76,24 @@ def main() -> None:
         report["tiny"] = "a smoke run at tiny size: these numbers measure nothing"
     peak, _ = timed([py, "bench/workloads.py", "peak", *tiny])
     report["matmul_peak_gflops_per_s"] = peak["gflops_per_s"]
+    baseline = None if a.no_baseline or a.tiny else torch_version()
+    if baseline is None:
+        report["W1_torch_baseline"] = ("skipped (--no-baseline or --tiny)" if a.no_baseline or a.tiny else
+                                       "torch not installed (pip install torch==2.13.0): baseline not run")
+    elif "W1" not in a.workloads.split(","):
+        report["W1_torch_baseline"] = "skipped (W1 is not among --workloads)"
+    else:
+        report["repeats"]["W1_torch_baseline"] = a.baseline_repeats
+    base_runs = []
     for w in a.workloads.split(","):
-        runs = [timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds), *tiny])
-                for _ in range(a.repeats if w == "W1" else a.repeats_large)]
+        n = a.repeats if w == "W1" else a.repeats_large
+        n_base = a.baseline_repeats if baseline and w == "W1" else 0
+        runs = []
+        for i in range(max(n, n_base)):
+            if i < n:
+                runs.append(timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds), *tiny]))
+            if i < n_base:
+                base_runs.append(timed([py, "bench/torch_baseline.py"]))
         secs = [r["seconds"] for r, _ in runs]
         first = runs[0][0]
         report[w] = {"seconds_median": statistics.median(secs), "seconds_all": secs,
@@ -67,18 +102,13 @@ def main() -> None:
                      "fraction_of_matmul_peak": first["flops"] / statistics.median(secs) / 1e9 / peak["gflops_per_s"],
                      "flops_per_unit": first["flops_per_unit"], "device": first["device"], "jax": first["jax"]}
         print(w, json.dumps(report[w]), flush=True)
-    try:
-        if a.no_baseline or a.tiny:
-            raise ImportError
-        import torch  # noqa: F401
-        base, mem = timed([py, "bench/torch_baseline.py"])
-        report["W1_torch_baseline"] = {**base, "peak_rss_gb": mem}
-        if "W1" in report:
-            report["W1_speedup_vs_torch"] = base["seconds"] / report["W1"]["seconds_median"]
+    if base_runs:
+        base_secs = [r["seconds"] for r, _ in base_runs]
+        first = {k: v for k, v in base_runs[0][0].items() if k != "seconds"}
+        report["W1_torch_baseline"] = {**first, "seconds_median": statistics.median(base_secs),
+                                       "seconds_all": base_secs, "peak_rss_gb": max(m for _, m in base_runs)}
+        report.update(speedups(report["W1"]["seconds_all"], base_secs))
         print("torch", json.dumps(report["W1_torch_baseline"]), flush=True)
-    except ImportError:
-        report["W1_torch_baseline"] = ("skipped (--no-baseline or --tiny)" if a.no_baseline or a.tiny else
-                                       "torch not installed (pip install torch==2.13.0): baseline not run")
     timings = ROOT / "results" / "timings.json"
     if timings.exists() and not a.tiny:           # the latest `make reproduce` (its own run, on its own spell)
         t = json.loads(timings.read_text())

@@ -1,5 +1,6 @@
 """`make bench` end to end at tiny size: the report it writes, not the speed (speed is measured, never tested)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -75,3 +76,46 @@ def test_the_xla_defaults_yield_to_options_that_xla_flags_sets():
     assert tvtheory.with_xla_defaults("--xla_dump_to=/tmp/xla_backend_optimization_level").split()[1:] == defaults
     # This process got them (or its own settings of them) at import, before JAX started its backend.
     assert tvtheory.with_xla_defaults(os.environ["XLA_FLAGS"]) == os.environ["XLA_FLAGS"]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_each_baseline_run_follows_a_w1_run_and_the_ratios_compare_them(tmp_path, monkeypatch):
+    """The machine's speed drifts over minutes: the PyTorch baseline's run i comes right after W1's run i, and the
+    report gives the ratio of the medians and each adjacent pair's ratio (fake runs: no process is started)."""
+    bench, order = _bench_module(), []
+    seconds = {"W1": iter([20.0, 18.0, 22.0]), "W3": iter([60.0]), "torch": iter([190.0, 200.0])}
+
+    def fake_timed(cmd):
+        what = cmd[2] if cmd[1] == "bench/workloads.py" else "torch"
+        order.append(what)
+        if what == "peak":
+            return {"gflops_per_s": 160.0}, 0.1
+        if what == "torch":
+            return {"workload": "W1_torch", "seconds": next(seconds[what]), "torch": "2.13.0", "threads": 2}, 0.5
+        return {"seconds": next(seconds[what]), "flops": 1.6e12, "flops_per_unit": {}, "device": "cpu:0",
+                "jax": "x"}, 0.7
+    monkeypatch.setattr(bench, "timed", fake_timed)
+    monkeypatch.setattr(bench, "torch_version", lambda: "2.13.0")
+
+    def run(*args):
+        order.clear()
+        monkeypatch.setattr(sys, "argv", ["run.py", *args, "--out", str(tmp_path / "bench.json")])
+        bench.main()
+        return json.loads((tmp_path / "bench.json").read_text())
+
+    report = run("--workloads", "W1", "--repeats", "3", "--baseline-repeats", "2")
+    assert order == ["peak", "W1", "torch", "W1", "torch", "W1"]
+    assert report["W1_torch_baseline"]["seconds_all"] == [190.0, 200.0]
+    assert report["W1_torch_baseline"]["seconds_median"] == 195.0 and "seconds" not in report["W1_torch_baseline"]
+    assert report["W1_speedup_vs_torch"] == pytest.approx(195.0 / 20.0)
+    assert report["W1_speedup_per_pair"] == pytest.approx([190.0 / 20.0, 200.0 / 18.0])
+    assert report["repeats"]["W1_torch_baseline"] == 2
+    # Without W1 there is nothing to compare the baseline with: it is not run.
+    report = run("--workloads", "W3", "--repeats-large", "1")
+    assert order == ["peak", "W3"] and "W1 is not among" in report["W1_torch_baseline"]
