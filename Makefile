@@ -39,7 +39,7 @@ figures: $(STAMP)
 	$(PY) -m tvtheory.plots results
 
 # W1-W3 against the PyTorch baseline in one run (torch is installed here when missing, so the ratio is always there;
-# each of its three runs right after one of W1's), the matmul peak and each workload's share of it.
+# each of its three runs next to one of W1's), the matmul peak and each workload's share of it.
 bench: $(STAMP)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
 	$(PY) bench/run.py

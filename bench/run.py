@@ -1,7 +1,7 @@
 """`make bench`: W1-W3 from cold starts (median of --repeats runs, each a fresh process so compilation counts),
 peak resident memory per run, the machine's matmul peak, and W1's PyTorch baseline when torch is installed, each of
-its runs right after one of W1's (the machine's speed drifts over minutes: the ratio of the medians, and each
-adjacent pair's ratio, compare runs made minutes apart at most). Writes results/bench/bench.json.
+its runs next to one of W1's, after and before it in turn (the machine's speed drifts over minutes: the ratio of the
+medians, and each adjacent pair's ratio, compare runs made minutes apart at most). Writes results/bench/bench.json.
 
 GPU check (on a machine with one): `python bench/run.py --seeds 50 --workloads W1,W3 --repeats 3 --repeats-large 1
 --no-baseline --out results/bench/gpu.json`; the device name is recorded in each workload's entry.
@@ -32,17 +32,18 @@ def timed(cmd: list[str]) -> tuple[dict, float]:
 
 
 def torch_version():
-    """The installed torch's version, or None."""
+    """The installed torch's version, or None (read from its metadata: importing torch here would raise the peak
+    memory that every later child process reports, which starts as a copy of this one's)."""
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        import torch
-    except ImportError:
+        return version("torch")
+    except PackageNotFoundError:
         return None
-    return torch.__version__
 
 
 def speedups(w1_seconds: list[float], baseline_seconds: list[float]) -> dict:
     """W1 against its PyTorch baseline: the ratio of the medians, and each adjacent pair's (baseline run i over W1
-    run i, made right after it)."""
+    run i, made right before or after it)."""
     pairs = [b / w for w, b in zip(w1_seconds, baseline_seconds)]
     return {"W1_speedup_vs_torch": statistics.median(baseline_seconds) / statistics.median(w1_seconds),
             "W1_speedup_per_pair": pairs}
@@ -54,8 +55,8 @@ def main() -> None:
     ap.add_argument("--repeats-large", type=int, default=3, help="cold runs of W2 and W3")
     ap.add_argument("--workloads", default="W1,W2,W3")
     ap.add_argument("--seeds", type=int, default=5, help="seeds per workload (the GPU check uses 50 for W1)")
-    ap.add_argument("--baseline-repeats", type=int, default=3, help="cold runs of the PyTorch baseline, run i right "
-                    "after W1's run i (median reported)")
+    ap.add_argument("--baseline-repeats", type=int, help="cold runs of the PyTorch baseline (default and at most: "
+                    "--repeats), run i next to W1's run i: after it for even i, before it for odd i (median reported)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--tiny", action="store_true", help="check that the benchmark runs end to end, at a size whose "
                     "numbers measure nothing (the report says so)")
@@ -65,9 +66,13 @@ def main() -> None:
     for w in a.workloads.split(","):
         if w not in ("W1", "W2", "W3"):
             raise SystemExit(f"--workloads: {w!r} is not one of W1, W2, W3")
+    a.baseline_repeats = a.repeats if a.baseline_repeats is None else a.baseline_repeats
     for name in ("seeds", "repeats", "repeats_large", "baseline_repeats"):
         if getattr(a, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}: {getattr(a, name)} must be >= 1")
+    if a.baseline_repeats > a.repeats:
+        raise SystemExit(f"--baseline-repeats: {a.baseline_repeats} must be <= --repeats ({a.repeats}): each baseline "
+                         "run is paired with one of W1's")
     a.out = a.out or str(ROOT / "results" / "bench" / ("bench_tiny.json" if a.tiny else "bench.json"))
     py, tiny = sys.executable, ["--tiny"] if a.tiny else []
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -89,11 +94,13 @@ def main() -> None:
         n = a.repeats if w == "W1" else a.repeats_large
         n_base = a.baseline_repeats if baseline and w == "W1" else 0
         runs = []
-        for i in range(max(n, n_base)):
-            if i < n:
-                runs.append(timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds), *tiny]))
+        for i in range(n):
+            # Pair i: W1 then the baseline, the other way round for odd i (ABBA), so that neither always runs second.
+            pair = [lambda: runs.append(timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds), *tiny]))]
             if i < n_base:
-                base_runs.append(timed([py, "bench/torch_baseline.py"]))
+                pair.append(lambda: base_runs.append(timed([py, "bench/torch_baseline.py"])))
+            for run in pair[::-1] if i % 2 else pair:
+                run()
         secs = [r["seconds"] for r, _ in runs]
         first = runs[0][0]
         report[w] = {"seconds_median": statistics.median(secs), "seconds_all": secs,

@@ -1,8 +1,10 @@
-"""`make bench` end to end at tiny size: the report it writes, not the speed (speed is measured, never tested)."""
+"""`make bench`: the report it writes (end to end at tiny size, and its pairing of W1 with the PyTorch baseline on
+fake runs), not the speed (speed is measured, never tested)."""
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,11 +87,12 @@ def _bench_module():
     return mod
 
 
-def test_each_baseline_run_follows_a_w1_run_and_the_ratios_compare_them(tmp_path, monkeypatch):
-    """The machine's speed drifts over minutes: the PyTorch baseline's run i comes right after W1's run i, and the
-    report gives the ratio of the medians and each adjacent pair's ratio (fake runs: no process is started)."""
+def test_each_baseline_run_is_paired_with_a_w1_run_and_the_ratios_compare_them(tmp_path, monkeypatch):
+    """The machine's speed drifts over minutes: the PyTorch baseline's run i comes next to W1's run i (after it, then
+    before it, in turn), and the report gives the ratio of the medians and each pair's ratio (fake runs: no process is
+    started)."""
     bench, order = _bench_module(), []
-    seconds = {"W1": iter([20.0, 18.0, 22.0]), "W3": iter([60.0]), "torch": iter([190.0, 200.0])}
+    seconds = {}
 
     def fake_timed(cmd):
         what = cmd[2] if cmd[1] == "bench/workloads.py" else "torch"
@@ -105,17 +108,27 @@ def test_each_baseline_run_follows_a_w1_run_and_the_ratios_compare_them(tmp_path
 
     def run(*args):
         order.clear()
+        seconds.update({"W1": iter([20.0, 18.0, 22.0]), "W3": iter([60.0]), "torch": iter([190.0, 200.0, 210.0])})
         monkeypatch.setattr(sys, "argv", ["run.py", *args, "--out", str(tmp_path / "bench.json")])
         bench.main()
         return json.loads((tmp_path / "bench.json").read_text())
 
-    report = run("--workloads", "W1", "--repeats", "3", "--baseline-repeats", "2")
-    assert order == ["peak", "W1", "torch", "W1", "torch", "W1"]
+    report = run("--workloads", "W3,W1", "--repeats", "3", "--baseline-repeats", "2", "--repeats-large", "1")
+    assert order == ["peak", "W3", "W1", "torch", "torch", "W1", "W1"]
     assert report["W1_torch_baseline"]["seconds_all"] == [190.0, 200.0]
     assert report["W1_torch_baseline"]["seconds_median"] == 195.0 and "seconds" not in report["W1_torch_baseline"]
     assert report["W1_speedup_vs_torch"] == pytest.approx(195.0 / 20.0)
     assert report["W1_speedup_per_pair"] == pytest.approx([190.0 / 20.0, 200.0 / 18.0])
     assert report["repeats"]["W1_torch_baseline"] == 2
+    report = run("--workloads", "W1")                       # by default as many baseline runs as W1's
+    assert order == ["peak", "W1", "torch", "torch", "W1", "W1", "torch"]
+    assert report["W1_speedup_per_pair"] == pytest.approx([190.0 / 20.0, 200.0 / 18.0, 210.0 / 22.0])
     # Without W1 there is nothing to compare the baseline with: it is not run.
     report = run("--workloads", "W3", "--repeats-large", "1")
     assert order == ["peak", "W3"] and "W1 is not among" in report["W1_torch_baseline"]
+    # A pairing that cannot be made is refused in one line, before anything runs.
+    for bad, line in [(["--baseline-repeats", "4"], "--baseline-repeats: 4 must be <= --repeats (3)"),
+                      (["--baseline-repeats", "0"], "--baseline-repeats: 0 must be >= 1")]:
+        with pytest.raises(SystemExit, match="^" + re.escape(line)):
+            run("--workloads", "W1", *bad)
+        assert order == []
