@@ -81,26 +81,26 @@ def main() -> None:
         report["tiny"] = "a smoke run at tiny size: these numbers measure nothing"
     peak, _ = timed([py, "bench/workloads.py", "peak", *tiny])
     report["matmul_peak_gflops_per_s"] = peak["gflops_per_s"]
-    baseline = None if a.no_baseline or a.tiny else torch_version()
-    if baseline is None:
-        report["W1_torch_baseline"] = ("skipped (--no-baseline or --tiny)" if a.no_baseline or a.tiny else
-                                       "torch not installed (pip install torch==2.13.0): baseline not run")
+    if a.no_baseline or a.tiny:
+        report["W1_torch_baseline"] = "skipped (--no-baseline or --tiny)"
+    elif torch_version() is None:
+        report["W1_torch_baseline"] = "torch not installed (pip install torch==2.13.0): baseline not run"
     elif "W1" not in a.workloads.split(","):
         report["W1_torch_baseline"] = "skipped (W1 is not among --workloads)"
     else:
         report["repeats"]["W1_torch_baseline"] = a.baseline_repeats
-    base_runs = []
+    paired = "W1_torch_baseline" in report["repeats"]
+    base_cmd, base_runs = [py, "bench/torch_baseline.py"], []
     for w in a.workloads.split(","):
-        n = a.repeats if w == "W1" else a.repeats_large
-        n_base = a.baseline_repeats if baseline and w == "W1" else 0
-        runs = []
-        for i in range(n):
-            # Pair i: W1 then the baseline, the other way round for odd i (ABBA), so that neither always runs second.
-            pair = [lambda: runs.append(timed([py, "bench/workloads.py", w, "--seeds", str(a.seeds), *tiny]))]
-            if i < n_base:
-                pair.append(lambda: base_runs.append(timed([py, "bench/torch_baseline.py"])))
-            for run in pair[::-1] if i % 2 else pair:
-                run()
+        cmd, runs = [py, "bench/workloads.py", w, "--seeds", str(a.seeds), *tiny], []
+        for i in range(a.repeats if w == "W1" else a.repeats_large):
+            # Pair i: W1's run then the baseline's, the other way round for odd i, so that neither always runs second.
+            with_base = paired and w == "W1" and i < a.baseline_repeats
+            if with_base and i % 2:
+                base_runs.append(timed(base_cmd))
+            runs.append(timed(cmd))
+            if with_base and not i % 2:
+                base_runs.append(timed(base_cmd))
         secs = [r["seconds"] for r, _ in runs]
         first = runs[0][0]
         report[w] = {"seconds_median": statistics.median(secs), "seconds_all": secs,

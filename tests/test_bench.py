@@ -123,9 +123,14 @@ def test_each_baseline_run_is_paired_with_a_w1_run_and_the_ratios_compare_them(t
     report = run("--workloads", "W1")                       # by default as many baseline runs as W1's
     assert order == ["peak", "W1", "torch", "torch", "W1", "W1", "torch"]
     assert report["W1_speedup_per_pair"] == pytest.approx([190.0 / 20.0, 200.0 / 18.0, 210.0 / 22.0])
-    # Without W1 there is nothing to compare the baseline with: it is not run.
+    # Without W1 there is nothing to compare the baseline with, and without torch nothing to run: W1 runs alone.
     report = run("--workloads", "W3", "--repeats-large", "1")
     assert order == ["peak", "W3"] and "W1 is not among" in report["W1_torch_baseline"]
+    monkeypatch.setattr(bench, "torch_version", lambda: None)
+    report = run("--workloads", "W1")
+    assert order == ["peak", "W1", "W1", "W1"] and "torch not installed" in report["W1_torch_baseline"]
+    assert "W1_speedup_vs_torch" not in report and "W1_torch_baseline" not in report["repeats"]
+    monkeypatch.setattr(bench, "torch_version", lambda: "2.13.0")
     # A pairing that cannot be made is refused in one line, before anything runs.
     for bad, line in [(["--baseline-repeats", "4"], "--baseline-repeats: 4 must be <= --repeats (3)"),
                       (["--baseline-repeats", "0"], "--baseline-repeats: 0 must be >= 1")]:
