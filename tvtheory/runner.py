@@ -200,13 +200,18 @@ def check_folder(name: str, value: Optional[str], null_means: str) -> None:
         _check.fail(name, value, f"must be a folder path, or null for {null_means}")
 
 
+def cache_dir_of(cfg) -> Optional[str]:
+    """The config's cache.dir: a folder path, None (no cache), or whatever was given (checked by check_folder)."""
+    return getattr(getattr(cfg, "cache", None), "dir", None)
+
+
 def environment(cfg: C.Node, job: int = 0) -> None:
     """Settings that must precede JAX's first computation: the CPUs (``threads``, or the CPUS variable), and the
     persistent cache of compiled programs. XLA's CPU runtime sizes its thread pool by the CPUs the process may run
     on, so the CPUs are set as the process's affinity (flags such as intra_op_parallelism_threads no longer limit
     it); a launcher's worker keeps its first job's CPUs, for every job it runs after."""
     global _pinned
-    cache_dir = getattr(getattr(cfg, "cache", None), "dir", None)
+    cache_dir = cache_dir_of(cfg)
     if cache_dir:
         # Compiled programs are kept beside the stage cache: a rerun, or another experiment with the same shapes,
         # skips XLA compilation (seconds per program on 2 cores).
@@ -228,7 +233,7 @@ def environment(cfg: C.Node, job: int = 0) -> None:
 def preflight(exp: ModuleType, cfg: C.Node, out: Optional[Path]) -> Cost:
     """Everything that can be refused before compute: the result folder (None: a new folder of Hydra's, named by
     time and process, which needs no check), the cache folder, the budget."""
-    cache_dir = getattr(getattr(cfg, "cache", None), "dir", None)
+    cache_dir = cache_dir_of(cfg)
     check_folder("out_dir", getattr(cfg, "out_dir", None), "the Hydra job's output folder")
     check_folder("cache.dir", cache_dir, "no cache")
     if out is not None:
@@ -263,7 +268,7 @@ def execute(exp: ModuleType, cfg: C.Node, out: Path, *, raw_config: Optional[dic
 
     # preflight's checks of the cache folder, for a caller that skipped it: a blank cache.dir is neither a folder nor
     # null, and a cache inside the result folder would be deleted when the finished run replaces it
-    cache_dir = getattr(getattr(cfg, "cache", None), "dir", None)
+    cache_dir = cache_dir_of(cfg)
     check_folder("cache.dir", cache_dir, "no cache")
     if cache_dir:
         check_cache_outside_results(cache_dir, out)
