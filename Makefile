@@ -14,11 +14,15 @@ unexport PYTHONDONTWRITEBYTECODE
 
 # uv (pinned in the lock) installs the pinned environment: ~4 s against pip's ~25 s, the same packages at the same
 # versions. Files are copied, not hard-linked to uv's cache, so that editing an installed file cannot change the cache.
+# uv reads none of pip's settings (an index mirror, find-links, certificates): wherever it cannot install, pip does.
+install = $(UV) pip install -q --link-mode=copy --python $(PY) $(1) \
+	|| $(PY) -m pip install -q --disable-pip-version-check --no-compile $(1)
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile $$(grep '^uv==' requirements.lock)
-	$(UV) pip install -q --link-mode=copy --python $(PY) -r requirements.lock
-	$(UV) pip install -q --link-mode=copy --python $(PY) --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile $$(grep '^uv==' requirements.lock) \
+		|| echo "uv not installed: pip installs the environment"
+	$(call install,-r requirements.lock)
+	$(call install,--no-deps -e .)
 	touch $@
 
 # The whole suite on both cores: whole files per worker, the longest end-to-end files first (tests/conftest.py). A
@@ -45,7 +49,7 @@ figures: $(STAMP)
 # W1-W3 against the PyTorch baseline in one run (torch is installed here when missing, so the ratio is always there;
 # each of its three runs next to one of W1's), the matmul peak and each workload's share of it.
 bench: $(STAMP)
-	@$(PY) -c "import torch" 2>/dev/null || $(UV) pip install -q --link-mode=copy --python $(PY) torch==2.13.0
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
 	$(PY) bench/run.py
 
 lint: $(STAMP)
