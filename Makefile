@@ -3,24 +3,27 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-UV := $(VENV)/bin/uv
 export PYTHONHASHSEED := 0
-# Installation byte-compiles no installed file (uv's default; pip's --no-compile for uv itself); Python writes the
-# byte-code of what is imported on first import instead, which an inherited PYTHONDONTWRITEBYTECODE would forbid
-# (each of the test suite's ~100 processes would then recompile its imports, ~3 s each).
+# Installation byte-compiles no installed file (uv's default; pip's --no-compile, for uv itself and wherever pip
+# installs); Python writes the byte-code of what is imported on first import instead, which an inherited
+# PYTHONDONTWRITEBYTECODE would forbid (each of the test suite's ~100 processes would then recompile its imports, ~3 s
+# each).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: test test-fast reproduce claims figures bench lint clean
 
-# uv (pinned in the lock) installs the pinned environment: ~4 s against pip's ~25 s, the same packages at the same
-# versions. Files are copied, not hard-linked to uv's cache, so that editing an installed file cannot change the cache.
-# uv reads none of pip's settings (an index mirror, find-links, certificates): wherever it cannot install, pip does.
-install = $(UV) pip install -q --link-mode=copy --python $(PY) $(1) \
-	|| $(PY) -m pip install -q --disable-pip-version-check --no-compile $(1)
+# uv (pinned in the lock) installs the pinned environment: ~4 s from its cache against pip's ~23 s, the same packages
+# at the same versions. Files are copied, not hard-linked to uv's cache, so that editing an installed file cannot
+# change the cache. uv reads none of pip's settings (an index mirror, find-links, constraints, certificates): wherever
+# it cannot install, pip does, saying so; `make UV= test` (or any target) installs with pip alone, for a machine whose
+# pip settings must be followed.
+UV ?= $(VENV)/bin/uv
+PIP := $(PY) -m pip install -q --disable-pip-version-check --no-compile
+install = { test -x "$(UV)" && $(UV) pip install -q --link-mode=copy --python $(PY) $(1); } \
+	|| { echo "pip installs $(1)"; $(PIP) $(1); }
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile $$(grep '^uv==' requirements.lock) \
-		|| echo "uv not installed: pip installs the environment"
+	$(if $(UV),uv=$$(grep -m1 '^uv==' requirements.lock) && $(PIP) "$$uv" || echo "uv not installed")
 	$(call install,-r requirements.lock)
 	$(call install,--no-deps -e .)
 	touch $@
@@ -49,7 +52,7 @@ figures: $(STAMP)
 # W1-W3 against the PyTorch baseline in one run (torch is installed here when missing, so the ratio is always there;
 # each of its three runs next to one of W1's), the matmul peak and each workload's share of it.
 bench: $(STAMP)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) -c requirements.lock torch==2.13.0
 	$(PY) bench/run.py
 
 lint: $(STAMP)
