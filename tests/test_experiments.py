@@ -117,12 +117,13 @@ def test_every_experiment_runs_end_to_end_and_its_claims_recompute(name, args, t
         assert verdicts["reference"] == "merged" and verdicts["models"]["four"]["config"]["form"] == "four"
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=local", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=slurm_local"]], ids=["joblib", "submitit_local"])
-def test_multirun_through_a_real_launcher_then_gather_and_redraw(tmp_path, launcher, capsys):
+@pytest.mark.parametrize("launcher, redraw", [(["hydra/launcher=local", "hydra.launcher.n_jobs=2"], False),
+                                              (["hydra/launcher=slurm_local"], True)], ids=["joblib", "submitit_local"])
+def test_multirun_through_a_real_launcher_then_gather_and_redraw(tmp_path, launcher, redraw, capsys):
     """Two jobs through joblib/loky or submitit's Slurm code path (each job in a fresh interpreter), one XLA thread
     each; their rows gather into one table carrying every job's config; the jobs draw no figures (figures=false) and
-    ``tvtheory.plots`` draws them from the multirun folder's tables."""
+    ``tvtheory.plots`` draws them from the multirun folder's tables. It does so once, in submitit's folder, whose
+    .submitit folder of job records lies beside the jobs' folders (the drawing does not depend on the launcher)."""
     p = subprocess.run([sys.executable, str(ROOT / "experiments" / "arithmetic.py"), "-m", *launcher, "threads=1",
                         "figures=false", *TINY[:-2], "model.m=16", "data.d=6,8", f"hydra.sweep.dir={tmp_path / 'mr'}",
                         f"cache.dir={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
@@ -135,6 +136,8 @@ def test_multirun_through_a_real_launcher_then_gather_and_redraw(tmp_path, launc
     logs = list((tmp_path / "mr").rglob("*.log"))
     assert logs and any("[arithmetic#" in f.read_text() for f in logs)          # job-tagged lines in Hydra's logs
     assert not list((tmp_path / "mr").rglob("*.png"))
-    plots.main(str(tmp_path / "mr"))                          # what `python -m tvtheory.plots` runs
-    assert capsys.readouterr().out.count("redrew") == 2
-    assert len(list((tmp_path / "mr").rglob("figure1.png"))) == 2
+    if redraw:
+        assert (tmp_path / "mr" / ".submitit").is_dir()
+        plots.main(str(tmp_path / "mr"))                      # what `python -m tvtheory.plots` runs
+        assert capsys.readouterr().out.count("redrew") == 2
+        assert len(list((tmp_path / "mr").rglob("figure1.png"))) == 2
