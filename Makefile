@@ -15,8 +15,8 @@ unexport PYTHONDONTWRITEBYTECODE
 # uv (pinned in the lock) installs the pinned environment: ~4 s from its cache against pip's ~23 s, the same packages
 # at the same versions. Files are copied, not hard-linked to uv's cache, so that editing an installed file cannot
 # change the cache. uv reads none of pip's settings (an index mirror, find-links, constraints, certificates): wherever
-# it cannot install, pip does, saying so; `make UV= test` (or any target) installs with pip alone, for a machine whose
-# pip settings must be followed.
+# it cannot install, pip does, saying so; `make UV= test` (or any target) installs with pip alone where it installs
+# (no .venv, or a changed lock or pyproject.toml), for a machine whose pip settings must be followed.
 UV ?= $(VENV)/bin/uv
 PIP := $(PY) -m pip install -q --disable-pip-version-check --no-compile
 install = { test -x "$(UV)" && $(UV) pip install -q --link-mode=copy --python $(PY) $(1); } \
