@@ -84,7 +84,7 @@ def main() -> None:
     if a.no_baseline or a.tiny:
         report["W1_torch_baseline"] = "skipped (--no-baseline or --tiny)"
     elif torch_version() is None:
-        report["W1_torch_baseline"] = "torch not installed (pip install torch==2.13.0): baseline not run"
+        report["W1_torch_baseline"] = "torch not installed (`make bench` installs it): baseline not run"
     elif "W1" not in a.workloads.split(","):
         report["W1_torch_baseline"] = "skipped (W1 is not among --workloads)"
     else:

@@ -1,7 +1,7 @@
 """W1 written the way task-arithmetic code usually is: PyTorch, one model at a time, state-dict arithmetic and a
 Python loop over lambda. Same model, data, SGD and grid as tvtheory's W1. Prints one JSON line.
 
-  python bench/torch_baseline.py          (needs torch: pip install torch==2.13.0)
+  python bench/torch_baseline.py          (needs torch: `make bench` installs the bench extra's, under the lock)
 """
 
 import copy
