@@ -274,14 +274,15 @@ def test_grid_eval_gathering_values_from_the_pattern_table_matches_the_sums_per_
 @pytest.mark.parametrize("with_table", [False, True])
 def test_grid_eval_as_one_fused_loop_and_as_a_batched_product_agree(monkeypatch, with_table):
     """Up to model.FUSED_Q_MAX distinct tokens a grid point's attention-weighted sums are unrolled multiply-adds
-    summed as balanced trees; beyond, a batched product: the same numbers to float rounding, with and without the
-    pattern table."""
+    summed as balanced trees (with the pattern table on this CPU, tvtheory.cpu_kernel's loop); beyond, a batched
+    product: the same numbers to float rounding, with and without the pattern table."""
     spec, mus, irr, X, y, base, taus = grid_problem("merged", 2, P=12, n=90, task=1)
     taus = jax.tree.map(lambda *x: jnp.stack(x), *taus)
     coeffs = jax.random.uniform(jax.random.key(4), (5, 2), minval=-2, maxval=3)
     kw = dict(block=32, q=spec.max_distinct(irr.shape[0]), table=data.token_table(mus[1], irr) if with_table else None)
-    trees, real = [], model._tree_sum
-    monkeypatch.setattr(model, "_tree_sum", lambda terms: trees.append(len(terms)) or real(terms))
+    trees = []                                                    # the fused form's calls (XLA's loop or the kernel)
+    for name in ("fused_relu_attention", "relu_attention_rows"):
+        monkeypatch.setattr(model, name, lambda *a, f=getattr(model, name): trees.append(f) or f(*a))
     monkeypatch.setattr(model, "FUSED_Q_MAX", 24)                   # the suite's default (tests run LLVM level 0)
     fused = model.grid_eval(base, taus, coeffs, X, y, **kw)            # not jitted: each call traces its own form
     assert trees

@@ -500,7 +500,7 @@ def vocab_grid(base, D_C, coeffs_CxZ, X_NxPxD, y_N, vocab_VxD, q: int, block: in
                 A = jax.nn.softmax(S0 + z * SD, axis=-1) * weight
                 if q <= model.FUSED_Q_MAX:      # one fused loop over (nb, m), as in model.grid_eval
                     Hv = H0v + z * HDv
-                    G = model.fused_relu_attention(A, [Hv[u[:, s]] for s in range(q)])
+                    G = model.relu_attention_rows(A, u, Hv)
                 else:
                     G = jax.nn.relu(A @ (H0 + z * HD)).sum(-2)
                 f = G @ a

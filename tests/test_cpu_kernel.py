@@ -1,0 +1,168 @@
+"""The native kernel of a grid point (tvtheory/cpu_kernel.py): bit for bit what XLA's fused loop computes."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tvtheory import cpu_kernel, model
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel.host_supported(), reason="needs llvmlite and a CPU with AVX2 and FMA")
+
+
+def tree(terms):
+    while len(terms) > 1:
+        terms = [a + b for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) - len(terms) % 2:]
+    return terms[0]
+
+
+def reference(A, rows, table):
+    """XLA's fused loop as its machine code computes it, in numpy: each query's pairs a0 h0 + a1 h1 as one fused
+    multiply-add of the first product onto the rounded second (the product is exact in float64), balanced trees of
+    the pairs and of the queries, and a ReLU that passes NaN on."""
+    A, H = np.asarray(A, np.float32), np.asarray(table, np.float32)[np.asarray(rows)]        # H (N, q, m)
+    q = A.shape[-1]
+    out = []
+    for j in range(q):
+        a = A[:, j, :, None]
+        pairs = [(a[:, s].astype(np.float64) * H[:, s] + a[:, s + 1] * H[:, s + 1]).astype(np.float32)
+                 for s in range(0, q, 2)]
+        out.append(np.maximum(tree(pairs), np.float32(0)))
+    return tree(out)
+
+
+def operands(seed, N, q, m, T=11, live=None):
+    """Softmax weights of N samples, each with its own number of live tokens (the rest padding: weight 0, as
+    model.grid_eval's), rows into a table (T, m)."""
+    rng = np.random.default_rng(seed)
+    live = rng.integers(1, q + 1, N) if live is None else np.asarray(live)
+    S = rng.normal(size=(N, q, q)).astype(np.float32)
+    S = np.where(np.arange(q) < live[:, None, None], S, -np.inf)                             # padding keys
+    A = np.exp(S - S.max(-1, keepdims=True))
+    A = A / A.sum(-1, keepdims=True) * np.where(np.arange(q)[None, :, None] < live[:, None, None], 0.05, 0.0)
+    return A.astype(np.float32), rng.integers(0, T, (N, q)).astype(np.int32), rng.normal(size=(T, m)).astype(np.float32)
+
+
+@needs_kernel
+@pytest.mark.parametrize("q, m", [(4, 16), (8, 32), (12, 48), (16, 256), (20, 64), (24, 16)])
+def test_the_kernel_computes_xla_s_operations_bit_for_bit(q, m):
+    A, rows, table = operands(q * m, 37, q, m)
+    A[3] = 0.0                                   # a sample with no live token
+    A[5, 2] = 0.0                                # a query inside the live ones with no weight: computed, not skipped
+    A[6, :, 1] = 0.0
+    G = jax.jit(cpu_kernel.relu_attention)(A, rows, table)
+    assert G.shape == (37, m) and G.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(G), reference(A, rows, table))
+    assert np.count_nonzero(np.asarray(G)) > 0.5 * G.size
+
+
+@needs_kernel
+def test_a_non_finite_value_is_multiplied_as_xla_does_even_by_a_padding_weight():
+    """0 x inf is NaN in XLA's loop, so with a non-finite value in the table nothing is skipped: a sample whose only
+    contact with the value is a padding key turns NaN as in the reference, and skipping would have hidden it."""
+    A, rows, table = operands(0, 8, 8, 16, live=[3, 8, 2, 5, 8, 1, 4, 6])
+    rows[0, 5] = 0                               # sample 0's padding key 5 reads row 0 ...
+    rows[0, :3] = 1                              # ... and its live keys read row 1
+    for bad in (np.inf, np.nan):
+        t = table.copy()
+        t[0, 3] = bad
+        G, ref = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, rows, t)), reference(A, rows, t)
+        np.testing.assert_array_equal(G, ref)
+        assert np.isnan(G[0, 3]) and np.isnan(ref[0, 3])
+    finite = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, rows, table))
+    assert np.all(np.isfinite(finite))
+
+
+@needs_kernel
+def test_a_batch_of_calls_under_vmap_is_each_call():
+    A, rows, table = operands(1, 9, 16, 32)
+    tables = np.stack([table, 2 * table, -table])
+    batched = jax.jit(jax.vmap(cpu_kernel.relu_attention, in_axes=(None, None, 0)))(A, rows, tables)
+    for t, G in zip(tables, np.asarray(batched)):
+        np.testing.assert_array_equal(G, reference(A, rows, t))
+
+
+@needs_kernel
+def test_rows_out_of_range_are_read_as_jax_s_gather_reads_them(monkeypatch):
+    """model.relu_attention_rows counts a negative row from the end and clamps one past the end, as table[rows]."""
+    A, rows, table = operands(2, 6, 8, 16, T=5)
+    rows[0, 0], rows[1, 1], rows[2, 2], rows[3, 3] = -1, -5, 5, 99
+    native = np.asarray(jax.jit(model.relu_attention_rows)(A, jnp.asarray(rows), table))
+    np.testing.assert_array_equal(native, reference(A, np.clip(np.where(rows < 0, rows + 5, rows), 0, 4), table))
+    monkeypatch.setenv("TVTHEORY_NATIVE", "0")
+    assert not cpu_kernel.available(8, 16)
+    xla = np.asarray(jax.jit(model.relu_attention_rows)(A, jnp.asarray(rows), table))
+    np.testing.assert_allclose(xla, native, rtol=1e-6, atol=1e-7)       # XLA's loop (unoptimised in the tests)
+
+
+def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
+    f32, i32 = jnp.float32, jnp.int32
+    ok = cpu_kernel.host_supported()
+    assert cpu_kernel.available(16, 256, f32, i32, f32) == ok
+    assert not cpu_kernel.available(14, 256) and not cpu_kernel.available(2, 256) and not cpu_kernel.available(16, 40)
+    assert not cpu_kernel.available(16, 256, jnp.float16, i32, f32)
+    with pytest.raises(ValueError, match="q a multiple of 4"):
+        cpu_kernel.kernel_ir(6, 16)
+    monkeypatch.setenv("TVTHEORY_NATIVE", "0")
+    assert not cpu_kernel.available(16, 256, f32, i32, f32)
+    A, rows, table = operands(3, 4, 6, 24)                                # q = 6, m = 24: XLA's loop
+    G = jax.jit(model.relu_attention_rows)(A, rows, table)
+    np.testing.assert_allclose(np.asarray(G), reference(A, rows, table), rtol=1e-6, atol=1e-7)
+
+
+def test_the_handler_speaks_the_ffi_version_of_the_installed_xla():
+    header = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h"
+    text = header.read_text()
+    version = tuple(int(re.search(rf"#define XLA_FFI_API_{part} (\d+)", text).group(1)) for part in ("MAJOR", "MINOR"))
+    assert version == cpu_kernel.FFI_API
+    ir = cpu_kernel.kernel_ir(8, 16)
+    assert f"store i32 {version[0]}, ptr %major" in ir and f"store i32 {version[1]}, ptr %minor" in ir
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_grid_eval_gives_the_same_bits_with_the_kernel_as_with_xla_s_optimised_loop():
+    """With the suite's own XLA options (not the tests' LLVM level 0), a grid of one and of two task vectors, point by
+    point and in chunks (vmap), on a sample set with padding tokens: losses, accuracies and each grid point's sums
+    are the same bits with the kernel as with XLA's fused loop."""
+    script = r"""
+import os, numpy as np, jax, jax.numpy as jnp
+from tvtheory import cpu_kernel, model
+rng = np.random.default_rng(0)
+d, m, P, N, q = 12, 64, 20, 150, 16
+table = jnp.asarray(np.concatenate([np.eye(d), -np.eye(d)[:4]]), jnp.float32)
+X = table[rng.integers(0, table.shape[0], (N, P))]
+y = jnp.asarray(rng.choice([-1.0, 1.0], N), jnp.float32)
+base = {"W": jnp.asarray(rng.normal(size=(d, d)), jnp.float32), "V": jnp.asarray(rng.normal(size=(m, d)), jnp.float32)}
+taus = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=(2,) + x.shape) * 0.3, jnp.float32), base)
+out = {}
+for native in ("1", "0"):
+    os.environ["TVTHEORY_NATIVE"] = native
+    assert cpu_kernel.available(q, m) == (native == "1")
+    for K, chunk in ((1, 1), (2, 1), (2, 3)):
+        c = jnp.asarray(rng.uniform(-1, 2, (7, K)) if native == "1" else out["c", K, chunk], jnp.float32)
+        out["c", K, chunk] = c
+        t = jax.tree.map(lambda x: x[:K], taus)
+        f = jax.jit(lambda c: model.grid_eval(base, t, c, X, y, chunk=chunk, q=q, table=table, block=40))
+        out[native, K, chunk] = [np.asarray(r) for r in f(c)]
+for key in [k for k in out if k[0] == "1"]:
+    for a, b in zip(out[key], out[("0",) + key[1:]]):
+        assert np.isfinite(a).all() and a.tobytes() == b.tobytes(), key
+S = jnp.asarray(rng.normal(size=(30, q, q)), jnp.float32).at[:, :, 12:].set(-jnp.inf)
+A = jax.nn.softmax(S, -1) * jnp.where(jnp.arange(q) < 13, 0.05, 0.0)[:, None]
+rows, H = jnp.asarray(rng.integers(0, 26, (30, q)), jnp.int32), jnp.asarray(rng.normal(size=(26, m)), jnp.float32)
+G = {}
+for native in ("1", "0"):
+    os.environ["TVTHEORY_NATIVE"] = native
+    G[native] = np.asarray(jax.jit(model.relu_attention_rows)(A, rows, H))
+assert np.array_equal(G["1"], G["0"]), np.abs(G["1"] - G["0"]).max()
+print("same bits")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "same bits" in out.stdout, out.stderr[-3000:]
