@@ -28,11 +28,12 @@ def reference(A, rows, table):
     A, H = np.asarray(A, np.float32), np.asarray(table, np.float32)[np.asarray(rows)]        # H (N, q, m)
     q = A.shape[-1]
     out = []
-    for j in range(q):
-        a = A[:, j, :, None]
-        pairs = [(a[:, s].astype(np.float64) * H[:, s] + a[:, s + 1] * H[:, s + 1]).astype(np.float32)
-                 for s in range(0, q, 2)]
-        out.append(np.maximum(tree(pairs), np.float32(0)))
+    with np.errstate(invalid="ignore"):                         # 0 x inf is NaN here as in XLA's loop
+        for j in range(q):
+            a = A[:, j, :, None]
+            pairs = [(a[:, s].astype(np.float64) * H[:, s] + a[:, s + 1] * H[:, s + 1]).astype(np.float32)
+                     for s in range(0, q, 2)]
+            out.append(np.maximum(tree(pairs), np.float32(0)))
     return tree(out)
 
 
@@ -76,6 +77,30 @@ def test_a_non_finite_value_is_multiplied_as_xla_does_even_by_a_padding_weight()
         assert np.isnan(G[0, 3]) and np.isnan(ref[0, 3])
     finite = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, rows, table))
     assert np.all(np.isfinite(finite))
+
+
+@needs_kernel
+@pytest.mark.parametrize("N", [0, 1, 16, 17, 200])
+def test_any_number_of_samples_is_split_into_chunks_that_cover_them_once(N):
+    """The handler splits the samples into chunks of CHUNK that the calling thread and XLA's pool threads claim."""
+    A, rows, table = operands(N + 5, N, 8, 32)
+    G = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, rows, table))
+    assert G.shape == (N, 32)
+    np.testing.assert_array_equal(G, reference(A, rows, table))
+
+
+@needs_kernel
+def test_calls_from_several_threads_at_once_each_get_their_own_numbers():
+    """The sweeps run stages side by side on threads, each calling the kernel while the others do."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = jax.jit(cpu_kernel.relu_attention)
+    problems = [operands(seed, 150, 16, 64) for seed in range(6)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda p: [np.asarray(f(*p)) for _ in range(5)], problems))
+    for p, runs in zip(problems, results):
+        for G in runs:
+            np.testing.assert_array_equal(G, reference(*p))
 
 
 @needs_kernel
