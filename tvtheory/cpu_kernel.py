@@ -227,28 +227,21 @@ def kernel_ir(q: int, m: int) -> str:
 CHUNK = 16
 _API_ERROR_DESTROY, _API_SCHEDULE, _API_NUM_THREADS = 64, 136, 144   # XLA_FFI_Api's function pointers
 _FRAME_API, _FRAME_CTX = 16, 24                                       # XLA_FFI_CallFrame: api, ctx
+_JOB = (("next", "i64"), ("done", "i64"), ("refs", "i64"), ("chunks", "i64"), ("G", "ptr"), ("A", "ptr"),
+        ("R", "ptr"), ("H", "ptr"), ("N", "i64"), ("fin", "i1"))
+_FIELDS_OUT = "\n".join(f"  %{name} = extractvalue %Job %job.v, {i}" for i, (name, _) in enumerate(_JOB) if i > 2)
+_FIELDS_IN = "\n".join(f"  %job.{i} = insertvalue %Job {'undef' if i == 0 else f'%job.{i - 1}'}, {typ} "
+                        f"{'0' if i < 2 else '%' + name}, {i}" for i, (name, typ) in enumerate(_JOB))
 _HANDLER_IR = f"""
 ; the shared record of a call: next chunk, chunks done, references, chunks, G, A, rows, table, N, finite
-%Job = type {{ i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, i1 }}
+%Job = type {{ {', '.join(t for _, t in _JOB)} }}
 
 define internal void @claim(ptr %job) {{
 entry:
   %next.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 0
   %done.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 1
-  %chunks.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 3
-  %chunks = load i64, ptr %chunks.p
-  %G.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 4
-  %G = load ptr, ptr %G.p
-  %A.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 5
-  %A = load ptr, ptr %A.p
-  %R.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 6
-  %R = load ptr, ptr %R.p
-  %H.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 7
-  %H = load ptr, ptr %H.p
-  %N.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 8
-  %N = load i64, ptr %N.p
-  %fin.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 9
-  %fin = load i1, ptr %fin.p
+  %job.v = load %Job, ptr %job                      ; the fields after the two counters never change
+{_FIELDS_OUT}
   br label %loop
 loop:
   %k = atomicrmw add ptr %next.p, i64 1 seq_cst
@@ -382,26 +375,8 @@ nt.ok:
   %helpers = sub i64 %workers, 1
   %job = call ptr @malloc(i64 80)
   %refs = add i64 %helpers, 1
-  %next.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 0
-  store i64 0, ptr %next.p
-  %done0.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 1
-  store i64 0, ptr %done0.p
-  %refs.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 2
-  store i64 %refs, ptr %refs.p
-  %chunks.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 3
-  store i64 %chunks, ptr %chunks.p
-  %G.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 4
-  store ptr %G, ptr %G.p
-  %A.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 5
-  store ptr %A, ptr %A.p
-  %R.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 6
-  store ptr %R, ptr %R.p
-  %H.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 7
-  store ptr %H, ptr %H.p
-  %N.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 8
-  store i64 %N, ptr %N.p
-  %fin.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 9
-  store i1 %fin, ptr %fin.p
+{_FIELDS_IN}
+  store %Job %job.9, ptr %job
   %sc.args = alloca {{ i64, ptr, ptr, ptr, ptr }}, align 8
   store {{ i64, ptr, ptr, ptr, ptr }} {{ i64 40, ptr null, ptr undef, ptr @helper, ptr undef }}, ptr %sc.args
   %sc.ctx = getelementptr inbounds {{ i64, ptr, ptr, ptr, ptr }}, ptr %sc.args, i32 0, i32 2
