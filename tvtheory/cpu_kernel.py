@@ -222,8 +222,9 @@ def kernel_ir(q: int, m: int) -> str:
 # the kernel on its buffers (arguments A, rows, table; result G; N from A's first dimension, T from the table's) in
 # chunks of CHUNK samples, which the calling thread and up to n - 1 helpers on XLA's intra-op thread pool (n its
 # threads) claim one at a time from a shared counter, as XLA spreads its own loops over that pool. The caller returns
-# once every chunk is done; it never waits for a helper that has claimed none (a helper may start after the last
-# chunk is taken, and then finds none), and the shared record is freed by the last of them to let it go.
+# once every chunk is done, yielding its CPU while it waits (a helper may share it); it never waits for a helper that
+# has claimed none (one may start after the last chunk is taken, and then finds none), and the shared record is freed
+# by the last of them to let it go.
 CHUNK = 16
 _API_ERROR_DESTROY, _API_SCHEDULE, _API_NUM_THREADS = 64, 136, 144   # XLA_FFI_Api's function pointers
 _FRAME_API, _FRAME_CTX = 16, 24                                       # XLA_FFI_CallFrame: api, ctx
@@ -408,9 +409,9 @@ own:
 wait:                                                   ; chunks that helpers claimed and are running
   %done = load atomic i64, ptr %done.p seq_cst, align 8
   %all = icmp uge i64 %done, %chunks
-  br i1 %all, label %finish, label %pause
-pause:
-  call void @llvm.x86.sse2.pause()
+  br i1 %all, label %finish, label %yield
+yield:                                                  ; a helper may share this thread's CPU (a lane has one)
+  %y = call i32 @sched_yield()
   br label %wait
 finish:
   call void @release(ptr %job)
@@ -445,5 +446,5 @@ define internal ptr @data(ptr %buffer) alwaysinline {{
 
 declare ptr @malloc(i64)
 declare void @free(ptr)
-declare void @llvm.x86.sse2.pause()
+declare i32 @sched_yield()
 """
