@@ -120,7 +120,7 @@ def test_rows_out_of_range_are_read_as_jax_s_gather_reads_them(monkeypatch):
     native = np.asarray(jax.jit(model.relu_attention_rows)(A, jnp.asarray(rows), table))
     np.testing.assert_array_equal(native, reference(A, np.clip(np.where(rows < 0, rows + 5, rows), 0, 4), table))
     monkeypatch.setenv("TVTHEORY_NATIVE", "0")
-    assert not cpu_kernel.available(8, 16)
+    assert not cpu_kernel.available(8, 16, jnp.float32, jnp.int32, jnp.float32)
     xla = np.asarray(jax.jit(model.relu_attention_rows)(A, jnp.asarray(rows), table))
     np.testing.assert_allclose(xla, native, rtol=1e-6, atol=1e-7)       # XLA's loop (unoptimised in the tests)
 
@@ -129,8 +129,10 @@ def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
     f32, i32 = jnp.float32, jnp.int32
     ok = cpu_kernel.host_supported()
     assert cpu_kernel.available(16, 256, f32, i32, f32) == ok
-    assert not cpu_kernel.available(14, 256) and not cpu_kernel.available(2, 256) and not cpu_kernel.available(16, 40)
-    assert not cpu_kernel.available(16, 256, jnp.float16, i32, f32)
+    for q, m in ((14, 256), (2, 256), (16, 40)):
+        assert not cpu_kernel.available(q, m, f32, i32, f32)
+    assert not cpu_kernel.available(16, 256, jnp.float16, i32, f32) and not cpu_kernel.available(16, 256)
+    assert not cpu_kernel.available(16, 256, f32, f32, f32) and not cpu_kernel.available(16, 256, f32, i32, jnp.int32)
     with pytest.raises(ValueError, match="q a multiple of 4"):
         cpu_kernel.kernel_ir(6, 16)
     monkeypatch.setenv("TVTHEORY_NATIVE", "0")
@@ -138,6 +140,19 @@ def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
     A, rows, table = operands(3, 4, 6, 24)                                # q = 6, m = 24: XLA's loop
     G = jax.jit(model.relu_attention_rows)(A, rows, table)
     np.testing.assert_allclose(np.asarray(G), reference(A, rows, table), rtol=1e-6, atol=1e-7)
+
+
+@needs_kernel
+def test_operands_of_the_wrong_shape_are_refused_with_the_field_named_before_any_compute():
+    """The kernel trusts the shapes its handler reads, so the call checks them: a mismatch would read past a buffer."""
+    A, rows, table = operands(4, 8, 8, 16)
+    cases = [("A", (A[:, :, :4], rows, table)), ("rows", (A, rows[:4], table)), ("table", (A, rows, table[:0])),
+             ("table", (A, rows, table[0])), ("A", (A[0], rows, table))]
+    for field, args in cases:
+        with pytest.raises(ValueError, match=f"relu_attention: {field} must be"):
+            cpu_kernel.relu_attention(*args)
+    with pytest.raises(ValueError, match="no kernel for q=8, m=16, dtypes float32, int32, float16"):
+        cpu_kernel.relu_attention(A, rows, table.astype(np.float16))
 
 
 def test_the_handler_speaks_the_ffi_version_of_the_installed_xla():
@@ -168,7 +183,7 @@ taus = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=(2,) + x.shape) * 0.3,
 out = {}
 for native in ("1", "0"):
     os.environ["TVTHEORY_NATIVE"] = native
-    assert cpu_kernel.available(q, m) == (native == "1")
+    assert cpu_kernel.available(q, m, jnp.float32, jnp.int32, jnp.float32) == (native == "1")
     for K, chunk in ((1, 1), (2, 1), (2, 3)):
         c = jnp.asarray(rng.uniform(-1, 2, (7, K)) if native == "1" else out["c", K, chunk], jnp.float32)
         out["c", K, chunk] = c

@@ -296,13 +296,11 @@ def fused_relu_attention(A_NxQxQ: jax.Array, H_s: list) -> jax.Array:
 
 def relu_attention_rows(A_NxQxQ: jax.Array, rows_NxQ: jax.Array, table_TxM: jax.Array) -> jax.Array:
     """``fused_relu_attention(A, [table[rows[:, s]] for s in range(q)])``: each key's values a row of a table. On a
-    CPU with AVX2 and FMA it runs as tvtheory.cpu_kernel's native loop (the same bits, ~1.2x as fast); elsewhere as
-    XLA's fused loop."""
-    q, (T, m) = A_NxQxQ.shape[-1], table_TxM.shape
+    CPU with AVX2 and FMA it runs as tvtheory.cpu_kernel's native loop (the bits of XLA's optimised loop, faster; not
+    differentiable); elsewhere as XLA's fused loop."""
+    q, m = A_NxQxQ.shape[-1], table_TxM.shape[-1]
     if cpu_kernel.available(q, m, A_NxQxQ.dtype, rows_NxQ.dtype, table_TxM.dtype):
-        # JAX's gather counts a negative index from the end and clamps one out of range: the kernel's rows do too
-        rows = jnp.clip(jnp.where(rows_NxQ < 0, rows_NxQ + T, rows_NxQ), 0, T - 1)
-        return cpu_kernel.relu_attention(A_NxQxQ, rows, table_TxM)
+        return cpu_kernel.relu_attention(A_NxQxQ, rows_NxQ, table_TxM)
     return fused_relu_attention(A_NxQxQ, [table_TxM[rows_NxQ[:, s]] for s in range(q)])
 
 
