@@ -15,12 +15,6 @@ from tvtheory import cpu_kernel, model
 needs_kernel = pytest.mark.skipif(not cpu_kernel.host_supported(), reason="needs llvmlite and a CPU with AVX2 and FMA")
 
 
-def tree(terms):
-    while len(terms) > 1:
-        terms = [a + b for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) - len(terms) % 2:]
-    return terms[0]
-
-
 def reference(A, rows, table):
     """XLA's fused loop as its machine code computes it, in numpy: each query's pairs a0 h0 + a1 h1 as one fused
     multiply-add of the first product onto the rounded second (the product is exact in float64), balanced trees of
@@ -33,8 +27,8 @@ def reference(A, rows, table):
             a = A[:, j, :, None]
             pairs = [(a[:, s].astype(np.float64) * H[:, s] + a[:, s + 1] * H[:, s + 1]).astype(np.float32)
                      for s in range(0, q, 2)]
-            out.append(np.maximum(tree(pairs), np.float32(0)))
-    return tree(out)
+            out.append(np.maximum(model._tree_sum(pairs), np.float32(0)))
+    return model._tree_sum(out)
 
 
 def operands(seed, N, q, m, T=11, live=None):

@@ -91,9 +91,9 @@ def test_vocabulary_evaluation_is_model_grid_eval(monkeypatch, fused_q_max):
 
     from tvtheory import data, model
 
-    trees = []                                                    # the fused form's calls (XLA's loop or the kernel)
+    fused_calls = []                                              # the fused form's calls (XLA's loop or the kernel)
     for name in ("fused_relu_attention", "relu_attention_rows"):
-        monkeypatch.setattr(model, name, lambda *a, f=getattr(model, name): trees.append(f) or f(*a))
+        monkeypatch.setattr(model, name, lambda *a, f=getattr(model, name): fused_calls.append(f) or f(*a))
     monkeypatch.setattr(model, "FUSED_Q_MAX", fused_q_max)
 
     rng = np.random.default_rng(1)
@@ -110,7 +110,7 @@ def test_vocabulary_evaluation_is_model_grid_eval(monkeypatch, fused_q_max):
     q = spec.max_distinct(irr.shape[0])
     fast = jax.jit(lambda X: merging.vocab_grid(base, D, coeffs, X, y, vocab, q, block=16))
     loss, acc = fast(X)
-    assert bool(trees) == (q <= fused_q_max)                                    # the form asked for
+    assert bool(fused_calls) == (q <= fused_q_max)                                    # the form asked for
     monkeypatch.setattr(model, "FUSED_Q_MAX", 0)                                # the reference: batched products
     for c in range(3):
         ref = model.grid_eval(base, jax.tree.map(lambda t: t[c:c + 1], D), coeffs[c][:, None], X, y, q=q)

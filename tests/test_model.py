@@ -280,16 +280,16 @@ def test_grid_eval_as_one_fused_loop_and_as_a_batched_product_agree(monkeypatch,
     taus = jax.tree.map(lambda *x: jnp.stack(x), *taus)
     coeffs = jax.random.uniform(jax.random.key(4), (5, 2), minval=-2, maxval=3)
     kw = dict(block=32, q=spec.max_distinct(irr.shape[0]), table=data.token_table(mus[1], irr) if with_table else None)
-    trees = []                                                    # the fused form's calls (XLA's loop or the kernel)
+    fused_calls = []                                              # the fused form's calls (XLA's loop or the kernel)
     for name in ("fused_relu_attention", "relu_attention_rows"):
-        monkeypatch.setattr(model, name, lambda *a, f=getattr(model, name): trees.append(f) or f(*a))
+        monkeypatch.setattr(model, name, lambda *a, f=getattr(model, name): fused_calls.append(f) or f(*a))
     monkeypatch.setattr(model, "FUSED_Q_MAX", 24)                   # the suite's default (tests run LLVM level 0)
     fused = model.grid_eval(base, taus, coeffs, X, y, **kw)            # not jitted: each call traces its own form
-    assert trees
-    trees.clear()
+    assert fused_calls
+    fused_calls.clear()
     monkeypatch.setattr(model, "FUSED_Q_MAX", 0)
     batched = model.grid_eval(base, taus, coeffs, X, y, **kw)
-    assert not trees
+    assert not fused_calls
     np.testing.assert_allclose(fused[0], batched[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fused[1], batched[1], atol=1e-6)
     assert np.all(np.isfinite(fused[0]))
