@@ -126,7 +126,7 @@ def target(q: int, m: int) -> str:
 
 
 def kernel_ir(q: int, m: int) -> str:
-    """LLVM IR of ``@kernel(G, A, rows, table, N, T*m)`` for (q, m), and of ``@handler``, XLA's entry point."""
+    """LLVM IR of ``@kernel(G, A, rows, table, N, finite)`` for (q, m), and of ``@handler``, XLA's entry point."""
     from tvtheory.model import _tree_sum
 
     if q < KEYS or q % KEYS or m % (W * U):
@@ -227,8 +227,7 @@ def kernel_ir(q: int, m: int) -> str:
     emit("  br i1 %cdone, label %next, label %lanes")
     emit("next:\n  %n1 = add i64 %n, 1\n  %ndone = icmp eq i64 %n1, %N\n  br i1 %ndone, label %exit, label %sample")
     emit("exit:\n  ret void\n}")
-    emit(_HANDLER_IR.replace("{M}", str(m)).replace("{AQ}", str(4 * q * q)).replace("{RQ}", str(4 * q))
-         .replace("{GM}", str(4 * m)))
+    emit(_handler_ir(q, m))
     emit(f"declare {v} @llvm.fma.v{W}f32({v}, {v}, {v})\n"
          f"declare i1 @llvm.vector.reduce.or.v{q}i1(<{q} x i1>)")
     return "\n".join(lines)
@@ -250,7 +249,8 @@ _FIELDS_OUT = "\n".join(f"  %{name}.p = getelementptr inbounds %Job, ptr %job, i
                         f"  %{name} = load {typ}, ptr %{name}.p" for i, (name, typ) in enumerate(_JOB) if i > 2)
 _FIELDS_IN = "\n".join(f"  %job.{i} = insertvalue %Job {'undef' if i == 0 else f'%job.{i - 1}'}, {typ} "
                         f"{'0' if i < 2 else '%' + name}, {i}" for i, (name, typ) in enumerate(_JOB))
-_HANDLER_IR = f"""
+def _handler_ir(q: int, m: int) -> str:
+    return f"""
 ; the shared record of a call: next chunk, chunks done, references, chunks, G, A, rows, table, N, finite
 %Job = type {{ {', '.join(t for _, t in _JOB)} }}
 
@@ -270,11 +270,11 @@ work:
   %left = sub i64 %N, %first
   %short = icmp ult i64 %left, {CHUNK}
   %count = select i1 %short, i64 %left, i64 {CHUNK}
-  %gofs = mul i64 %first, {{GM}}
+  %gofs = mul i64 %first, {4 * m}
   %G.k = getelementptr inbounds i8, ptr %G, i64 %gofs
-  %aofs = mul i64 %first, {{AQ}}
+  %aofs = mul i64 %first, {4 * q * q}
   %A.k = getelementptr inbounds i8, ptr %A, i64 %aofs
-  %rofs = mul i64 %first, {{RQ}}
+  %rofs = mul i64 %first, {4 * q}
   %R.k = getelementptr inbounds i8, ptr %R, i64 %rofs
   call void @kernel(ptr %G.k, ptr %A.k, ptr %R.k, ptr %H, i64 %count, i1 %fin)
   %d = atomicrmw add ptr %done.p, i64 1 seq_cst
@@ -364,7 +364,7 @@ run:
   %dimsH.p = getelementptr inbounds i8, ptr %bH, i64 {_BUFFER_DIMS}
   %dimsH = load ptr, ptr %dimsH.p
   %T = load i64, ptr %dimsH
-  %TM = mul i64 %T, {{M}}
+  %TM = mul i64 %T, {m}
   %fin = call i1 @finite(ptr %H, i64 %TM)
   %n15 = add i64 %N, {CHUNK - 1}
   %chunks = udiv i64 %n15, {CHUNK}
