@@ -107,7 +107,8 @@ def main() -> None:
                      "peak_rss_gb": max(m for _, m in runs), "gflop": first["flops"] / 1e9,
                      "gflops_per_s": first["flops"] / statistics.median(secs) / 1e9,
                      "fraction_of_matmul_peak": first["flops"] / statistics.median(secs) / 1e9 / peak["gflops_per_s"],
-                     "flops_per_unit": first["flops_per_unit"], "device": first["device"], "jax": first["jax"]}
+                     "flops_per_unit": first["flops_per_unit"], "grid": first["grid"], "device": first["device"],
+                     "jax": first["jax"]}
         print(w, json.dumps(report[w]), flush=True)
     if base_runs:
         base_secs = [r["seconds"] for r, _ in base_runs]

@@ -3,8 +3,9 @@
 Each call runs one workload from a cold start (compilation included, no cache) and prints one JSON line with its wall
 time, its FLOP count and the device. ``--tiny`` shrinks steps, test sets and grids to check that the benchmark runs end
 to end (its numbers measure nothing). The count is the arithmetic executed: SGD steps from XLA's cost analysis of one
-step (times the step count: XLA counts a loop body once), grid points and test-set forward passes analytically (a
-forward pass is cross-checked against XLA's count in the output).
+step (times the step count: XLA counts a loop body once), test-set forward passes analytically (cross-checked against
+XLA's count in the output), and grid points analytically from the distinct tokens of the samples they evaluate (the
+native kernel skips a sample's padding: ``grid_point_flops``).
 """
 
 import argparse
@@ -43,10 +44,38 @@ def forward_flops(n: int) -> float:
 Q = Data(D, P, N_REL, N_CONF).max_distinct(D - 3)     # distinct tokens per sample (16 of 20), pair and OOD
 
 
-def grid_point_flops(n: int) -> float:
-    """One coefficient-grid point once the lambda-independent products are reused, on each sample's Q distinct
-    tokens: attention-weighted sum + ReLU."""
-    return float(n * (2 * Q * Q * M + Q * M + 4 * Q * Q))
+def grid_point_flops(distinct: np.ndarray, native: bool) -> float:
+    """One coefficient-grid point on samples with ``distinct`` tokens each, once the lambda-independent products are
+    reused: the attention weights (4 Q^2, XLA's softmax over all Q slots), the attention-weighted sums and the ReLUs
+    and their sum (Q m). XLA's fused loop multiplies and adds every one of the Q^2 (query, key) pairs, padding
+    included (2 Q^2 m); the native kernel (``native``: tvtheory.cpu_kernel) only a sample's k live queries and its
+    keys up to the last live one, in quads (2 k ceil(k/4)*4 m), so that the count is the arithmetic executed."""
+    k = np.asarray(distinct, np.int64)
+    pairs = k * (-(-k // 4) * 4) if native else np.full_like(k, Q * Q)
+    return float(np.sum(2 * pairs * M + Q * M + 4 * Q * Q))
+
+
+def grid_distinct(workload: str, seeds: int, alphas, size: Size) -> np.ndarray:
+    """The distinct tokens of every sample a workload's grids evaluate, each sample once per alpha (W1, W3) or once
+    (W2: the test and validation sets of T'), from the very draws the sweeps make (same keys and streams)."""
+    import jax
+
+    from tvtheory import data, data_options, model, streams, sweep
+
+    setup = sweep.Setup(Data(D, P, N_REL, N_CONF), Model(M), Train(1.0, BATCH, size.steps, 10, 0))
+    key, ids = streams.run_key(0), np.arange(seeds, dtype=np.int32)
+    if workload == "W2":
+        sources, target = (np.asarray(x) for x in data.ood_patterns([0.75, -0.6], None, D))
+        irr = sweep.irrelevant(0, setup, np.vstack([sources, target]))
+        sets = [sweep.draw(key, ids, stream, (0,), target[None], irr, n, setup.data)[0]
+                for stream, n in ((streams.TEST, size.n_test), (streams.VAL, size.n_test // 4))]
+    else:
+        irr = sweep.irrelevant(0, setup, np.eye(D)[:setup.data.pair_dirs()])
+        sets = [sweep.draw(key, ids, streams.TEST, (0, 1), mu, irr, size.n_test, setup.data)[0]
+                for mu in np.asarray(jax.vmap(lambda a: data_options.pair_patterns(a, setup.data))(
+                    np.asarray(alphas, np.float32)))]
+    counts = lambda X: (model.distinct_tokens(X, Q)[1] > 0).sum(-1)  # noqa: E731
+    return np.concatenate([np.asarray(jax.jit(counts)(X)).ravel() for X in sets])
 
 
 def xla_flops() -> dict:
@@ -67,7 +96,7 @@ def xla_flops() -> dict:
 def run(workload: str, seeds: int, size: Size = FULL) -> dict:
     import jax
 
-    from tvtheory import sweep
+    from tvtheory import cpu_kernel, sweep
 
     if workload not in ("W1", "W2", "W3"):
         raise SystemExit(f"workload={workload!r}: must be W1, W2 or W3")
@@ -84,18 +113,23 @@ def run(workload: str, seeds: int, size: Size = FULL) -> dict:
     wall = time.perf_counter() - t0
     xla = xla_flops()                                       # after the clock: not part of the workload
     train_flops = lambda runs: runs * size.steps * xla["sgd_step"]  # noqa: E731
+    native = cpu_kernel.available(Q, M, np.float32, np.int32, np.float32)
+    distinct = grid_distinct(workload, seeds, None if workload == "W2" else alphas, size)
     if workload == "W2":
-        flops = train_flops(seeds * 3) + seeds * (len(r.coeffs) * grid_point_flops(n_test + n_val)
-                                                  + 6 * forward_flops(n_test))
+        flops = (train_flops(seeds * 3) + len(r.coeffs) * grid_point_flops(distinct, native)
+                 + seeds * 6 * forward_flops(n_test))
     else:
         A = len(alphas)
-        flops = (train_flops(seeds * (1 + A))
-                 + A * seeds * 2 * (len(lams) * grid_point_flops(n_test) + 3 * forward_flops(n_test)))
+        flops = (train_flops(seeds * (1 + A)) + len(lams) * grid_point_flops(distinct, native)
+                 + A * seeds * 2 * 3 * forward_flops(n_test))
     return {"workload": workload, "seeds": seeds, "size": size._asdict(), "seconds": wall, "flops": flops,
             "gflops_per_s": flops / wall / 1e9,
             "device": str(jax.devices()[0]), "jax": jax.__version__,
             "flops_per_unit": {"sgd_step_xla": xla["sgd_step"], "forward_batch_xla": xla["forward_batch"],
-                               "forward_batch_analytic": forward_flops(BATCH)}}
+                               "forward_batch_analytic": forward_flops(BATCH)},
+            "grid": {"native_kernel": native, "distinct_tokens_mean": float(distinct.mean()),
+                     "executed_share_of_padded": (grid_point_flops(distinct, native)
+                                                  / grid_point_flops(distinct, False))}}
 
 
 def matmul_peak(n: int = 4096) -> dict:

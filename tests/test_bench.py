@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tvtheory
@@ -34,7 +35,29 @@ def test_bench_writes_its_report_and_counts_flops_like_xla(tmp_path):
     # A gradient step costs more than a forward pass; the total covers at least 6 fine-tunes of 20 steps.
     assert units["sgd_step_xla"] > units["forward_batch_xla"]
     assert w1["gflop"] * 1e9 > 6 * 20 * units["sgd_step_xla"]
+    # The grids' count is of what ran: the native kernel skips padding, XLA's loop does not.
+    grid = w1["grid"]
+    assert 9 <= grid["distinct_tokens_mean"] <= 16
+    assert (grid["executed_share_of_padded"] < 1) if grid["native_kernel"] else grid["executed_share_of_padded"] == 1
     assert "skipped" in report["W1_torch_baseline"]
+
+
+def _workloads():
+    spec = importlib.util.spec_from_file_location("bench_workloads", ROOT / "bench" / "workloads.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_grid_point_counts_the_pairs_each_loop_multiplies():
+    w = _workloads()
+    Q, M = w.Q, w.M
+    rest = Q * M + 4 * Q * Q                    # the ReLUs' sum and the softmax, over all Q slots either way
+    k = np.array([16, 13, 9, 4])
+    # XLA's loop: every (query, key) pair of Q x Q; the kernel: k queries x keys up to k in quads of 4.
+    assert w.grid_point_flops(k, native=False) == 4 * (2 * Q * Q * M + rest)
+    assert w.grid_point_flops(k, native=True) == sum(2 * p * M + rest for p in (16 * 16, 13 * 16, 9 * 12, 4 * 4))
+    assert w.grid_point_flops(np.array([Q]), native=True) == w.grid_point_flops(np.array([Q]), native=False)
 
 
 def test_bench_rejects_a_bad_workload_before_running_anything(tmp_path):
@@ -101,7 +124,7 @@ def test_each_baseline_run_is_paired_with_a_w1_run_and_the_ratios_compare_them(t
             return {"gflops_per_s": 160.0}, 0.1
         if what == "torch":
             return {"workload": "W1_torch", "seconds": next(seconds[what]), "torch": "2.13.0", "threads": 2}, 0.5
-        return {"seconds": next(seconds[what]), "flops": 1.6e12, "flops_per_unit": {}, "device": "cpu:0",
+        return {"seconds": next(seconds[what]), "flops": 1.6e12, "flops_per_unit": {}, "grid": {}, "device": "cpu:0",
                 "jax": "x"}, 0.7
     monkeypatch.setattr(bench, "timed", fake_timed)
     monkeypatch.setattr(bench, "torch_version", lambda: "2.13.0")
