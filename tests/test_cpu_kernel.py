@@ -46,7 +46,7 @@ def operands(seed, N, q, m, T=11, live=None):
 @needs_kernel
 @pytest.mark.parametrize("q, m", [(4, 16), (8, 32), (12, 48), (16, 256), (20, 64), (24, 16)])
 def test_the_kernel_computes_xla_s_operations_bit_for_bit(q, m):
-    A, rows, table = operands(q * m, 37, q, m)
+    A, rows, table = operands(q * m, 37, q, m, live=np.resize(np.arange(1, q + 1), 37))     # every count of live tokens
     A[3] = 0.0                                   # a sample with no live token
     A[5, 2] = 0.0                                # a query inside the live ones with no weight: computed, not skipped
     A[6, :, 1] = 0.0

@@ -15,9 +15,10 @@ query's four weights are broadcast once and serve both halves; each quad of keys
 scratch buffer to the trees.
 
 Queries and keys whose weights are all 0 (``grid_eval``'s padding of a sample's distinct tokens) are skipped from the
-last live one on: with every value of the table finite, their terms are zeros, and a balanced tree of n terms
-followed by zeros adds the n terms in the very order of their own tree. Where the table holds a non-finite value,
-nothing is skipped (0 x inf is NaN, as in XLA's loop). A sum that is exactly 0 may come out as +0 where XLA's is -0.
+last live one on (keys by pairs), and so are their zeros in the trees: with every value of the table finite, their
+terms are zeros, and a balanced tree of n terms followed by zeros adds the n terms in the very order of their own
+tree. Where the table holds a non-finite value, nothing is skipped (0 x inf is NaN, as in XLA's loop). A sum that is
+exactly 0 may come out as +0 where XLA's is -0.
 
 The kernel is LLVM IR generated here for (q, m), compiled for the host CPU by llvmlite (a fraction of a second,
 once per shape and process) and called by XLA through its typed FFI (``jax.ffi``); ``@handler`` reads XLA's call
@@ -160,10 +161,11 @@ def kernel_ir(q: int, m: int) -> str:
         return op(f"shufflevector {v} {op(f'insertelement {v} poison, float {s}, i32 0')}, {v} poison, "
                   f"<{W} x i32> zeroinitializer")
 
-    slot = lambda j, g, u: (u * q + j) * quads + g            # noqa: E731  a quad's partial sum in the scratch
+    # the scratch: %S holds query j's partial sum over quad g of lanes u at (u q + j) quads + g, %Z its ReLU at u q + j
     emit("define void @kernel(ptr nocapture %G, ptr noalias nocapture readonly %A, ptr noalias nocapture readonly %R, "
          "ptr noalias nocapture readonly %H, i64 %N, i1 %fin) {")
-    emit(f"entry:\n  %S = alloca [{U * q * quads} x {v}], align 64\n  %rows = alloca [{q} x i64], align 64")
+    emit(f"entry:\n  %S = alloca [{U * q * quads} x {v}], align 64\n  %Z = alloca [{U * q} x {v}], align 64\n"
+         f"  %rows = alloca [{q} x i64], align 64")
     emit("  %empty = icmp eq i64 %N, 0\n  br i1 %empty, label %exit, label %sample")
     emit("sample:\n  %n = phi i64 [0, %entry], [%n1, %next]")
     emit(f"  %a0 = mul i64 %n, {q * q}\n  %r0 = mul i64 %n, {q}\n  %g0 = mul i64 %n, {m}")
@@ -178,52 +180,88 @@ def kernel_ir(q: int, m: int) -> str:
     kk = "0"
     for k in range(q):
         kk = op(f"select i1 {op(f'extractelement <{q} x i1> {cols}, i32 {k}')}, i64 {k + 1}, i64 {kk}")
+    # full: the quads run whole (3 or 4 of their keys below kk); half: whether one more has only 1 or 2 keys below kk,
+    # run as its first pair (the other pair's products, 0 x value, would add +-0 to its sum); nq: the quads summed
     emit(f"  %kq = select i1 %fin, i64 {kq}, i64 {q}\n  %kk = select i1 %fin, i64 {kk}, i64 {q}")
+    emit("  %kk1 = add i64 %kk, 1\n  %full = lshr i64 %kk1, 2\n  %rest = and i64 %kk, 3\n"
+         "  %rest1 = add i64 %rest, -1\n  %half = icmp ult i64 %rest1, 2\n  %halfn = zext i1 %half to i64\n"
+         "  %nq = add i64 %full, %halfn\n  %nofull = icmp eq i64 %full, 0")
     for s in range(q):                                        # each key's row of the table, as an offset
         row = op(f"load i32, ptr {at('%R', op(f'add i64 %r0, {s}'), 'i32')}")
         offset = op(f"mul i64 {op(f'sext i32 {row} to i64')}, {m}")
         emit(f"  store i64 {offset}, ptr {at('%rows', s, 'i64')}")
-    for i in range(U * q * quads):                            # skipped queries' and quads' partial sums are 0
-        emit(f"  store volatile {v} zeroinitializer, ptr {at('%S', i, v)}, align 32")
     emit("  %none = icmp eq i64 %kq, 0\n  %nokeys = icmp eq i64 %kk, 0\n  %idle = or i1 %none, %nokeys")
     emit("  br label %lanes")
-    emit("lanes:\n  %c = phi i64 [0, %sample], [%c1, %trees]")
+    emit("lanes:\n  %c = phi i64 [0, %sample], [%c1, %stored]")
     emit(f"  %m0 = mul i64 %c, {W * U}")
-    emit("  br i1 %idle, label %trees, label %quad")
+    emit("  br i1 %idle, label %zero, label %quads")
+    emit("quads:\n  br i1 %nofull, label %tail, label %quad")
     # a quad of keys: its values stay in registers while each live query's four weights are broadcast, used U times;
     # its partial sums go to the scratch as volatile stores, which LLVM may neither drop nor forward to the trees'
     # loads: forwarded, they would be registers live across the whole step again, and spilled as in XLA's loop
-    emit("quad:\n  %g = phi i64 [0, %lanes], [%g1, %quad.end]")
-    emit(f"  %k0 = mul i64 %g, {KEYS}")
-    h = {}
-    for k in range(KEYS):
-        row = op(f"load i64, ptr {at('%rows', op(f'add i64 %k0, {k}'), 'i64')}")
-        lane = op(f"add i64 {row}, %m0")
+    def keys_block(name: str, g: str, keys: int, after: str) -> None:
+        emit(f"{name}:")
+        if name == "quad":
+            emit("  %g = phi i64 [0, %quads], [%g1, %quad.end]")
+        emit(f"  %{name}.k0 = mul i64 {g}, {KEYS}")
+        h = {}
+        for k in range(keys):
+            row = op(f"load i64, ptr {at('%rows', op(f'add i64 %{name}.k0, {k}'), 'i64')}")
+            lane = op(f"add i64 {row}, %m0")
+            for u in range(U):
+                h[k, u] = op(f"load {v}, ptr {at('%H', op(f'add i64 {lane}, {u * W}'))}, align 4")
+        emit(f"  br label %{name}.query")
+        emit(f"{name}.query:\n  %{name}.j = phi i64 [0, %{name}], [%{name}.j1, %{name}.query]")
+        emit(f"  %{name}.aj = mul i64 %{name}.j, {q}\n  %{name}.ajn = add i64 %a0, %{name}.aj\n"
+             f"  %{name}.ajk = add i64 %{name}.ajn, %{name}.k0")
+        w = [broadcast(op(f"add i64 %{name}.ajk, {k}")) for k in range(keys)]
+        emit(f"  %{name}.sj = mul i64 %{name}.j, {quads}\n  %{name}.sjg = add i64 %{name}.sj, {g}")
         for u in range(U):
-            h[k, u] = op(f"load {v}, ptr {at('%H', op(f'add i64 {lane}, {u * W}'))}, align 4")
-    emit("  br label %query")
-    emit("query:\n  %j = phi i64 [0, %quad], [%j1, %query]")
-    emit(f"  %aj = mul i64 %j, {q}\n  %ajn = add i64 %a0, %aj\n  %ajk = add i64 %ajn, %k0")
-    w = [broadcast(op(f"add i64 %ajk, {k}")) for k in range(KEYS)]
-    emit(f"  %sj = mul i64 %j, {quads}\n  %sjg = add i64 %sj, %g")
-    for u in range(U):
-        part = _tree_sum([pair(w[k], h[k, u], w[k + 1], h[k + 1, u]) for k in range(0, KEYS, 2)], add)
-        emit(f"  store volatile {v} {part}, ptr {at('%S', op(f'add i64 %sjg, {u * q * quads}'), v)}, align 32")
-    emit("  %j1 = add i64 %j, 1\n  %jdone = icmp eq i64 %j1, %kq\n  br i1 %jdone, label %quad.end, label %query")
-    emit(f"quad.end:\n  %g1 = add i64 %g, 1\n  %k1 = mul i64 %g1, {KEYS}\n  %gdone = icmp uge i64 %k1, %kk")
-    emit("  br i1 %gdone, label %trees, label %quad")
-    emit("trees:")                                            # the trees over quads, the ReLU, the tree over queries
-    for u in range(U):
-        relus = []
-        for j in range(q):
-            parts = [op(f"load volatile {v}, ptr {at('%S', slot(j, g, u), v)}, align 32") for g in range(quads)]
-            z = _tree_sum(parts, add)
+            part = _tree_sum([pair(w[k], h[k, u], w[k + 1], h[k + 1, u]) for k in range(0, keys, 2)], add)
+            emit(f"  store volatile {v} {part}, ptr {at('%S', op(f'add i64 %{name}.sjg, {u * q * quads}'), v)}, "
+                 "align 32")
+        emit(f"  %{name}.j1 = add i64 %{name}.j, 1\n  %{name}.jdone = icmp eq i64 %{name}.j1, %kq\n"
+             f"  br i1 %{name}.jdone, label %{after}, label %{name}.query")
+
+    keys_block("quad", "%g", KEYS, "quad.end")
+    emit("quad.end:\n  %g1 = add i64 %g, 1\n  %gdone = icmp eq i64 %g1, %full")
+    emit("  br i1 %gdone, label %tail, label %quad")
+    emit("tail:\n  br i1 %half, label %pair, label %sums")
+    keys_block("pair", "%full", 2, "sums")
+    # Each live query's tree over its nq quads and its ReLU, into %Z; then the tree over the kq queries. The trees of
+    # q terms that XLA's loop sums hold 0s after these (skipped queries and quads), and a balanced tree of n terms
+    # followed by 0s adds the n terms in the order of their own tree.
+    emit("sums:\n  switch i64 %nq, label %relus.1 [" + " ".join(f"i64 {n}, label %relus.{n}"
+                                                         for n in range(2, quads + 1)) + "]")
+    for n in range(1, quads + 1):
+        emit(f"relus.{n}:\n  %j.{n} = phi i64 [0, %sums], [%j1.{n}, %relus.{n}]")
+        emit(f"  %sj.{n} = mul i64 %j.{n}, {quads}")
+        for u in range(U):
+            base = op(f"add i64 %sj.{n}, {u * q * quads}")
+            z = _tree_sum([op(f"load volatile {v}, ptr {at('%S', op(f'add i64 {base}, {g}'), v)}, align 32")
+                           for g in range(n)], add)
             # XLA's ReLU passes NaN on: z < 0 ? 0 : z (one vmaxps with 0 first), where maxnum would give 0
-            negative = op(f"fcmp olt {v} {z}, zeroinitializer")
-            relus.append(op(f"select <{W} x i1> {negative}, {v} zeroinitializer, {v} {z}"))
-        out = at("%G", op(f"add i64 {op('add i64 %g0, %m0')}, {u * W}"))
-        emit(f"  store {v} {_tree_sum(relus, add)}, ptr {out}, align 4")
-    emit(f"  %c1 = add i64 %c, 1\n  %cdone = icmp eq i64 %c1, {m // (W * U)}")
+            relu = op(f"select <{W} x i1> {op(f'fcmp olt {v} {z}, zeroinitializer')}, {v} zeroinitializer, {v} {z}")
+            emit(f"  store volatile {v} {relu}, ptr {at('%Z', op(f'add i64 %j.{n}, {u * q}'), v)}, align 32")
+        emit(f"  %j1.{n} = add i64 %j.{n}, 1\n  %jdone.{n} = icmp eq i64 %j1.{n}, %kq\n"
+             f"  br i1 %jdone.{n}, label %queries, label %relus.{n}")
+    emit("queries:\n  switch i64 %kq, label %out.1 [" + " ".join(f"i64 {k}, label %out.{k}" for k in range(2, q + 1))
+         + "]")
+    def store_out(u: int, value: str) -> None:
+        lane = op("add i64 %g0, %m0")
+        emit(f"  store {v} {value}, ptr {at('%G', op(f'add i64 {lane}, {u * W}'))}, align 4")
+
+    for k in range(1, q + 1):
+        emit(f"out.{k}:")
+        for u in range(U):
+            store_out(u, _tree_sum([op(f"load volatile {v}, ptr {at('%Z', u * q + j, v)}, align 32")
+                                    for j in range(k)], add))
+        emit("  br label %stored")
+    emit("zero:")                                             # no live query or key: every sum is 0
+    for u in range(U):
+        store_out(u, "zeroinitializer")
+    emit("  br label %stored")
+    emit(f"stored:\n  %c1 = add i64 %c, 1\n  %cdone = icmp eq i64 %c1, {m // (W * U)}")
     emit("  br i1 %cdone, label %next, label %lanes")
     emit("next:\n  %n1 = add i64 %n, 1\n  %ndone = icmp eq i64 %n1, %N\n  br i1 %ndone, label %exit, label %sample")
     emit("exit:\n  ret void\n}")
