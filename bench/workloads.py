@@ -46,13 +46,16 @@ Q = Data(D, P, N_REL, N_CONF).max_distinct(D - 3)     # distinct tokens per samp
 
 def grid_point_flops(distinct: np.ndarray, native: bool) -> float:
     """One coefficient-grid point on samples with ``distinct`` tokens each, once the lambda-independent products are
-    reused: the attention weights (4 Q^2, XLA's softmax over all Q slots), the attention-weighted sums and the ReLUs
-    and their sum (Q m). XLA's fused loop multiplies and adds every one of the Q^2 (query, key) pairs, padding
-    included (2 Q^2 m); the native kernel (``native``: tvtheory.cpu_kernel) only a sample's k live queries and its
-    keys up to the last live one, in quads (2 k ceil(k/4)*4 m), so that the count is the arithmetic executed."""
+    reused: the attention weights (4 Q^2, XLA's softmax over all Q slots), the attention-weighted sums and the sum of
+    their ReLUs. XLA's fused loop multiplies and adds every one of the Q^2 (query, key) pairs, padding included
+    (2 Q^2 m + Q m); the native kernel (``native``: tvtheory.cpu_kernel) only a sample's k live queries by its keys
+    up to the last live one, in quads and a last pair (2 k keys(k) m + k m), so that the count is the arithmetic
+    executed."""
     k = np.asarray(distinct, np.int64)
-    pairs = k * (-(-k // 4) * 4) if native else np.full_like(k, Q * Q)
-    return float(np.sum(2 * pairs * M + Q * M + 4 * Q * Q))
+    if native:
+        keys = 4 * ((k + 1) // 4) + 2 * np.isin(k % 4, (1, 2))
+        return float(np.sum(2 * k * keys * M + k * M + 4 * Q * Q))
+    return float(k.size * (2 * Q * Q * M + Q * M + 4 * Q * Q))
 
 
 def grid_distinct(workload: str, seeds: int, alphas, size: Size) -> np.ndarray:

@@ -52,11 +52,12 @@ def _workloads():
 def test_a_grid_point_counts_the_pairs_each_loop_multiplies():
     w = _workloads()
     Q, M = w.Q, w.M
-    rest = Q * M + 4 * Q * Q                    # the ReLUs' sum and the softmax, over all Q slots either way
-    k = np.array([16, 13, 9, 4])
-    # XLA's loop: every (query, key) pair of Q x Q; the kernel: k queries x keys up to k in quads of 4.
-    assert w.grid_point_flops(k, native=False) == 4 * (2 * Q * Q * M + rest)
-    assert w.grid_point_flops(k, native=True) == sum(2 * p * M + rest for p in (16 * 16, 13 * 16, 9 * 12, 4 * 4))
+    k = np.array([16, 15, 13, 11, 9, 4, 2])
+    # XLA's loop: every (query, key) pair of Q x Q; the kernel: k live queries x the keys up to k in quads of 4, a last
+    # quad with one or two live keys as one pair.
+    assert w.grid_point_flops(k, native=False) == k.size * (2 * Q * Q * M + Q * M + 4 * Q * Q)
+    keys = {16: 16, 15: 16, 13: 14, 11: 12, 9: 10, 4: 4, 2: 2}
+    assert w.grid_point_flops(k, native=True) == sum(2 * n * keys[n] * M + n * M + 4 * Q * Q for n in k)
     assert w.grid_point_flops(np.array([Q]), native=True) == w.grid_point_flops(np.array([Q]), native=False)
 
 
