@@ -31,15 +31,21 @@ def reference(A, rows, table):
     return model._tree_sum(out)
 
 
-def operands(seed, N, q, m, T=11, live=None):
-    """Softmax weights of N samples, each with its own number of live tokens (the rest padding: weight 0, as
-    model.grid_eval's), rows into a table (T, m)."""
-    rng = np.random.default_rng(seed)
+def logits(rng, N, q, live=None):
+    """Attention logits S (N, q, q) and query weights w (N, q) of N samples, each with its own number of live tokens
+    (the rest padding, as model.grid_eval's: logits -inf on padding keys, weight 0 on padding queries)."""
     live = rng.integers(1, q + 1, N) if live is None else np.asarray(live)
     S = rng.normal(size=(N, q, q)).astype(np.float32)
-    S = np.where(np.arange(q) < live[:, None, None], S, -np.inf)                             # padding keys
+    S = np.where(np.arange(q) < live[:, None, None], S, -np.inf).astype(np.float32)
+    return S, np.where(np.arange(q) < live[:, None], 0.05, 0.0).astype(np.float32)
+
+
+def operands(seed, N, q, m, T=11, live=None):
+    """The attention A = softmax(S) * w of ``logits`` (numpy's), rows into a table (T, m), the table."""
+    rng = np.random.default_rng(seed)
+    S, w = logits(rng, N, q, live)
     A = np.exp(S - S.max(-1, keepdims=True))
-    A = A / A.sum(-1, keepdims=True) * np.where(np.arange(q)[None, :, None] < live[:, None, None], 0.05, 0.0)
+    A = A / A.sum(-1, keepdims=True) * w[..., None]
     return A.astype(np.float32), rng.integers(0, T, (N, q)).astype(np.int32), rng.normal(size=(T, m)).astype(np.float32)
 
 
@@ -54,6 +60,22 @@ def test_the_kernel_computes_xla_s_operations_bit_for_bit(q, m):
     assert G.shape == (37, m) and G.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(G), reference(A, rows, table))
     assert np.count_nonzero(np.asarray(G)) > 0.5 * G.size
+
+
+@needs_kernel
+@pytest.mark.parametrize("q, m", [(8, 32), (16, 256)])
+def test_the_kernel_forms_the_attention_from_exponentials_and_sums_as_xla_does(q, m):
+    """softmax(S) * w as XLA computes it from E = exp(S - max S) and the sums of E: E (1 / sum) w, row by row, each
+    operation rounded to float32; padding rows and keys stay 0."""
+    A, rows, table = operands(q + m, 37, q, m, live=np.resize(np.arange(1, q + 1), 37))
+    rng = np.random.default_rng(q)
+    E = (A * rng.uniform(0.5, 2.0, A.shape)).astype(np.float32)         # any exponentials, zero on padding keys
+    sums = E.sum(-1, dtype=np.float32) + rng.uniform(0, 1, (37, q)).astype(np.float32)
+    w = np.where(A.any(-1), rng.uniform(0.01, 1, (37, q)), 0).astype(np.float32)
+    formed = (E * (np.float32(1) / sums)[..., None]) * w[..., None]
+    G = jax.jit(cpu_kernel.relu_attention)(E, rows, table, sums, w)
+    np.testing.assert_array_equal(np.asarray(G), reference(formed, rows, table))
+    assert not np.array_equal(formed, E / sums[..., None] * w[..., None])   # a division would round otherwise
 
 
 @needs_kernel
@@ -108,15 +130,18 @@ def test_a_batch_of_calls_under_vmap_is_each_call():
 
 @needs_kernel
 def test_rows_out_of_range_are_read_as_jax_s_gather_reads_them(monkeypatch):
-    """model.relu_attention_rows counts a negative row from the end and clamps one past the end, as table[rows]."""
+    """The kernel counts a negative row from the end and clamps one past the end, as table[rows] (and so as
+    model.relu_attention_rows with XLA's loop)."""
     A, rows, table = operands(2, 6, 8, 16, T=5)
     rows[0, 0], rows[1, 1], rows[2, 2], rows[3, 3] = -1, -5, 5, 99
-    native = np.asarray(jax.jit(model.relu_attention_rows)(A, jnp.asarray(rows), table))
+    native = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, jnp.asarray(rows), table))
     np.testing.assert_array_equal(native, reference(A, np.clip(np.where(rows < 0, rows + 5, rows), 0, 4), table))
+    S, w = logits(np.random.default_rng(2), 6, 8)
+    on_rows = lambda: np.asarray(jax.jit(model.relu_attention_rows)(S, w, jnp.asarray(rows), table))  # noqa: E731
+    native = on_rows()
     monkeypatch.setenv("TVTHEORY_NATIVE", "0")
     assert not cpu_kernel.available(8, 16, jnp.float32, jnp.int32, jnp.float32)
-    xla = np.asarray(jax.jit(model.relu_attention_rows)(A, jnp.asarray(rows), table))
-    np.testing.assert_allclose(xla, native, rtol=1e-6, atol=1e-7)       # XLA's loop (unoptimised in the tests)
+    np.testing.assert_allclose(on_rows(), native, rtol=1e-6, atol=1e-7)  # XLA's loop (unoptimised in the tests)
 
 
 def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
@@ -131,8 +156,10 @@ def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
         cpu_kernel.kernel_ir(6, 16)
     monkeypatch.setenv("TVTHEORY_NATIVE", "0")
     assert not cpu_kernel.available(16, 256, f32, i32, f32)
-    A, rows, table = operands(3, 4, 6, 24)                                # q = 6, m = 24: XLA's loop
-    G = jax.jit(model.relu_attention_rows)(A, rows, table)
+    S, w = logits(np.random.default_rng(3), 4, 6)                        # q = 6, m = 24: XLA's loop
+    A, rows, table = operands(3, 4, 6, 24)
+    G = jax.jit(model.relu_attention_rows)(S, w, rows, table)
+    A = np.asarray(jax.nn.softmax(S, axis=-1) * w[..., None])
     np.testing.assert_allclose(np.asarray(G), reference(A, rows, table), rtol=1e-6, atol=1e-7)
 
 
@@ -140,8 +167,10 @@ def test_the_kernel_is_used_only_where_it_applies(monkeypatch):
 def test_operands_of_the_wrong_shape_are_refused_with_the_field_named_before_any_compute():
     """The kernel trusts the shapes its handler reads, so the call checks them: a mismatch would read past a buffer."""
     A, rows, table = operands(4, 8, 8, 16)
+    sums = np.ones((8, 8), np.float32)
     cases = [("A", (A[:, :, :4], rows, table)), ("rows", (A, rows[:4], table)), ("table", (A, rows, table[:0])),
-             ("table", (A, rows, table[0])), ("A", (A[0], rows, table))]
+             ("table", (A, rows, table[0])), ("A", (A[0], rows, table)), ("sums", (A, rows, table, sums[:, :4])),
+             ("weights", (A, rows, table, sums, sums[:7])), ("sums", (A, rows, table, sums.astype(np.int32)))]
     for field, args in cases:
         with pytest.raises(ValueError, match=f"relu_attention: {field} must be"):
             cpu_kernel.relu_attention(*args)
@@ -188,12 +217,12 @@ for key in [k for k in out if k[0] == "1"]:
     for a, b in zip(out[key], out[("0",) + key[1:]]):
         assert np.isfinite(a).all() and a.tobytes() == b.tobytes(), key
 S = jnp.asarray(rng.normal(size=(30, q, q)), jnp.float32).at[:, :, 12:].set(-jnp.inf)
-A = jax.nn.softmax(S, -1) * jnp.where(jnp.arange(q) < 13, 0.05, 0.0)[:, None]
+w = jnp.broadcast_to(jnp.where(jnp.arange(q) < 13, 0.05, 0.0), (30, q))
 rows, H = jnp.asarray(rng.integers(0, 26, (30, q)), jnp.int32), jnp.asarray(rng.normal(size=(26, m)), jnp.float32)
 G = {}
 for native in ("1", "0"):
     os.environ["TVTHEORY_NATIVE"] = native
-    G[native] = np.asarray(jax.jit(model.relu_attention_rows)(A, rows, H))
+    G[native] = np.asarray(jax.jit(model.relu_attention_rows)(S, w, rows, H))
 assert np.array_equal(G["1"], G["0"]), np.abs(G["1"] - G["0"]).max()
 print("same bits")
 """

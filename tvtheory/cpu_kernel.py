@@ -4,6 +4,10 @@
 
     G[n] = sum_j ReLU( sum_s A[n, j, s] table[rows[n, s]] )          A (N, q, q), rows (N, q), table (T, m) -> (N, m)
 
+Given ``sums`` and ``weights`` (N, q) as well, it first forms a grid point's attention softmax(S) * weights from A =
+exp(S - max S) and sums = A.sum(-1) per sample, as XLA's program does (A (1 / sums) weights, each product rounded),
+which saves XLA a pass over the (N, q, q) weights (``model.relu_attention_rows``).
+
 XLA fuses that expression into one loop over (N, m) which is bound by loading its operands: with AVX2's 16 vector
 registers it keeps a sample's q^2 broadcast weights on the stack and reloads one for every multiply-add, while two
 FMA pipes wait (docs/performance.md). This kernel does the same operations in the same order: each query's sum is
@@ -81,15 +85,24 @@ def available(q: int, m: int, *dtypes) -> bool:
             and jnp.issubdtype(dtypes[1], jnp.integer) and host_supported())
 
 
-def relu_attention(A_NxQxQ: jax.Array, rows_NxQ: jax.Array, table_TxM: jax.Array) -> jax.Array:
-    """sum_j ReLU(sum_s A[:, j, s] table[rows[:, s]]) by the native kernel, where ``available``. A row is read as
-    ``table[rows]`` reads it: a negative one from the end, one out of range clamped. Not differentiable (JAX says so
-    when asked); nothing in the suite differentiates a grid evaluation."""
+def relu_attention(A_NxQxQ: jax.Array, rows_NxQ: jax.Array, table_TxM: jax.Array, sums_NxQ: jax.Array | None = None,
+                   weights_NxQ: jax.Array | None = None) -> jax.Array:
+    """sum_j ReLU(sum_s A[:, j, s] table[rows[:, s]]) by the native kernel, where ``available``. With ``sums`` and
+    ``weights`` the kernel first forms each sample's attention as XLA forms ``softmax(S) * weights[..., None]`` from
+    A = exp(S - max S) and sums = A.sum(-1): (A (1 / sums)) weights, row by row (as XLA writes the division).
+    A row is read as ``table[rows]`` reads it: a negative one from the end, one out of range clamped. Not
+    differentiable (JAX says so when asked); nothing in the suite differentiates a grid evaluation."""
     A, rows, table = jnp.asarray(A_NxQxQ), jnp.asarray(rows_NxQ), jnp.asarray(table_TxM)
     N, q = (A.shape[0], A.shape[-1]) if A.ndim == 3 else (-1, -1)
+    ones = jnp.ones((max(N, 0), max(q, 0)), jnp.float32)                 # A itself: x (1 / 1) x 1 is x, bit for bit
+    sums = ones if sums_NxQ is None else jnp.asarray(sums_NxQ)
+    weights = ones if weights_NxQ is None else jnp.asarray(weights_NxQ)
     problems = [("A", A.ndim != 3 or A.shape != (N, q, q), f"(N, q, q); got {A.shape}"),
                 ("rows", rows.shape != (N, q), f"(N, q) with A (N, q, q); got {rows.shape} with A {A.shape}"),
                 ("table", table.ndim != 2 or table.shape[0] == 0, f"(T, m) with T > 0; got {table.shape}")]
+    problems += [(name, x.shape != (N, q) or x.dtype != jnp.float32,
+                  f"float32 (N, q) with A (N, q, q); got {x.dtype} {x.shape} with A {A.shape}")
+                 for name, x in (("sums", sums), ("weights", weights))]
     for name, bad, need in problems:
         if bad:
             raise ValueError(f"cpu_kernel.relu_attention: {name} must be {need}")
@@ -99,7 +112,7 @@ def relu_attention(A_NxQxQ: jax.Array, rows_NxQ: jax.Array, table_TxM: jax.Array
                          f"{table.dtype} here (see available)")
     rows = jnp.clip(jnp.where(rows < 0, rows + T, rows), 0, T - 1).astype(jnp.int32)
     call = jax.ffi.ffi_call(target(q, m), jax.ShapeDtypeStruct((N, m), jnp.float32), vmap_method="sequential")
-    return call(A, rows, table)
+    return call(A, sums, weights, rows, table)
 
 
 def target(q: int, m: int) -> str:
@@ -156,23 +169,35 @@ def kernel_ir(q: int, m: int) -> str:
         # (found by emulating XLA's output: the other choices miss 14-22% of the values)
         return op(f"call {v} @llvm.fma.v{W}f32({v} {wa}, {v} {ha}, {v} {op(f'fmul {v} {wb}, {hb}')})")
 
+    def splat_q(scalar: str) -> str:           # a float in each of q lanes
+        one = op(f"insertelement {vq} poison, float {scalar}, i32 0")
+        return op(f"shufflevector {vq} {one}, {vq} poison, <{q} x i32> zeroinitializer")
+
     def broadcast(index: str) -> str:
-        s = op(f"load float, ptr {at('%A', index)}")
+        s = op(f"load float, ptr {at('%Al', index)}")
         return op(f"shufflevector {v} {op(f'insertelement {v} poison, float {s}, i32 0')}, {v} poison, "
                   f"<{W} x i32> zeroinitializer")
 
     # the scratch: %S holds query j's partial sum over quad g of lanes u at (u q + j) quads + g, %Z its ReLU at u q + j
-    emit("define void @kernel(ptr nocapture %G, ptr noalias nocapture readonly %A, ptr noalias nocapture readonly %R, "
-         "ptr noalias nocapture readonly %H, i64 %N, i1 %fin) {")
+    emit("define void @kernel(ptr nocapture %G, ptr noalias nocapture readonly %A, ptr noalias nocapture readonly %Sm, "
+         "ptr noalias nocapture readonly %Wt, ptr noalias nocapture readonly %R, ptr noalias nocapture readonly %H, "
+         "i64 %N, i1 %fin) {")
     emit(f"entry:\n  %S = alloca [{U * q * quads} x {v}], align 64\n  %Z = alloca [{U * q} x {v}], align 64\n"
-         f"  %rows = alloca [{q} x i64], align 64")
+         f"  %rows = alloca [{q} x i64], align 64\n  %Al = alloca [{q * q} x float], align 64")
     emit("  %empty = icmp eq i64 %N, 0\n  br i1 %empty, label %exit, label %sample")
     emit("sample:\n  %n = phi i64 [0, %entry], [%n1, %next]")
     emit(f"  %a0 = mul i64 %n, {q * q}\n  %r0 = mul i64 %n, {q}\n  %g0 = mul i64 %n, {m}")
     # kq: the queries up to the last whose weights are not all 0; kk: the keys up to the last such key
+    # the sample's weights as XLA forms softmax(S) * w from E = exp(S - max S) and its sums: (E (1 / sums)) w
+    sums = op(f"load {vq}, ptr {at('%Sm', '%r0')}, align 4")
+    recip = op(f"fdiv {vq} {splat_q('1.0')}, {sums}")
+    scale = op(f"load {vq}, ptr {at('%Wt', '%r0')}, align 4")
     kq, cols = "0", None
     for j in range(q):
-        weights = op(f"load {vq}, ptr {at('%A', op(f'add i64 %a0, {j * q}'))}, align 4")
+        row = op(f"load {vq}, ptr {at('%A', op(f'add i64 %a0, {j * q}'))}, align 4")
+        by_sum = op(f"fmul {vq} {row}, {splat_q(op(f'extractelement {vq} {recip}, i32 {j}'))}")
+        weights = op(f"fmul {vq} {by_sum}, {splat_q(op(f'extractelement {vq} {scale}, i32 {j}'))}")
+        emit(f"  store {vq} {weights}, ptr {at('%Al', j * q)}, align 4")
         live = op(f"fcmp une {vq} {weights}, zeroinitializer")
         any_live = op(f"call i1 @llvm.vector.reduce.or.v{q}i1(<{q} x i1> {live})")
         kq = op(f"select i1 {any_live}, i64 {j + 1}, i64 {kq}")
@@ -212,8 +237,7 @@ def kernel_ir(q: int, m: int) -> str:
                 h[k, u] = op(f"load {v}, ptr {at('%H', op(f'add i64 {lane}, {u * W}'))}, align 4")
         emit(f"  br label %{name}.query")
         emit(f"{name}.query:\n  %{name}.j = phi i64 [0, %{name}], [%{name}.j1, %{name}.query]")
-        emit(f"  %{name}.aj = mul i64 %{name}.j, {q}\n  %{name}.ajn = add i64 %a0, %{name}.aj\n"
-             f"  %{name}.ajk = add i64 %{name}.ajn, %{name}.k0")
+        emit(f"  %{name}.aj = mul i64 %{name}.j, {q}\n  %{name}.ajk = add i64 %{name}.aj, %{name}.k0")
         w = [broadcast(op(f"add i64 %{name}.ajk, {k}")) for k in range(keys)]
         emit(f"  %{name}.sj = mul i64 %{name}.j, {quads}\n  %{name}.sjg = add i64 %{name}.sj, {g}")
         for u in range(U):
@@ -282,7 +306,7 @@ CHUNK = 16
 _API_ERROR_DESTROY, _API_SCHEDULE, _API_NUM_THREADS = 64, 136, 144   # XLA_FFI_Api's function pointers
 _FRAME_API, _FRAME_CTX = 16, 24                                       # XLA_FFI_CallFrame: api, ctx
 _JOB = (("next", "i64"), ("done", "i64"), ("refs", "i64"), ("chunks", "i64"), ("G", "ptr"), ("A", "ptr"),
-        ("R", "ptr"), ("H", "ptr"), ("N", "i64"), ("fin", "i1"))
+        ("Sm", "ptr"), ("Wt", "ptr"), ("R", "ptr"), ("H", "ptr"), ("N", "i64"), ("fin", "i1"))
 _FIELDS_OUT = "\n".join(f"  %{name}.p = getelementptr inbounds %Job, ptr %job, i32 0, i32 {i}\n"
                         f"  %{name} = load {typ}, ptr %{name}.p" for i, (name, typ) in enumerate(_JOB) if i > 2)
 _FIELDS_IN = "\n".join(f"  %job.{i} = insertvalue %Job {'undef' if i == 0 else f'%job.{i - 1}'}, {typ} "
@@ -312,9 +336,12 @@ work:
   %G.k = getelementptr inbounds i8, ptr %G, i64 %gofs
   %aofs = mul i64 %first, {4 * q * q}
   %A.k = getelementptr inbounds i8, ptr %A, i64 %aofs
+  %sofs = mul i64 %first, {4 * q}
+  %Sm.k = getelementptr inbounds i8, ptr %Sm, i64 %sofs
+  %Wt.k = getelementptr inbounds i8, ptr %Wt, i64 %sofs
   %rofs = mul i64 %first, {4 * q}
   %R.k = getelementptr inbounds i8, ptr %R, i64 %rofs
-  call void @kernel(ptr %G.k, ptr %A.k, ptr %R.k, ptr %H, i64 %count, i1 %fin)
+  call void @kernel(ptr %G.k, ptr %A.k, ptr %Sm.k, ptr %Wt.k, ptr %R.k, ptr %H, i64 %count, i1 %fin)
   %d = atomicrmw add ptr %done.p, i64 1 seq_cst
   br label %loop
 out:
@@ -387,12 +414,18 @@ run:
   %rets.p = getelementptr inbounds i8, ptr %frame, i64 {_FRAME_RETS}
   %rets = load ptr, ptr %rets.p
   %bA = load ptr, ptr %args
-  %bR.p = getelementptr inbounds ptr, ptr %args, i64 1
+  %bSm.p = getelementptr inbounds ptr, ptr %args, i64 1
+  %bSm = load ptr, ptr %bSm.p
+  %bWt.p = getelementptr inbounds ptr, ptr %args, i64 2
+  %bWt = load ptr, ptr %bWt.p
+  %bR.p = getelementptr inbounds ptr, ptr %args, i64 3
   %bR = load ptr, ptr %bR.p
-  %bH.p = getelementptr inbounds ptr, ptr %args, i64 2
+  %bH.p = getelementptr inbounds ptr, ptr %args, i64 4
   %bH = load ptr, ptr %bH.p
   %bG = load ptr, ptr %rets
   %A = call ptr @data(ptr %bA)
+  %Sm = call ptr @data(ptr %bSm)
+  %Wt = call ptr @data(ptr %bWt)
   %R = call ptr @data(ptr %bR)
   %H = call ptr @data(ptr %bH)
   %G = call ptr @data(ptr %bG)

@@ -259,13 +259,13 @@ def grid_eval(base, taus, coeffs_GxK: jax.Array, X: jax.Array, y: jax.Array, chu
                 S = S + c_K[k] * Sk[k]
             # c_j ReLU(z) = ReLU(c_j z) for c_j >= 0: weighting the rows of the attention keeps ReLU and the sum
             # over queries inside the attention kernel.
-            A = jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]
             H = values(c_K)                     # (T, m) gathered per key inside the fused loop, or (N, q, m)
-            if q <= FUSED_Q_MAX:
-                G = (fused_relu_attention(A, [H[:, s] for s in range(q)]) if table is None
-                     else relu_attention_rows(A, row_NxQ, H))
+            if q <= FUSED_Q_MAX and table is not None:
+                G = relu_attention_rows(S, weight_NxQ, row_NxQ, H)
             else:
-                G = jax.nn.relu(A @ (H if table is None else H[row_NxQ])).sum(axis=-2)
+                A = jax.nn.softmax(S, axis=-1) * weight_NxQ[..., None]
+                G = (fused_relu_attention(A, [H[:, s] for s in range(q)]) if q <= FUSED_Q_MAX
+                     else jax.nn.relu(A @ (H if table is None else H[row_NxQ])).sum(axis=-2))
             f = G @ a
             return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
 
@@ -295,14 +295,18 @@ def fused_relu_attention(A_NxQxQ: jax.Array, H_s: list) -> jax.Array:
     return _tree_sum([jax.nn.relu(_tree_sum([A_NxQxQ[:, j, s, None] * H_s[s] for s in range(q)])) for j in range(q)])
 
 
-def relu_attention_rows(A_NxQxQ: jax.Array, rows_NxQ: jax.Array, table_TxM: jax.Array) -> jax.Array:
-    """``fused_relu_attention(A, [table[rows[:, s]] for s in range(q)])``: each key's values a row of a table. On a
-    CPU with AVX2 and FMA it runs as tvtheory.cpu_kernel's native loop (the bits of XLA's optimised loop, faster; not
-    differentiable); elsewhere as XLA's fused loop."""
-    q, m = A_NxQxQ.shape[-1], table_TxM.shape[-1]
-    if cpu_kernel.available(q, m, A_NxQxQ.dtype, rows_NxQ.dtype, table_TxM.dtype):
-        return cpu_kernel.relu_attention(A_NxQxQ, rows_NxQ, table_TxM)
-    return fused_relu_attention(A_NxQxQ, [table_TxM[rows_NxQ[:, s]] for s in range(q)])
+def relu_attention_rows(S_NxQxQ: jax.Array, weight_NxQ: jax.Array, rows_NxQ: jax.Array,
+                        table_TxM: jax.Array) -> jax.Array:
+    """``fused_relu_attention(A, [table[rows[:, s]] for s in range(q)])`` for the attention A = softmax(S) *
+    weight[..., None]: each key's values a row of a table. On a CPU with AVX2 and FMA it runs as tvtheory.cpu_kernel's
+    native loop, which forms A from exp(S - max S) and its sums as XLA does (the bits of XLA's optimised program,
+    faster; not differentiable); elsewhere as XLA's fused loop."""
+    q, m = S_NxQxQ.shape[-1], table_TxM.shape[-1]
+    if cpu_kernel.available(q, m, S_NxQxQ.dtype, rows_NxQ.dtype, table_TxM.dtype):
+        E = jnp.exp(S_NxQxQ - jnp.max(S_NxQxQ, -1, initial=-jnp.inf, keepdims=True))    # jax.nn.softmax's steps
+        return cpu_kernel.relu_attention(E, rows_NxQ, table_TxM, E.sum(-1), weight_NxQ)
+    A = jax.nn.softmax(S_NxQxQ, axis=-1) * weight_NxQ[..., None]
+    return fused_relu_attention(A, [table_TxM[rows_NxQ[:, s]] for s in range(q)])
 
 
 def _tree_sum(terms: list, add=operator.add):

@@ -490,19 +490,17 @@ def vocab_grid(base, D_C, coeffs_CxZ, X_NxPxD, y_N, vocab_VxD, q: int, block: in
         log_c = jnp.where(c > 0, jnp.log(jnp.maximum(c, 1.0)), -jnp.inf)[:, None, :]
         S0 = gather_S(S0v) + log_c
         H0 = None if q <= model.FUSED_Q_MAX else H0v[u]
-        weight = (c / P)[..., None]
+        weight = c / P                      # query j stands for c_j of the P positions
 
         def per_delta(args):
             SDv, HDv, coeffs_Z = args
             SD, HD = gather_S(SDv), None if q <= model.FUSED_Q_MAX else HDv[u]
 
             def point(z):
-                A = jax.nn.softmax(S0 + z * SD, axis=-1) * weight
                 if q <= model.FUSED_Q_MAX:      # one fused loop over (nb, m), as in model.grid_eval
-                    Hv = H0v + z * HDv
-                    G = model.relu_attention_rows(A, u, Hv)
+                    G = model.relu_attention_rows(S0 + z * SD, weight, u, H0v + z * HDv)
                 else:
-                    G = jax.nn.relu(A @ (H0 + z * HD)).sum(-2)
+                    G = jax.nn.relu((jax.nn.softmax(S0 + z * SD, axis=-1) * weight[..., None]) @ (H0 + z * HD)).sum(-2)
                 f = G @ a
                 return jnp.sum(w * jax.nn.relu(1.0 - y * f)), jnp.sum(w * (y * f > 0))
             return jax.lax.map(point, coeffs_Z)
