@@ -99,7 +99,7 @@ def xla_flops() -> dict:
 def run(workload: str, seeds: int, size: Size = FULL) -> dict:
     import jax
 
-    from tvtheory import cpu_kernel, sweep
+    from tvtheory import cpu_kernel, model, sweep
 
     if workload not in ("W1", "W2", "W3"):
         raise SystemExit(f"workload={workload!r}: must be W1, W2 or W3")
@@ -116,7 +116,8 @@ def run(workload: str, seeds: int, size: Size = FULL) -> dict:
     wall = time.perf_counter() - t0
     xla = xla_flops()                                       # after the clock: not part of the workload
     train_flops = lambda runs: runs * size.steps * xla["sgd_step"]  # noqa: E731
-    native = cpu_kernel.available(Q, M, np.float32, np.int32, np.float32)
+    # grid_eval runs the kernel on a pattern table up to FUSED_Q_MAX distinct tokens (XLA's batched product beyond)
+    native = cpu_kernel.available(Q, M, np.float32, np.int32, np.float32) and Q <= model.FUSED_Q_MAX
     distinct = grid_distinct(workload, seeds, None if workload == "W2" else alphas, size)
     if workload == "W2":
         flops = (train_flops(seeds * 3) + len(r.coeffs) * grid_point_flops(distinct, native)

@@ -66,16 +66,26 @@ def test_the_kernel_computes_xla_s_operations_bit_for_bit(q, m):
 @pytest.mark.parametrize("q, m", [(8, 32), (16, 256)])
 def test_the_kernel_forms_the_attention_from_exponentials_and_sums_as_xla_does(q, m):
     """softmax(S) * w as XLA computes it from E = exp(S - max S) and the sums of E: E (1 / sum) w, row by row, each
-    operation rounded to float32; padding rows and keys stay 0."""
-    A, rows, table = operands(q + m, 37, q, m, live=np.resize(np.arange(1, q + 1), 37))
+    operation rounded to float32. Padding queries have exponentials and weight 0; samples have as many live keys as
+    queries, or fewer, or more."""
     rng = np.random.default_rng(q)
-    E = (A * rng.uniform(0.5, 2.0, A.shape)).astype(np.float32)         # any exponentials, zero on padding keys
-    sums = E.sum(-1, dtype=np.float32) + rng.uniform(0, 1, (37, q)).astype(np.float32)
-    w = np.where(A.any(-1), rng.uniform(0.01, 1, (37, q)), 0).astype(np.float32)
+    S, _ = logits(rng, 37, q, live=np.resize(np.arange(1, q + 1), 37))                # live keys: every count
+    w = np.where(np.arange(q) < rng.integers(1, q + 1, (37, 1)), rng.uniform(0.01, 1, (37, q)), 0).astype(np.float32)
+    E = np.exp(S - S.max(-1, keepdims=True)).astype(np.float32)
+    sums = E.sum(-1, dtype=np.float32)
+    rows, table = rng.integers(0, 11, (37, q)).astype(np.int32), rng.normal(size=(11, m)).astype(np.float32)
     formed = (E * (np.float32(1) / sums)[..., None]) * w[..., None]
     G = jax.jit(cpu_kernel.relu_attention)(E, rows, table, sums, w)
     np.testing.assert_array_equal(np.asarray(G), reference(formed, rows, table))
     assert not np.array_equal(formed, E / sums[..., None] * w[..., None])   # a division would round otherwise
+    assert np.all((E != 0).sum(-1) > 0) and np.any((w == 0) & (E != 0).any(-1))   # padding queries' E is not 0
+    # A sum of 0 makes a query's weights inf, and its padding keys' 0 x inf NaN: every key is then live, as in XLA.
+    sums[4, 0] = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        formed = (E * (np.float32(1) / sums)[..., None]) * w[..., None]
+        G, ref = np.asarray(jax.jit(cpu_kernel.relu_attention)(E, rows, table, sums, w)), reference(formed, rows, table)
+    np.testing.assert_array_equal(G, ref)
+    assert np.isnan(G[4]).all() and np.isfinite(np.delete(G, 4, axis=0)).all()
 
 
 @needs_kernel
@@ -93,6 +103,12 @@ def test_a_non_finite_value_is_multiplied_as_xla_does_even_by_a_padding_weight()
         assert np.isnan(G[0, 3]) and np.isnan(ref[0, 3])
     finite = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, rows, table))
     assert np.all(np.isfinite(finite))
+    A[2] = 0.0                                   # a sample without a live token: 0 x inf still NaN
+    t = table.copy()
+    t[rows[2, 0], 0] = np.inf
+    G, ref = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, rows, t)), reference(A, rows, t)
+    np.testing.assert_array_equal(G, ref)
+    assert np.isnan(G[2, 0])
 
 
 @needs_kernel
@@ -137,7 +153,9 @@ def test_rows_out_of_range_are_read_as_jax_s_gather_reads_them(monkeypatch):
     native = np.asarray(jax.jit(cpu_kernel.relu_attention)(A, jnp.asarray(rows), table))
     np.testing.assert_array_equal(native, reference(A, np.clip(np.where(rows < 0, rows + 5, rows), 0, 4), table))
     S, w = logits(np.random.default_rng(2), 6, 8)
-    on_rows = lambda: np.asarray(jax.jit(model.relu_attention_rows)(S, w, jnp.asarray(rows), table))  # noqa: E731
+    # a new function for each setting: JAX reuses a function's trace for the same input types, and the setting is
+    # read when tracing
+    on_rows = lambda: np.asarray(jax.jit(lambda *a: model.relu_attention_rows(*a))(S, w, jnp.asarray(rows), table))  # noqa: E731
     native = on_rows()
     monkeypatch.setenv("TVTHEORY_NATIVE", "0")
     assert not cpu_kernel.available(8, 16, jnp.float32, jnp.int32, jnp.float32)
@@ -170,7 +188,8 @@ def test_operands_of_the_wrong_shape_are_refused_with_the_field_named_before_any
     sums = np.ones((8, 8), np.float32)
     cases = [("A", (A[:, :, :4], rows, table)), ("rows", (A, rows[:4], table)), ("table", (A, rows, table[:0])),
              ("table", (A, rows, table[0])), ("A", (A[0], rows, table)), ("sums", (A, rows, table, sums[:, :4])),
-             ("weights", (A, rows, table, sums, sums[:7])), ("sums", (A, rows, table, sums.astype(np.int32)))]
+             ("weights", (A, rows, table, sums, sums[:7])), ("sums", (A, rows, table, sums.astype(np.int32))),
+             ("weights", (A, rows, table, sums, sums.astype(np.float16)))]
     for field, args in cases:
         with pytest.raises(ValueError, match=f"relu_attention: {field} must be"):
             cpu_kernel.relu_attention(*args)
@@ -222,7 +241,7 @@ rows, H = jnp.asarray(rng.integers(0, 26, (30, q)), jnp.int32), jnp.asarray(rng.
 G = {}
 for native in ("1", "0"):
     os.environ["TVTHEORY_NATIVE"] = native
-    G[native] = np.asarray(jax.jit(model.relu_attention_rows)(S, w, rows, H))
+    G[native] = np.asarray(jax.jit(lambda *a: model.relu_attention_rows(*a))(S, w, rows, H))   # a trace per setting
 assert np.array_equal(G["1"], G["0"]), np.abs(G["1"] - G["0"]).max()
 print("same bits")
 """

@@ -140,7 +140,8 @@ def target(q: int, m: int) -> str:
 
 
 def kernel_ir(q: int, m: int) -> str:
-    """LLVM IR of ``@kernel(G, A, rows, table, N, finite)`` for (q, m), and of ``@handler``, XLA's entry point."""
+    """LLVM IR of ``@kernel(G, A, sums, weights, rows, table, N, finite)`` for (q, m), and of ``@handler``, XLA's
+    entry point."""
     from tvtheory.model import _tree_sum
 
     if q < KEYS or q % KEYS or m % (W * U):
@@ -296,12 +297,12 @@ def kernel_ir(q: int, m: int) -> str:
 
 
 # XLA's entry point (an XLA_FFI_Handler). To XLA's metadata query it answers FFI_API and no traits. Otherwise it runs
-# the kernel on its buffers (arguments A, rows, table; result G; N from A's first dimension, T from the table's) in
-# chunks of CHUNK samples, which the calling thread and up to n - 1 helpers on XLA's intra-op thread pool (n its
-# threads) claim one at a time from a shared counter, as XLA spreads its own loops over that pool. The caller returns
-# once every chunk is done, yielding its CPU while it waits (a helper may share it); it never waits for a helper that
-# has claimed none (one may start after the last chunk is taken, and then finds none), and the shared record is freed
-# by the last of them to let it go.
+# the kernel on its buffers (arguments A, sums, weights, rows, table; result G; N from A's first dimension, T from the
+# table's) in chunks of CHUNK samples, which the calling thread and up to n - 1 helpers on XLA's intra-op thread pool
+# (n its threads) claim one at a time from a shared counter, as XLA spreads its own loops over that pool. The caller
+# returns once every chunk is done, yielding its CPU while it waits (a helper may share it); it never waits for a
+# helper that has claimed none (one may start after the last chunk is taken, and then finds none), and the shared
+# record is freed by the last of them to let it go.
 CHUNK = 16
 _API_ERROR_DESTROY, _API_SCHEDULE, _API_NUM_THREADS = 64, 136, 144   # XLA_FFI_Api's function pointers
 _FRAME_API, _FRAME_CTX = 16, 24                                       # XLA_FFI_CallFrame: api, ctx
@@ -313,7 +314,8 @@ _FIELDS_IN = "\n".join(f"  %job.{i} = insertvalue %Job {'undef' if i == 0 else f
                         f"{'0' if i < 2 else '%' + name}, {i}" for i, (name, typ) in enumerate(_JOB))
 def _handler_ir(q: int, m: int) -> str:
     return f"""
-; the shared record of a call: next chunk, chunks done, references, chunks, G, A, rows, table, N, finite
+; the shared record of a call: next chunk, chunks done, references, chunks, G, A, sums, weights, rows, table, N,
+; finite
 %Job = type {{ {', '.join(t for _, t in _JOB)} }}
 
 define internal void @claim(ptr %job) {{

@@ -302,7 +302,7 @@ def relu_attention_rows(S_NxQxQ: jax.Array, weight_NxQ: jax.Array, rows_NxQ: jax
     native loop, which forms A from exp(S - max S) and its sums as XLA does (the bits of XLA's optimised program,
     faster; not differentiable); elsewhere as XLA's fused loop."""
     q, m = S_NxQxQ.shape[-1], table_TxM.shape[-1]
-    if cpu_kernel.available(q, m, S_NxQxQ.dtype, rows_NxQ.dtype, table_TxM.dtype):
+    if cpu_kernel.available(q, m, S_NxQxQ.dtype, rows_NxQ.dtype, table_TxM.dtype) and weight_NxQ.dtype == jnp.float32:
         E = jnp.exp(S_NxQxQ - jnp.max(S_NxQxQ, -1, initial=-jnp.inf, keepdims=True))    # jax.nn.softmax's steps
         return cpu_kernel.relu_attention(E, rows_NxQ, table_TxM, E.sum(-1), weight_NxQ)
     A = jax.nn.softmax(S_NxQxQ, axis=-1) * weight_NxQ[..., None]
