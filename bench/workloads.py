@@ -58,27 +58,32 @@ def grid_point_flops(distinct: np.ndarray, native: bool) -> float:
     return float(k.size * (2 * Q * Q * M + Q * M + 4 * Q * Q))
 
 
+def distinct_rows(X: np.ndarray) -> np.ndarray:
+    """The number of distinct tokens of each sample of X (..., P, d): its rows compared as bytes, exactly (a noiseless
+    sample's tokens are rows of its pattern table, their zeros all +0)."""
+    X = np.ascontiguousarray(X).reshape(-1, X.shape[-2], X.shape[-1])
+    tokens = np.sort(X.view(np.dtype((np.void, X.shape[-1] * X.itemsize)))[..., 0], axis=-1)
+    return 1 + np.count_nonzero(tokens[:, 1:] != tokens[:, :-1], axis=-1)
+
+
 def grid_distinct(workload: str, seeds: int, alphas, size: Size) -> np.ndarray:
     """The distinct tokens of every sample a workload's grids evaluate, each sample once per alpha (W1, W3) or once
-    (W2: the test and validation sets of T'), from the very draws the sweeps make (same keys and streams)."""
-    import jax
-
-    from tvtheory import data, data_options, model, streams, sweep
+    (W2: the test and validation sets of T'), from the very draws the sweeps make (same keys and streams), one set at
+    a time (the process's peak memory is the workload's)."""
+    from tvtheory import data, data_options, streams, sweep
 
     setup = sweep.Setup(Data(D, P, N_REL, N_CONF), Model(M), Train(1.0, BATCH, size.steps, 10, 0))
     key, ids = streams.run_key(0), np.arange(seeds, dtype=np.int32)
     if workload == "W2":
         sources, target = (np.asarray(x) for x in data.ood_patterns([0.75, -0.6], None, D))
         irr = sweep.irrelevant(0, setup, np.vstack([sources, target]))
-        sets = [sweep.draw(key, ids, stream, (0,), target[None], irr, n, setup.data)[0]
-                for stream, n in ((streams.TEST, size.n_test), (streams.VAL, size.n_test // 4))]
+        sets = [(streams.TEST, (0,), target[None], size.n_test), (streams.VAL, (0,), target[None], size.n_test // 4)]
     else:
         irr = sweep.irrelevant(0, setup, np.eye(D)[:setup.data.pair_dirs()])
-        sets = [sweep.draw(key, ids, streams.TEST, (0, 1), mu, irr, size.n_test, setup.data)[0]
-                for mu in np.asarray(jax.vmap(lambda a: data_options.pair_patterns(a, setup.data))(
-                    np.asarray(alphas, np.float32)))]
-    counts = lambda X: (model.distinct_tokens(X, Q)[1] > 0).sum(-1)  # noqa: E731
-    return np.concatenate([np.asarray(jax.jit(counts)(X)).ravel() for X in sets])
+        sets = [(streams.TEST, (0, 1), np.asarray(data_options.pair_patterns(a, setup.data)), size.n_test)
+                for a in np.asarray(alphas, np.float32)]
+    return np.concatenate([distinct_rows(np.asarray(sweep.draw(key, ids, stream, tasks, mus, irr, n, setup.data)[0]))
+                           for stream, tasks, mus, n in sets])
 
 
 def xla_flops() -> dict:

@@ -59,6 +59,11 @@ def test_a_grid_point_counts_the_pairs_each_loop_multiplies():
     keys = {16: 16, 15: 16, 13: 14, 11: 12, 9: 10, 4: 4, 2: 2}
     assert w.grid_point_flops(k, native=True) == sum(2 * n * keys[n] * M + n * M + 4 * Q * Q for n in k)
     assert w.grid_point_flops(np.array([Q]), native=True) == w.grid_point_flops(np.array([Q]), native=False)
+    # A sample's distinct tokens: its rows compared whole.
+    X = np.zeros((3, 4, 2), np.float32)
+    X[0, 1], X[1, :2], X[2] = 1.0, 2.0, np.arange(8).reshape(4, 2)
+    X[1, 3, 1] = 5.0                                                # a row that differs in one coordinate only
+    assert w.distinct_rows(X).tolist() == [2, 3, 4]
 
 
 def test_bench_rejects_a_bad_workload_before_running_anything(tmp_path):
