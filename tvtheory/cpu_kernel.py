@@ -27,11 +27,12 @@ exactly 0 may come out as +0 where XLA's is -0.
 The kernel is LLVM IR generated here for (q, m), compiled for the host CPU by llvmlite (a fraction of a second,
 once per shape and process) and called by XLA through its typed FFI (``jax.ffi``); ``@handler`` reads XLA's call
 frame and, as XLA spreads its own loops over its intra-op thread pool, shares the samples out in chunks among the
-calling thread and that pool's idle threads (one alpha's pair evaluation of W1 on two CPUs: XLA's loop 2.0-3.2 s,
-the kernel 1.5-2.5 s; on one CPU 3.2-3.5 s against 2.5-2.7 s). ``model.relu_attention_rows`` uses it where it
-applies (``available``: a CPU backend, AVX2 with FMA, q a multiple of 4, m of 16, float32 weights and values), and
-XLA's loop anywhere else; ``TVTHEORY_NATIVE=0`` keeps XLA's loop everywhere. tests/test_cpu_kernel.py checks the
-kernel bit for bit against XLA's loop and against numpy.
+calling thread and that pool's idle threads (one alpha's pair evaluation of W1 on two CPUs, the kernel's first
+version: XLA's loop 2.0-3.2 s, the kernel 1.5-2.5 s; on one CPU 3.2-3.5 s against 2.5-2.7 s, and 2.1-2.3 s with the
+padding out of its trees and the attention formed in it: docs/performance.md). ``model.relu_attention_rows`` uses
+it where it applies (``available``: a CPU backend, AVX2 with FMA, q a multiple of 4, m of 16, float32 weights and
+values), and XLA's loop anywhere else; ``TVTHEORY_NATIVE=0`` keeps XLA's loop everywhere. tests/test_cpu_kernel.py
+checks the kernel bit for bit against XLA's loop and against numpy.
 """
 
 from __future__ import annotations
