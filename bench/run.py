@@ -10,7 +10,6 @@ GPU check (on a machine with one): `python bench/run.py --seeds 50 --workloads W
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -75,7 +74,7 @@ def main() -> None:
                          "run is paired with one of W1's")
     a.out = a.out or str(ROOT / "results" / "bench" / ("bench_tiny.json" if a.tiny else "bench.json"))
     py, tiny = sys.executable, ["--tiny"] if a.tiny else []
-    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    report = {"machine": results.machine(),
               "repeats": {"W1": a.repeats, "W2": a.repeats_large, "W3": a.repeats_large}}
     if a.tiny:
         report["tiny"] = "a smoke run at tiny size: these numbers measure nothing"
@@ -124,6 +123,8 @@ def main() -> None:
                                     "experiment_seconds": sum((t.get("seconds") or {}).values()),
                                     "compile_seconds": sum(v or 0 for v in (t.get("compile_seconds") or {}).values()),
                                     "programs": sum(v or 0 for v in (t.get("programs") or {}).values()),
+                                    # Not always this call's machine: the CPU of that run (absent before it was kept).
+                                    "machine": t.get("machine"),
                                     "source": "results/timings.json, written by the latest make reproduce"}
     results.write_json(a.out, report)
     print(f"wrote {a.out}")

@@ -25,6 +25,7 @@ def test_bench_writes_its_report_and_counts_flops_like_xla(tmp_path):
     report = json.loads(out.read_text())
     assert "measure nothing" in report["tiny"]                  # a smoke run cannot pass for a measurement
     assert report["matmul_peak_gflops_per_s"] > 0
+    assert report["machine"]["cpus"] >= 1 and "vector_isa" in report["machine"]   # the CPU the seconds are of
     w1 = report["W1"]
     assert len(w1["seconds_all"]) == 1 and w1["seconds_median"] > 0
     assert 0 < w1["peak_rss_gb"] < 2                             # the memory bound, here at tiny size
@@ -142,7 +143,14 @@ def test_each_baseline_run_is_paired_with_a_w1_run_and_the_ratios_compare_them(t
         bench.main()
         return json.loads((tmp_path / "bench.json").read_text())
 
+    # The latest make reproduce's timing comes with the CPU it ran on, which need not be this call's.
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "timings.json").write_text(json.dumps(
+        {"wall": 600.0, "seconds": {"a": 400.0, "b": 500.0}, "machine": {"cpu_family_model": "25/1"}}))
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
     report = run("--workloads", "W3,W1", "--repeats", "3", "--baseline-repeats", "2", "--repeats-large", "1")
+    assert report["make_reproduce"]["wall_seconds"] == 600.0 and report["make_reproduce"]["experiment_seconds"] == 900
+    assert report["make_reproduce"]["machine"] == {"cpu_family_model": "25/1"}
     assert order == ["peak", "W3", "W1", "torch", "torch", "W1", "W1"]
     assert report["W1_torch_baseline"]["seconds_all"] == [190.0, 200.0]
     assert report["W1_torch_baseline"]["seconds_median"] == 195.0 and "seconds" not in report["W1_torch_baseline"]

@@ -48,7 +48,9 @@ def test_arithmetic_writes_tables_claims_figures_and_a_summary(arithmetic_run):
     for name in ("figure1", "phase", "lambda_star"):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").exists()
     prov = json.loads((out / "provenance.json").read_text())
-    assert {"experiment", "git", "packages", "device", "seeds", "started", "finished", "config", "cache"} <= set(prov)
+    assert {"experiment", "git", "packages", "device", "seeds", "started", "finished", "config", "cache",
+            "machine", "tvtheory_native"} <= set(prov)
+    assert prov["machine"] == results.machine()              # the CPU that rounded these numbers
     assert (out / "table1.md").read_text().count("|") > 20
     assert not list(out.glob(".*.tmp"))                    # atomic writes leave no temporaries
 

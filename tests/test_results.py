@@ -152,3 +152,16 @@ def test_an_empty_table_or_a_nan_among_whole_numbers_is_named(tmp_path):
         results.check_table(edited(tmp_path, TABLE, lambda ls: ls[:1]), KINDS)
     with pytest.raises(ValueError, match="column 'seed', line 3: an empty or NaN cell"):
         results.check_table(edited(tmp_path, TABLE, cell(3, 0, "NaN")), KINDS)
+
+
+def test_the_machine_is_read_from_the_first_processor_of_cpuinfo(tmp_path):
+    """Results depend on the CPU's vector instructions, so provenance, timings and the benchmark name the CPU."""
+    block = "processor\t: {i}\nmodel name\t: AMD EPYC {i}\ncpu family\t: 25\nmodel\t\t: {m}\nflags\t\t: {f}\n\n"
+    info = tmp_path / "cpuinfo"
+    info.write_text(block.format(i=0, m=17, f="fpu avx2 fma avx512f avx512bw") + block.format(i=1, m=1, f="fpu avx2"))
+    m = results.machine(info)
+    assert (m["cpu"], m["cpu_family_model"], m["vector_isa"]) == ("AMD EPYC 0", "25/17", ["avx2", "fma", "avx512f"])
+    info.write_text(block.format(i=0, m=1, f="fpu avx2 fma"))
+    assert results.machine(info)["vector_isa"] == ["avx2", "fma"]
+    m = results.machine(tmp_path / "absent")              # no /proc/cpuinfo (another OS): nothing made up
+    assert m["cpu_family_model"] is None and m["vector_isa"] is None and m["cpus"] >= 1

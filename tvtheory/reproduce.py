@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     elif set(names) == set(experiments.NAMES):
         results.write_json(root / "timings.json", {
             "seconds": seconds, "wall": round(wall, 1), "lanes": [lane for lane in lanes if lane],
+            "machine": results.machine(),
             "compile_seconds": {n: c.get("seconds") for n, c in compiled.items()},
             "programs": {n: c.get("programs") for n, c in compiled.items()},
             "persistent_cache_hits": {n: c.get("persistent_cache_hits") for n, c in compiled.items()}})
